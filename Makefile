@@ -1,0 +1,78 @@
+# shardsock — `make` alone lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PY      ?= python3
+CC      ?= cc
+BUILD   := build
+WARN    := -Wall -Wextra -Werror
+CSTD    := -std=c11 -D_GNU_SOURCE
+INC     := -Icore/include -Icore
+CFLAGS  ?= -O2 -g
+SAN     := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+
+ENGINE_SRC := $(sort $(wildcard core/*.c) $(wildcard core/wire/*.c))
+ENGINE_HDR := $(wildcard core/*.h core/wire/*.h core/include/shardsock/*.h)
+ENGINE_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(ENGINE_SRC))
+ENGINE_SAN := $(patsubst %.c,$(BUILD)/san/%.o,$(ENGINE_SRC))
+ASAN_MOD    = $(BUILD)/asan/_engine.so
+PYTEST      = $(PY) -m pytest -q -p no:cacheprovider
+
+.PHONY: help setup build test test-engine test-engine-sanitized check-engine-symbols demo bench bench-engine clean
+
+help: ## list the targets
+	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-24s %s\n", $$1, $$2}'
+
+setup: ## install Debian packages and `pip install -e .[test]` (idempotent)
+	PY=$(PY) scripts/setup.sh
+
+build: $(BUILD)/libssengine.a $(BUILD)/pair $(BUILD)/pair-san preload/.engine-built ## build every C part
+
+$(BUILD)/obj/%.o: %.c $(ENGINE_HDR)
+	@mkdir -p $(dir $@)
+	$(CC) $(CSTD) $(WARN) $(CFLAGS) $(INC) -c $< -o $@
+
+$(BUILD)/san/%.o: %.c $(ENGINE_HDR)
+	@mkdir -p $(dir $@)
+	$(CC) $(CSTD) $(WARN) $(SAN) $(INC) -c $< -o $@
+
+$(BUILD)/libssengine.a: $(ENGINE_OBJ)
+	ar rcs $@ $^
+
+$(BUILD)/pair: core/tests/pair.c $(ENGINE_OBJ)
+	$(CC) $(CSTD) $(WARN) $(CFLAGS) $(INC) $^ -o $@
+
+$(BUILD)/pair-san: core/tests/pair.c $(ENGINE_SAN)
+	$(CC) $(CSTD) $(WARN) $(SAN) $(INC) $^ -o $@
+
+# The Python extension (preload/_engine*.so) and its sanitizer twin.
+preload/.engine-built: $(ENGINE_SRC) $(ENGINE_HDR) preload/_build_engine.py
+	$(PY) preload/_build_engine.py
+	$(PY) preload/_build_engine.py --sanitize $(BUILD)/asan
+	@touch $@
+
+check-engine-symbols: $(BUILD)/libssengine.a ## the engine calls none of the kernel's socket API
+	@bad=$$(nm -u $(BUILD)/libssengine.a | awk '{print $$2}' | grep -xE '(socket|bind|listen|accept4?|connect|send(to|msg|mmsg)?|recv(from|msg|mmsg)?|read|write|readv|writev|ioctl|setsockopt|getsockopt|shutdown|close|poll|select|epoll_[a-z_]+|gettimeofday|clock_gettime|time)' | sort -u); \
+	if [ -n "$$bad" ]; then echo "engine objects call the kernel: $$bad"; exit 1; fi; echo "engine symbols: no kernel socket, I/O or clock calls"
+
+test-engine: build ## the engine's packet-script tests and the back-to-back transfer
+	$(PYTEST) core/tests
+
+test-engine-sanitized: build ## the same tests against the ASan+UBSan build of the engine
+	SHARDSOCK_ENGINE_MODULE=$$(ls $(BUILD)/asan/_engine*.so) \
+	LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	SHARDSOCK_SANITIZED=1 $(PYTEST) core/tests
+
+test: setup build check-engine-symbols test-engine test-engine-sanitized ## setup, build, then every test
+
+demo: setup build ## what runs today: the engine moving 100 MB each way over a lossy link
+	$(BUILD)/pair --bytes 100000000 --loss 0.05 --reorder 0.05 --dup 0.05 --seed 1
+
+bench: build bench-engine ## benchmarks (not tests); numbers go in the README
+
+bench-engine: build ## engine cost per segment and per connection (callgrind), memory per connection
+	$(PY) scripts/bench_engine.py
+
+clean: ## remove build products
+	rm -rf $(BUILD) preload/_engine*.so preload/_engine.c preload/.engine-built *.egg-info

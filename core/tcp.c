@@ -1,0 +1,802 @@
+/*
+ * TCP control blocks and the calls a user makes (RFC 9293 section 3.10.1-6).
+ *
+ * Read RFC 9293 (which obsoletes RFC 793 and folds in the TCP parts of
+ * RFC 1122) before changing anything here.  Invariants:
+ *   - every control block is either held by the user (sid >= 0), waiting in
+ *     a listener's accept queue, or an orphan finishing its connection; an
+ *     orphan that reaches CLOSED is put on the reap list and freed at the end
+ *     of the engine call that closed it;
+ *   - a connection with a 4-tuple (SYN-SENT onwards, until CLOSED) is in the
+ *     flow table exactly once; a socket with a local port is in the bind
+ *     table, which is also the listen table.
+ * Errors returned are the Linux kernel's for the same misuse.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine_int.h"
+
+/* ---- control blocks ---- */
+
+struct ss_tcb *ss_tcb_alloc(struct ss_engine *e)
+{
+    struct ss_tcb *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    t->e = e;
+    t->sid = -1;
+    t->state = SS_TCP_CLOSED;
+    ss_list_init(&t->flow_link);
+    ss_list_init(&t->bind_link);
+    ss_list_init(&t->ev_link);
+    ss_list_init(&t->reap_link);
+    ss_list_init(&t->child_link);
+    ss_list_init(&t->syn_q);
+    ss_list_init(&t->accept_q);
+    ss_timer_init(&t->timer);
+    ss_ring_init(&t->sndbuf, e->cfg.sndbuf);
+    ss_ring_init(&t->rcvbuf, e->cfg.rcvbuf);
+    t->ka_idle_ms = e->cfg.keepalive_idle_ms;
+    t->ka_intvl_ms = e->cfg.keepalive_intvl_ms;
+    t->ka_probes = e->cfg.keepalive_probes;
+    t->rto_us = e->cfg.rto_initial_ms * 1000;
+    t->peer_mss = 536; /* RFC 9293 3.7.1: the default when no MSS option came */
+    t->rcv_mss = 536;
+    e->ntcb++;
+    e->ctr.tcp_state[SS_TCP_CLOSED]++;
+    return t;
+}
+
+static void unhash(struct ss_tcb *t)
+{
+    if (t->hashed) {
+        ss_list_del(&t->flow_link);
+        t->hashed = false;
+    }
+}
+
+static void release_sid(struct ss_tcb *t)
+{
+    if (t->sid < 0)
+        return;
+    struct ss_engine *e = t->e;
+    e->socks[t->sid] = NULL;
+    e->free_ids[e->nfree++] = t->sid;
+    t->sid = -1;
+    if (t->ev_pending) {
+        ss_list_del(&t->ev_link);
+        t->ev_pending = false;
+    }
+}
+
+static void detach_from_listener(struct ss_tcb *t)
+{
+    struct ss_tcb *l = t->listener;
+    if (!l)
+        return;
+    ss_list_del(&t->child_link);
+    if (t->in_accept_q)
+        l->accept_len--;
+    else if (!t->cookie)
+        l->syn_len--;
+    t->in_accept_q = false;
+    t->listener = NULL;
+}
+
+void ss_tcb_free(struct ss_tcb *t)
+{
+    struct ss_engine *e = t->e;
+    ss_timer_cancel(&e->wheel, &t->timer);
+    unhash(t);
+    if (t->bound) {
+        ss_list_del(&t->bind_link);
+        t->bound = false;
+    }
+    if (t->reaping)
+        ss_list_del(&t->reap_link);
+    detach_from_listener(t);
+    /* A listener's children are closed by ss_tcp_close before it is freed;
+     * on engine destruction they are simply detached. */
+    while (!ss_list_empty(&t->syn_q))
+        detach_from_listener(SS_CONTAINER_OF(t->syn_q.next, struct ss_tcb, child_link));
+    while (!ss_list_empty(&t->accept_q))
+        detach_from_listener(SS_CONTAINER_OF(t->accept_q.next, struct ss_tcb, child_link));
+    release_sid(t);
+    ss_ring_free(&t->sndbuf);
+    ss_ring_free(&t->rcvbuf);
+    e->ctr.tcp_state[t->state]--;
+    e->ntcb--;
+    free(t);
+}
+
+void ss_tcp_set_state(struct ss_tcb *t, int state)
+{
+    if (t->state == state)
+        return;
+    t->e->ctr.tcp_state[t->state]--;
+    t->e->ctr.tcp_state[state]++;
+    t->state = (uint8_t)state;
+    if (state == SS_TCP_CLOSED)
+        unhash(t);
+}
+
+void ss_tcp_done(struct ss_tcb *t, int error)
+{
+    struct ss_engine *e = t->e;
+    if (t->state == SS_TCP_SYN_SENT || t->state == SS_TCP_SYN_RECEIVED)
+        e->ctr.tcp_attempt_fails++;
+    if (error == -ECONNRESET)
+        t->reset = true;
+    if (error)
+        t->error = error;
+    ss_tcp_set_state(t, SS_TCP_CLOSED);
+    for (int i = 0; i < SS_T_COUNT; i++)
+        t->deadline[i] = 0;
+    ss_timer_cancel(&e->wheel, &t->timer);
+    t->rd_shut = t->wr_shut = true;
+    ss_ring_free(&t->sndbuf);
+    /* A half-open child is gone for good; an accepted-but-unclaimed one
+     * stays queued so accept() returns it and its reader sees the error. */
+    if (t->listener && !t->in_accept_q)
+        detach_from_listener(t);
+    if (t->sid < 0 && !t->in_accept_q && !t->reaping) {
+        t->reaping = true;
+        ss_list_add_tail(&e->reap, &t->reap_link);
+    }
+    ss_tcb_notify(t);
+}
+
+/* ---- flow table: 4-tuple -> control block, keyed hash, chained ---- */
+
+static uint32_t flow_hash(const struct ss_engine *e, uint32_t lip, uint16_t lport, uint32_t rip, uint16_t rport)
+{
+    /* A keyed mix so a peer cannot aim all its flows at one bucket. */
+    uint64_t h = ((uint64_t)rip << 32 | (uint64_t)rport << 16 | lport) ^ e->cfg.secret[0];
+    h ^= (uint64_t)lip * 0x9e3779b97f4a7c15ULL;
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
+    return (uint32_t)h & e->flow_mask;
+}
+
+struct ss_tcb *ss_flow_lookup(struct ss_engine *e, uint32_t lip, uint16_t lport, uint32_t rip, uint16_t rport)
+{
+    struct ss_list *b = &e->flows[flow_hash(e, lip, lport, rip, rport)];
+    for (struct ss_list *n = b->next; n != b; n = n->next) {
+        struct ss_tcb *t = SS_CONTAINER_OF(n, struct ss_tcb, flow_link);
+        if (t->rip == rip && t->rport == rport && t->lport == lport && t->lip == lip)
+            return t;
+    }
+    return NULL;
+}
+
+void ss_flow_insert(struct ss_tcb *t)
+{
+    struct ss_engine *e = t->e;
+    ss_list_add_tail(&e->flows[flow_hash(e, t->lip, t->lport, t->rip, t->rport)], &t->flow_link);
+    t->hashed = true;
+}
+
+/* ---- bind table, which is also the listen table ---- */
+
+static struct ss_list *bind_bucket(struct ss_engine *e, uint16_t port)
+{
+    return &e->binds[port & (SS_BIND_BUCKETS - 1)];
+}
+
+void ss_bind_insert(struct ss_tcb *t)
+{
+    ss_list_add_tail(bind_bucket(t->e, t->lport), &t->bind_link);
+    t->bound = true;
+}
+
+struct ss_tcb *ss_listener_lookup(struct ss_engine *e, uint32_t lip, uint16_t lport)
+{
+    struct ss_list *b = bind_bucket(e, lport);
+    struct ss_tcb *wild = NULL;
+    for (struct ss_list *n = b->next; n != b; n = n->next) {
+        struct ss_tcb *t = SS_CONTAINER_OF(n, struct ss_tcb, bind_link);
+        if (t->lport != lport || t->state != SS_TCP_LISTEN)
+            continue;
+        if (t->lip == lip)
+            return t;
+        if (t->lip == 0)
+            wild = t;
+    }
+    return wild;
+}
+
+/* Linux's rule: two sockets may share a port when their addresses differ
+ * (neither a wildcard), or when both set SO_REUSEADDR and neither listens;
+ * a TIME-WAIT orphan yields to a socket that set SO_REUSEADDR. */
+static bool bind_conflict(struct ss_engine *e, const struct ss_tcb *t, uint32_t ip, uint16_t port, bool listening)
+{
+    struct ss_list *b = bind_bucket(e, port);
+    for (struct ss_list *n = b->next; n != b; n = n->next) {
+        struct ss_tcb *o = SS_CONTAINER_OF(n, struct ss_tcb, bind_link);
+        if (o == t || o->lport != port)
+            continue;
+        if (ip != 0 && o->lip != 0 && ip != o->lip)
+            continue;
+        if (o->state == SS_TCP_TIME_WAIT && o->sid < 0 && t->reuseaddr)
+            continue;
+        if (t->reuseaddr && o->reuseaddr && !listening && o->state != SS_TCP_LISTEN)
+            continue;
+        if (listening && o->state != SS_TCP_LISTEN && t->reuseaddr && o->reuseaddr)
+            continue;
+        return true;
+    }
+    return false;
+}
+
+static bool port_in_use(struct ss_engine *e, uint16_t port)
+{
+    struct ss_list *b = bind_bucket(e, port);
+    for (struct ss_list *n = b->next; n != b; n = n->next)
+        if (SS_CONTAINER_OF(n, struct ss_tcb, bind_link)->lport == port)
+            return true;
+    return false;
+}
+
+/* An ephemeral port for bind(port 0) or listen() without bind. */
+static int pick_free_port(struct ss_engine *e)
+{
+    uint32_t range = (uint32_t)e->cfg.port_hi - e->cfg.port_lo + 1;
+    for (uint32_t i = 0; i < range; i++) {
+        uint16_t port = (uint16_t)(e->cfg.port_lo + (e->port_next++ % range));
+        if (!port_in_use(e, port))
+            return port;
+    }
+    return -EADDRINUSE;
+}
+
+/* A source port for connect(): RFC 6056 algorithm 3, a keyed hash of the
+ * destination as the starting offset, so a given peer sees unpredictable
+ * ports; a port shared with other connections only if all are autobound
+ * and the 4-tuple is free. */
+static int pick_connect_port(struct ss_engine *e, uint32_t rip, uint16_t rport)
+{
+    uint32_t key[2] = {rip, rport};
+    uint32_t range = (uint32_t)e->cfg.port_hi - e->cfg.port_lo + 1;
+    uint32_t offset = (uint32_t)ss_siphash(e->cfg.secret, key, sizeof key);
+    for (uint32_t i = 0; i < range; i++) {
+        uint16_t port = (uint16_t)(e->cfg.port_lo + (offset + e->port_next + i) % range);
+        if (ss_flow_lookup(e, e->cfg.ip, port, rip, rport))
+            continue;
+        bool ok = true;
+        struct ss_list *b = bind_bucket(e, port);
+        for (struct ss_list *n = b->next; n != b && ok; n = n->next) {
+            struct ss_tcb *o = SS_CONTAINER_OF(n, struct ss_tcb, bind_link);
+            if (o->lport == port && !o->autobound)
+                ok = false;
+        }
+        if (ok) {
+            e->port_next += i + 1;
+            return port;
+        }
+    }
+    return -EADDRNOTAVAIL;
+}
+
+/* RFC 6528: ISN = M + F(localip, localport, remoteip, remoteport, secretkey),
+ * M a 4-microsecond clock, F SipHash-2-4. */
+uint32_t ss_tcp_isn(struct ss_engine *e, uint32_t lip, uint16_t lport, uint32_t rip, uint16_t rport)
+{
+    uint32_t tuple[3] = {lip, rip, (uint32_t)lport << 16 | rport};
+    return (uint32_t)(e->now_us / 4) + (uint32_t)ss_siphash(e->cfg.secret, tuple, sizeof tuple);
+}
+
+/* Called once the handshake has fixed the options. */
+void ss_tcp_init_conn(struct ss_tcb *t)
+{
+    const struct ss_engine_config *c = &t->e->cfg;
+    uint32_t mss = SS_MIN((uint32_t)t->peer_mss, c->mtu - 40);
+    if (t->user_mss)
+        mss = SS_MIN(mss, t->user_mss);
+    /* RFC 9293 3.7.1: options in every segment come out of the MSS. */
+    if (t->ts_ok)
+        mss -= 12;
+    t->smss = SS_MAX(mss, 64u);
+    /* RFC 6928: IW = min(10*MSS, max(2*MSS, 14600)); configurable count. */
+    t->cwnd = c->initial_cwnd * t->smss;
+    if (c->initial_cwnd == 10)
+        t->cwnd = SS_MIN(10 * t->smss, SS_MAX(2 * t->smss, 14600u));
+    t->ssthresh = 0x7fffffff; /* RFC 5681 3.1: arbitrarily high */
+    t->recover = t->iss;      /* RFC 6582 3.2 */
+    t->max_snd_wnd = SS_MAX(t->max_snd_wnd, t->snd_wnd);
+}
+
+/* The window scale we ask for: the smallest that lets the whole receive
+ * buffer be offered (RFC 7323 2.3, at most 14). */
+static uint8_t choose_wscale(const struct ss_tcb *t)
+{
+    uint8_t ws = 0;
+    while (ws < 14 && (65535u << ws) < t->rcvbuf.cap)
+        ws++;
+    return ws;
+}
+
+/* ---- user calls ---- */
+
+static struct ss_tcb *get(struct ss_engine *e, int sid)
+{
+    if (sid < 0 || (uint32_t)sid >= e->cfg.max_sockets)
+        return NULL;
+    return e->socks[sid];
+}
+
+static int assign_sid(struct ss_tcb *t)
+{
+    struct ss_engine *e = t->e;
+    if (!e->nfree)
+        return -EMFILE;
+    t->sid = e->free_ids[--e->nfree];
+    e->socks[t->sid] = t;
+    return t->sid;
+}
+
+int ss_tcp_socket(struct ss_engine *e)
+{
+    struct ss_tcb *t;
+    if (!e->nfree)
+        return -EMFILE;
+    t = ss_tcb_alloc(e);
+    if (!t)
+        return -ENOBUFS;
+    return assign_sid(t);
+}
+
+int ss_tcp_bind(struct ss_engine *e, int sid, uint32_t ip, uint16_t port)
+{
+    struct ss_tcb *t = get(e, sid);
+    if (!t)
+        return -EBADF;
+    if (t->bound || t->state != SS_TCP_CLOSED)
+        return -EINVAL;
+    if (ip != 0 && ip != e->cfg.ip)
+        return -EADDRNOTAVAIL;
+    if (port == 0) {
+        int p = pick_free_port(e);
+        if (p < 0)
+            return p;
+        port = (uint16_t)p;
+    } else if (bind_conflict(e, t, ip, port, false)) {
+        return -EADDRINUSE;
+    }
+    t->lip = ip;
+    t->lport = port;
+    ss_bind_insert(t);
+    return 0;
+}
+
+int ss_tcp_listen(struct ss_engine *e, int sid, int backlog)
+{
+    struct ss_tcb *t = get(e, sid);
+    if (!t)
+        return -EBADF;
+    /* Linux: a negative or too large backlog means somaxconn. */
+    if (backlog < 0 || (uint32_t)backlog > e->cfg.somaxconn)
+        backlog = (int)e->cfg.somaxconn;
+    if (t->state == SS_TCP_LISTEN) {
+        t->backlog = (uint32_t)backlog;
+        return 0;
+    }
+    if (t->state != SS_TCP_CLOSED || t->rip != 0 || t->rd_shut || t->wr_shut)
+        return -EINVAL;
+    if (!t->bound) {
+        int r = ss_tcp_bind(e, sid, 0, 0);
+        if (r < 0)
+            return r;
+    } else if (bind_conflict(e, t, t->lip, t->lport, true)) {
+        return -EADDRINUSE;
+    }
+    t->backlog = (uint32_t)backlog;
+    ss_tcp_set_state(t, SS_TCP_LISTEN);
+    return 0;
+}
+
+int ss_tcp_accept(struct ss_engine *e, int sid, uint64_t now_us)
+{
+    struct ss_tcb *l = get(e, sid);
+    e->now_us = now_us;
+    if (!l)
+        return -EBADF;
+    if (l->state != SS_TCP_LISTEN)
+        return -EINVAL;
+    if (ss_list_empty(&l->accept_q))
+        return -EAGAIN;
+    struct ss_tcb *c = SS_CONTAINER_OF(l->accept_q.next, struct ss_tcb, child_link);
+    if (!e->nfree)
+        return -EMFILE;
+    detach_from_listener(c);
+    int r = assign_sid(c);
+    ss_tcb_notify(c);
+    return r;
+}
+
+int ss_tcp_connect(struct ss_engine *e, int sid, uint32_t ip, uint16_t port, uint64_t now_us)
+{
+    struct ss_tcb *t = get(e, sid);
+    e->now_us = now_us;
+    if (!t)
+        return -EBADF;
+    switch (t->state) {
+    case SS_TCP_CLOSED:
+        break;
+    case SS_TCP_SYN_SENT:
+    case SS_TCP_SYN_RECEIVED:
+        return -EALREADY;
+    default:
+        return -EISCONN; /* connected, closing, or listening: Linux's answer */
+    }
+    if (t->rip != 0 && (t->reset || t->fin_rcvd || t->fin_sent))
+        return -EISCONN; /* a finished connection cannot be reused */
+    if (port == 0)
+        return -ECONNREFUSED;
+    if (ip == 0 || ip == 0xffffffffu || ip >= 0xe0000000u)
+        return -ENETUNREACH;
+    if (!ss_ip_routable(e, ip))
+        return -ENETUNREACH;
+    if (!t->bound) {
+        int p = pick_connect_port(e, ip, port);
+        if (p < 0)
+            return p;
+        t->lport = (uint16_t)p;
+        t->autobound = true;
+        ss_bind_insert(t);
+    } else if (ss_flow_lookup(e, e->cfg.ip, t->lport, ip, port)) {
+        return -EADDRNOTAVAIL;
+    }
+    t->lip = e->cfg.ip;
+    t->rip = ip;
+    t->rport = port;
+    t->error = 0;
+    t->rd_shut = t->wr_shut = false;
+    t->iss = ss_tcp_isn(e, t->lip, t->lport, t->rip, t->rport);
+    t->snd_una = t->iss;
+    t->snd_nxt = t->snd_max = t->iss + 1;
+    t->buf_seq = t->iss + 1;
+    t->rcv_wscale = choose_wscale(t);
+    t->ts_offset = (uint32_t)ss_siphash(e->cfg.secret, &t->iss, sizeof t->iss);
+    ss_tcp_set_state(t, SS_TCP_SYN_SENT);
+    ss_flow_insert(t);
+    e->ctr.tcp_active_opens++;
+    t->rtt_timing = true;
+    t->rtt_start_us = now_us;
+    t->rtt_seq = t->iss + 1;
+    ss_tcp_send_syn(t);
+    ss_tcp_arm_rtx(t);
+    return -EINPROGRESS;
+}
+
+ssize_t ss_tcp_send(struct ss_engine *e, int sid, const void *buf, size_t len, uint64_t now_us)
+{
+    struct ss_tcb *t = get(e, sid);
+    e->now_us = now_us;
+    if (!t)
+        return -EBADF;
+    if (t->error) {
+        int err = t->error;
+        t->error = 0;
+        return err;
+    }
+    if (t->wr_shut)
+        return -EPIPE;
+    if (t->state == SS_TCP_SYN_SENT || t->state == SS_TCP_SYN_RECEIVED)
+        return -EAGAIN;
+    if (t->state != SS_TCP_ESTABLISHED && t->state != SS_TCP_CLOSE_WAIT)
+        return -EPIPE;
+    if (len == 0)
+        return 0;
+    uint32_t n = ss_ring_push(&t->sndbuf, buf, (uint32_t)SS_MIN(len, (size_t)UINT32_MAX));
+    if (n == 0)
+        return ss_ring_space(&t->sndbuf) ? -ENOBUFS : -EAGAIN;
+    ss_tcp_output(t);
+    return n;
+}
+
+/* Linux's rule for an unsolicited window update after a read: when the
+ * window we offer has fallen to half its maximum or less and reading let it
+ * at least double. */
+static void maybe_window_update(struct ss_tcb *t)
+{
+    if (t->state != SS_TCP_ESTABLISHED && t->state != SS_TCP_FIN_WAIT_1 && t->state != SS_TCP_FIN_WAIT_2)
+        return;
+    uint32_t clamp = SS_MIN(t->rcvbuf.cap, 65535u << t->rcv_wscale);
+    uint32_t now = SEQ_GT(t->rcv_adv, t->rcv_nxt) ? t->rcv_adv - t->rcv_nxt : 0;
+    if (2 * now > clamp)
+        return;
+    uint32_t could = SS_MIN(ss_ring_space(&t->rcvbuf), clamp);
+    if (could >= 2 * now && could - now >= SS_MIN(t->rcvbuf.cap / 2, t->rcv_mss))
+        ss_tcp_send_ack(t);
+}
+
+ssize_t ss_tcp_recv(struct ss_engine *e, int sid, void *buf, size_t len, uint64_t now_us)
+{
+    struct ss_tcb *t = get(e, sid);
+    e->now_us = now_us;
+    if (!t)
+        return -EBADF;
+    if (t->state == SS_TCP_LISTEN)
+        return -ENOTCONN;
+    if (t->rcvbuf.len && len) {
+        uint32_t n = (uint32_t)SS_MIN((size_t)t->rcvbuf.len, len);
+        ss_ring_peek(&t->rcvbuf, 0, buf, n);
+        ss_ring_drop(&t->rcvbuf, n);
+        if (t->rcvbuf.len == 0 && t->nooo == 0)
+            ss_ring_free(&t->rcvbuf);
+        maybe_window_update(t);
+        return n;
+    }
+    if (t->error) {
+        int err = t->error;
+        t->error = 0;
+        return err;
+    }
+    if (len == 0 || t->fin_rcvd || t->rd_shut)
+        return 0;
+    if (t->state == SS_TCP_CLOSED)
+        return t->rip ? 0 : -ENOTCONN;
+    return -EAGAIN;
+}
+
+static void close_listener(struct ss_tcb *l)
+{
+    /* Half-open children vanish; accepted-but-unclaimed ones are reset,
+     * as Linux does when a listener closes. */
+    while (!ss_list_empty(&l->syn_q)) {
+        struct ss_tcb *c = SS_CONTAINER_OF(l->syn_q.next, struct ss_tcb, child_link);
+        ss_tcp_done(c, 0);
+    }
+    while (!ss_list_empty(&l->accept_q)) {
+        struct ss_tcb *c = SS_CONTAINER_OF(l->accept_q.next, struct ss_tcb, child_link);
+        detach_from_listener(c);
+        if (c->state != SS_TCP_CLOSED) {
+            ss_tcp_send_rst(c);
+            l->e->ctr.tcp_rst_on_close++;
+        }
+        ss_tcp_done(c, 0);
+    }
+    ss_tcp_set_state(l, SS_TCP_CLOSED);
+}
+
+int ss_tcp_shutdown(struct ss_engine *e, int sid, int how, uint64_t now_us)
+{
+    struct ss_tcb *t = get(e, sid);
+    e->now_us = now_us;
+    if (!t)
+        return -EBADF;
+    if (how < 0 || how > 2)
+        return -EINVAL;
+    switch (t->state) {
+    case SS_TCP_CLOSED:
+        return -ENOTCONN;
+    case SS_TCP_LISTEN:
+        if (how == 1)
+            return -ENOTCONN;
+        close_listener(t);
+        ss_engine_reap(e);
+        return 0;
+    case SS_TCP_SYN_SENT:
+        ss_tcp_done(t, 0);
+        return 0;
+    default:
+        break;
+    }
+    if (how != 1)
+        t->rd_shut = true;
+    if (how != 0 && !t->wr_shut) {
+        t->wr_shut = true;
+        if (t->state == SS_TCP_ESTABLISHED)
+            ss_tcp_set_state(t, SS_TCP_FIN_WAIT_1);
+        else if (t->state == SS_TCP_CLOSE_WAIT)
+            ss_tcp_set_state(t, SS_TCP_LAST_ACK);
+        ss_tcp_output(t);
+    }
+    ss_tcb_notify(t);
+    ss_engine_reap(e);
+    return 0;
+}
+
+int ss_tcp_close(struct ss_engine *e, int sid, uint64_t now_us)
+{
+    struct ss_tcb *t = get(e, sid);
+    e->now_us = now_us;
+    if (!t)
+        return -EBADF;
+    release_sid(t);
+    t->user_closed = true;
+    switch (t->state) {
+    case SS_TCP_LISTEN:
+        close_listener(t);
+        ss_tcb_free(t);
+        ss_engine_reap(e);
+        return 0;
+    case SS_TCP_CLOSED:
+        ss_tcb_free(t);
+        return 0;
+    case SS_TCP_SYN_SENT:
+        ss_tcp_done(t, 0);
+        ss_engine_reap(e);
+        return 0;
+    default:
+        break;
+    }
+    /* RFC 9293 3.10.4 / RFC 2525 2.17: closing with received data unread, or
+     * with SO_LINGER zero, aborts with a reset instead of a FIN. */
+    if (t->rcvbuf.len || t->linger_zero) {
+        if (t->state != SS_TCP_TIME_WAIT) {
+            ss_tcp_send_rst(t);
+            e->ctr.tcp_rst_on_close++;
+        }
+        ss_tcp_done(t, 0);
+        ss_engine_reap(e);
+        return 0;
+    }
+    t->rd_shut = true;
+    if (!t->wr_shut) {
+        t->wr_shut = true;
+        if (t->state == SS_TCP_ESTABLISHED || t->state == SS_TCP_SYN_RECEIVED)
+            ss_tcp_set_state(t, SS_TCP_FIN_WAIT_1);
+        else if (t->state == SS_TCP_CLOSE_WAIT)
+            ss_tcp_set_state(t, SS_TCP_LAST_ACK);
+        ss_tcp_output(t);
+    }
+    /* An orphan cannot wait in FIN-WAIT-2 for ever (Linux tcp_fin_timeout). */
+    if (t->state == SS_TCP_FIN_WAIT_2)
+        ss_tcp_timer_set(t, SS_T_2MSL, now_us + (uint64_t)e->cfg.fin_timeout_ms * 1000);
+    ss_engine_reap(e);
+    return 0;
+}
+
+int ss_tcp_setopt(struct ss_engine *e, int sid, int opt, int value, uint64_t now_us)
+{
+    struct ss_tcb *t = get(e, sid);
+    e->now_us = now_us;
+    if (!t)
+        return -EBADF;
+    switch (opt) {
+    case SS_OPT_NODELAY:
+        t->nodelay = value != 0;
+        if (t->nodelay)
+            ss_tcp_output(t); /* Linux pushes what Nagle held back */
+        return 0;
+    case SS_OPT_KEEPALIVE:
+        t->keepalive = value != 0;
+        if (t->keepalive && (t->state == SS_TCP_ESTABLISHED || t->state == SS_TCP_CLOSE_WAIT)) {
+            t->last_rcv_us = now_us;
+            ss_tcp_timer_set(t, SS_T_KEEP, now_us + (uint64_t)t->ka_idle_ms * 1000);
+        } else if (!t->keepalive) {
+            ss_tcp_timer_clear(t, SS_T_KEEP);
+        }
+        return 0;
+    case SS_OPT_KEEPIDLE:
+    case SS_OPT_KEEPINTVL:
+        if (value < 1 || value > 32767)
+            return -EINVAL;
+        if (opt == SS_OPT_KEEPIDLE)
+            t->ka_idle_ms = (uint32_t)value * 1000;
+        else
+            t->ka_intvl_ms = (uint32_t)value * 1000;
+        return 0;
+    case SS_OPT_KEEPCNT:
+        if (value < 1 || value > 127)
+            return -EINVAL;
+        t->ka_probes = (uint32_t)value;
+        return 0;
+    case SS_OPT_RCVBUF:
+    case SS_OPT_SNDBUF: {
+        /* Linux doubles the value for bookkeeping and reports the double. */
+        uint32_t v = value < 1024 ? 2048u : SS_MIN((uint32_t)value * 2u, 1u << 30);
+        struct ss_ring *r = opt == SS_OPT_RCVBUF ? &t->rcvbuf : &t->sndbuf;
+        /* The size is fixed once data has passed through: a window already
+         * offered must stay valid. */
+        if (!r->buf && r->len == 0 && (opt == SS_OPT_SNDBUF || t->state == SS_TCP_CLOSED))
+            ss_ring_init(r, v);
+        return 0;
+    }
+    case SS_OPT_REUSEADDR:
+        t->reuseaddr = value != 0;
+        return 0;
+    case SS_OPT_LINGER_ZERO:
+        t->linger_zero = value != 0;
+        return 0;
+    case SS_OPT_MAXSEG:
+        if (value < 88 || value > 32767)
+            return -EINVAL;
+        t->user_mss = (uint16_t)value;
+        return 0;
+    default:
+        return -ENOPROTOOPT;
+    }
+}
+
+int ss_tcp_getopt(struct ss_engine *e, int sid, int opt, int *value)
+{
+    struct ss_tcb *t = get(e, sid);
+    if (!t)
+        return -EBADF;
+    switch (opt) {
+    case SS_OPT_NODELAY: *value = t->nodelay; return 0;
+    case SS_OPT_KEEPALIVE: *value = t->keepalive; return 0;
+    case SS_OPT_KEEPIDLE: *value = (int)(t->ka_idle_ms / 1000); return 0;
+    case SS_OPT_KEEPINTVL: *value = (int)(t->ka_intvl_ms / 1000); return 0;
+    case SS_OPT_KEEPCNT: *value = (int)t->ka_probes; return 0;
+    case SS_OPT_RCVBUF: *value = (int)t->rcvbuf.cap; return 0;
+    case SS_OPT_SNDBUF: *value = (int)t->sndbuf.cap; return 0;
+    case SS_OPT_REUSEADDR: *value = t->reuseaddr; return 0;
+    case SS_OPT_LINGER_ZERO: *value = t->linger_zero; return 0;
+    case SS_OPT_MAXSEG:
+        *value = t->smss ? (int)t->smss : (t->user_mss ? t->user_mss : 536);
+        return 0;
+    case SS_OPT_ERROR:
+        *value = t->error ? -t->error : (t->soft_error && t->state == SS_TCP_CLOSED ? t->soft_error : 0);
+        t->error = 0;
+        return 0;
+    default:
+        return -ENOPROTOOPT;
+    }
+}
+
+int ss_tcp_info(struct ss_engine *e, int sid, struct ss_tcp_info *i)
+{
+    struct ss_tcb *t = get(e, sid);
+    if (!t)
+        return -EBADF;
+    memset(i, 0, sizeof *i);
+    i->state = t->state;
+    i->local_ip = t->lip;
+    i->remote_ip = t->rip;
+    i->local_port = t->lport;
+    i->remote_port = t->rport;
+    i->iss = t->iss;
+    i->irs = t->irs;
+    i->snd_una = t->snd_una;
+    i->snd_nxt = t->snd_nxt;
+    i->snd_wnd = t->snd_wnd;
+    i->rcv_nxt = t->rcv_nxt;
+    i->rcv_wnd = SEQ_GT(t->rcv_adv, t->rcv_nxt) ? t->rcv_adv - t->rcv_nxt : 0;
+    i->mss = t->smss;
+    i->cwnd = t->cwnd;
+    i->ssthresh = t->ssthresh;
+    i->srtt_us = t->srtt_us;
+    i->rto_us = t->rto_us;
+    i->snd_queued = t->sndbuf.len;
+    i->rcv_queued = t->rcvbuf.len;
+    i->snd_wscale = t->snd_wscale;
+    i->rcv_wscale = t->rcv_wscale;
+    i->ts_ok = t->ts_ok;
+    i->sack_ok = t->sack_ok;
+    i->retransmits = t->backoff;
+    return 0;
+}
+
+/* Readiness as Linux's tcp_poll() computes it. */
+int ss_tcp_poll(struct ss_engine *e, int sid)
+{
+    struct ss_tcb *t = get(e, sid);
+    if (!t)
+        return -EBADF;
+    if (t->state == SS_TCP_LISTEN)
+        return ss_list_empty(&t->accept_q) ? 0 : SS_EV_IN;
+    int mask = 0;
+    bool rd_closed = t->fin_rcvd || t->rd_shut;
+    if ((rd_closed && t->wr_shut) || t->state == SS_TCP_CLOSED)
+        mask |= SS_EV_HUP;
+    if (rd_closed)
+        mask |= SS_EV_IN | SS_EV_RDHUP;
+    if (t->state != SS_TCP_SYN_SENT && t->state != SS_TCP_SYN_RECEIVED) {
+        if (t->rcvbuf.len)
+            mask |= SS_EV_IN;
+        /* Writable when at least a third of the buffer is free, as
+         * sk_stream_is_writeable() judges; always once writing is shut. */
+        if (t->wr_shut || ss_ring_space(&t->sndbuf) >= t->sndbuf.len / 2)
+            mask |= SS_EV_OUT;
+    }
+    if (t->error)
+        mask |= SS_EV_ERR;
+    return mask;
+}

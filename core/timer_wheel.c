@@ -1,0 +1,93 @@
+/* A hashed timer wheel: O(1) insert and cancel, expiry proportional to the
+ * slots elapsed.  No scan of all connections ever happens. */
+#include "engine_int.h"
+
+static uint64_t tick_of(uint64_t us) { return (us + 999) / 1000; }
+
+void ss_wheel_init(struct ss_wheel *w, uint64_t now_us)
+{
+    for (int i = 0; i < SS_WHEEL_SLOTS; i++)
+        ss_list_init(&w->slot[i]);
+    w->done = now_us / 1000;
+    w->armed = 0;
+}
+
+void ss_timer_init(struct ss_timer *t)
+{
+    ss_list_init(&t->link);
+    t->armed = false;
+    t->tick = 0;
+}
+
+void ss_timer_cancel(struct ss_wheel *w, struct ss_timer *t)
+{
+    if (!t->armed)
+        return;
+    ss_list_del(&t->link);
+    t->armed = false;
+    w->armed--;
+}
+
+void ss_timer_set(struct ss_wheel *w, struct ss_timer *t, uint64_t at_us)
+{
+    ss_timer_cancel(w, t);
+    uint64_t tick = tick_of(at_us);
+    /* A deadline already past runs at the next collection. */
+    if (tick <= w->done)
+        tick = w->done + 1;
+    t->tick = tick;
+    t->armed = true;
+    ss_list_add_tail(&w->slot[tick % SS_WHEEL_SLOTS], &t->link);
+    w->armed++;
+}
+
+static void collect_slot(struct ss_wheel *w, struct ss_list *slot, uint64_t now_tick, struct ss_list *out)
+{
+    struct ss_list *n = slot->next;
+    while (n != slot) {
+        struct ss_list *next = n->next;
+        struct ss_timer *t = SS_CONTAINER_OF(n, struct ss_timer, link);
+        if (t->tick <= now_tick) {
+            ss_list_del(n);
+            t->armed = false;
+            w->armed--;
+            ss_list_add_tail(out, n);
+        }
+        n = next;
+    }
+}
+
+void ss_wheel_collect(struct ss_wheel *w, uint64_t now_us, struct ss_list *out)
+{
+    uint64_t now_tick = now_us / 1000;
+    if (now_tick <= w->done)
+        return;
+    if (w->armed) {
+        /* After a long sleep, one pass over every slot is enough. */
+        uint64_t from = w->done + 1;
+        if (now_tick - w->done >= SS_WHEEL_SLOTS)
+            from = now_tick - SS_WHEEL_SLOTS + 1;
+        for (uint64_t k = from; k <= now_tick; k++)
+            collect_slot(w, &w->slot[k % SS_WHEEL_SLOTS], now_tick, out);
+    }
+    w->done = now_tick;
+}
+
+uint64_t ss_wheel_next(const struct ss_wheel *w)
+{
+    if (!w->armed)
+        return UINT64_MAX;
+    uint64_t best = UINT64_MAX;
+    for (uint64_t k = w->done + 1; k <= w->done + SS_WHEEL_SLOTS; k++) {
+        const struct ss_list *slot = &w->slot[k % SS_WHEEL_SLOTS];
+        for (const struct ss_list *n = slot->next; n != slot; n = n->next) {
+            const struct ss_timer *t = SS_CONTAINER_OF(n, struct ss_timer, link);
+            if (t->tick < best)
+                best = t->tick;
+        }
+        /* A timer of this revolution in this slot is the earliest of all. */
+        if (best == k)
+            break;
+    }
+    return best * 1000;
+}

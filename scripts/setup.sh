@@ -1,0 +1,27 @@
+#!/bin/sh
+# Installs what shardsock needs on a Debian 12 machine: Debian packages
+# (apt-get update once, only when something is missing) and the Python
+# package in editable mode with its test extras.  Safe to run twice.
+set -eu
+cd "$(dirname "$0")/.."
+
+PY=${PY:-python3}
+DEBS="build-essential python3-dev valgrind iproute2 pkg-config"
+
+missing=""
+for p in $DEBS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "setup: Debian packages missing:$missing; run 'make setup' as root" >&2
+        exit 1
+    fi
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y $missing
+fi
+
+# Build dependencies first, so the editable install needs no isolated build
+# environment (faster, and the same compiler flags as 'make build').
+"$PY" -m pip install --quiet --disable-pip-version-check "setuptools>=61" wheel "cffi>=1.15"
+"$PY" -m pip install --quiet --disable-pip-version-check --no-build-isolation -e '.[test]'
