@@ -30,11 +30,13 @@ build: $(BUILD)/libssengine.a $(BUILD)/pair $(BUILD)/pair-san preload/.engine-bu
 
 $(BUILD)/obj/%.o: %.c $(ENGINE_HDR)
 	@mkdir -p $(dir $@)
-	$(CC) $(CSTD) $(WARN) $(CFLAGS) $(INC) -c $< -o $@
+	@echo "  CC      $<"
+	@$(CC) $(CSTD) $(WARN) $(CFLAGS) $(INC) -c $< -o $@
 
 $(BUILD)/san/%.o: %.c $(ENGINE_HDR)
 	@mkdir -p $(dir $@)
-	$(CC) $(CSTD) $(WARN) $(SAN) $(INC) -c $< -o $@
+	@echo "  CC-SAN  $<"
+	@$(CC) $(CSTD) $(WARN) $(SAN) $(INC) -c $< -o $@
 
 $(BUILD)/libssengine.a: $(ENGINE_OBJ)
 	ar rcs $@ $^

@@ -68,6 +68,6 @@ void ss_ring_drop(struct ss_ring *r, uint32_t n)
 {
     r->head = (r->head + n) & (r->cap - 1);
     r->len -= n;
-    if (r->len == 0)
-        r->head = 0;
+    /* head is not rewound when the ring empties: out-of-order bytes may
+     * already sit beyond the end, at positions relative to head + len. */
 }

@@ -65,6 +65,7 @@ struct ss_timer {
 };
 struct ss_wheel {
     struct ss_list slot[SS_WHEEL_SLOTS];
+    uint64_t busy[SS_WHEEL_SLOTS / 64]; /* bit set: the slot holds a timer */
     uint64_t done; /* every slot up to this tick has been run */
     uint32_t armed;
 };

@@ -98,7 +98,7 @@ static void emit(struct ss_tcb *t, uint8_t flags, uint32_t seq, uint32_t len)
         t->last_ack_sent = t->rcv_nxt;
         t->unacked_segs = 0;
         t->ack_now = false;
-        t->deadline[SS_T_DELACK] = 0; /* the wheel entry tolerates a stale deadline */
+        ss_tcp_timer_clear(t, SS_T_DELACK);
     }
     if (flags & SS_TH_RST)
         e->ctr.tcp_rst_tx++;
@@ -192,7 +192,10 @@ void ss_tcp_output(struct ss_tcb *t)
     }
 }
 
-void ss_tcp_send_ack(struct ss_tcb *t) { emit(t, SS_TH_ACK, t->snd_nxt, 0); }
+/* A segment without data carries SND.MAX, not SND.NXT: after a timeout
+ * rewinds SND.NXT, the peer's RCV.NXT may already be past it, and it would
+ * discard the ACK as an old duplicate (BSD does the same). */
+void ss_tcp_send_ack(struct ss_tcb *t) { emit(t, SS_TH_ACK, t->snd_max, 0); }
 
 /* RFC 5961 section 7: challenge ACKs are limited per second per instance,
  * so they cannot be used to amplify or to probe. */
@@ -220,8 +223,9 @@ void ss_tcp_send_syn(struct ss_tcb *t)
         emit(t, SS_TH_SYN | SS_TH_ACK, t->iss, 0);
 }
 
-/* RFC 9293 3.10.4 ABORT: <SEQ=SND.NXT><CTL=RST>, with the ACK Linux adds. */
-void ss_tcp_send_rst(struct ss_tcb *t) { emit(t, SS_TH_RST | SS_TH_ACK, t->snd_nxt, 0); }
+/* RFC 9293 3.10.4 ABORT: <SEQ=SND.NXT><CTL=RST>, with the ACK Linux adds;
+ * SND.MAX for the reason given at ss_tcp_send_ack. */
+void ss_tcp_send_rst(struct ss_tcb *t) { emit(t, SS_TH_RST | SS_TH_ACK, t->snd_max, 0); }
 
 /* RFC 1122 4.2.3.6: a keepalive is SEG.SEQ = SND.NXT - 1 with no data; the
  * peer must answer with an ACK.  We use SND.UNA - 1, as Linux does, which is

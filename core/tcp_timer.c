@@ -1,8 +1,8 @@
 /*
- * TCP timers.  Each connection has one wheel entry set to its earliest armed
- * deadline; the deadlines themselves live in t->deadline[], so arming and
- * clearing one is a store.  A cleared deadline leaves the wheel entry where
- * it was: it fires early, finds nothing due, and re-arms for the next one.
+ * TCP timers.  Each connection has one wheel entry, kept at its earliest
+ * armed deadline; the deadlines themselves live in t->deadline[].  Keeping
+ * the entry exact (not lazily early) makes ss_engine_next_deadline() true,
+ * so an idle instance sleeps until something is really due.
  *
  *   SS_T_RTX      retransmission (RFC 6298), also SYN and SYN-ACK
  *   SS_T_PERSIST  zero-window probing (RFC 9293 3.8.6.1)
@@ -20,7 +20,7 @@ static void rearm(struct ss_tcb *t)
             next = t->deadline[i];
     if (next == UINT64_MAX)
         ss_timer_cancel(&t->e->wheel, &t->timer);
-    else if (!t->timer.armed || next < t->timer.tick * 1000) /* only ever move it earlier */
+    else if (!t->timer.armed || (next + 999) / 1000 != t->timer.tick)
         ss_timer_set(&t->e->wheel, &t->timer, next);
 }
 
@@ -30,11 +30,17 @@ void ss_tcp_timer_set(struct ss_tcb *t, int which, uint64_t at_us)
     rearm(t);
 }
 
-void ss_tcp_timer_clear(struct ss_tcb *t, int which) { t->deadline[which] = 0; }
+void ss_tcp_timer_clear(struct ss_tcb *t, int which)
+{
+    if (!t->deadline[which])
+        return;
+    t->deadline[which] = 0;
+    rearm(t);
+}
 
 void ss_tcp_arm_rtx(struct ss_tcb *t)
 {
-    t->deadline[SS_T_PERSIST] = 0;
+    t->deadline[SS_T_PERSIST] = 0; /* rearmed just below */
     ss_tcp_timer_set(t, SS_T_RTX, t->e->now_us + t->rto_us);
 }
 
