@@ -26,7 +26,7 @@ help: ## list the targets
 setup: ## install Debian packages and `pip install -e .[test]` (idempotent)
 	PY=$(PY) scripts/setup.sh
 
-build: $(BUILD)/libssengine.a $(BUILD)/pair $(BUILD)/pair-san preload/.engine-built ## build every C part
+build: $(BUILD)/libssengine.a $(BUILD)/pair $(BUILD)/pair-san $(BUILD)/wheel-test $(BUILD)/wheel-test-san preload/.engine-built ## build every C part
 
 $(BUILD)/obj/%.o: %.c $(ENGINE_HDR)
 	@mkdir -p $(dir $@)
@@ -45,6 +45,12 @@ $(BUILD)/pair: core/tests/pair.c $(ENGINE_OBJ)
 	$(CC) $(CSTD) $(WARN) $(CFLAGS) $(INC) $^ -o $@
 
 $(BUILD)/pair-san: core/tests/pair.c $(ENGINE_SAN)
+	$(CC) $(CSTD) $(WARN) $(SAN) $(INC) $^ -o $@
+
+$(BUILD)/wheel-test: core/tests/wheel_test.c $(ENGINE_OBJ)
+	$(CC) $(CSTD) $(WARN) $(CFLAGS) $(INC) $^ -o $@
+
+$(BUILD)/wheel-test-san: core/tests/wheel_test.c $(ENGINE_SAN)
 	$(CC) $(CSTD) $(WARN) $(SAN) $(INC) $^ -o $@
 
 # The Python extension (preload/_engine*.so) and its sanitizer twin.

@@ -52,21 +52,29 @@ static inline void ss_list_del(struct ss_list *n)
 }
 
 /* ---- timer wheel (timer_wheel.c) ----
- * One millisecond a slot; a timer sits in the slot of its deadline rounded
- * up to the next millisecond, so a slot is only ever visited when all its
- * current-revolution timers are due.  Insert and cancel are O(1); expiry
- * visits each elapsed slot once. */
-#define SS_WHEEL_SLOTS 4096
+ * Two levels of 4096 slots: level 0 one millisecond a slot (the next 4.096
+ * s), level 1 4.096 s a slot (about 4.6 hours); a level-1 slot cascades into
+ * level 0 when its time comes.  Insert and cancel are O(1); the next
+ * deadline is a scan of two bitmaps; no scan of all timers ever happens. */
+#define SS_WHEEL_BITS 12
+#define SS_WHEEL_SLOTS (1u << SS_WHEEL_BITS)
+_Static_assert(SS_WHEEL_SLOTS == 64 * 64, "one summary word covers the bitmap");
 
 struct ss_timer {
     struct ss_list link;
     uint64_t tick; /* the deadline in ms, rounded up */
     bool armed;
+    uint8_t level;
+    uint16_t slot;
 };
-struct ss_wheel {
+struct ss_wheel_level {
     struct ss_list slot[SS_WHEEL_SLOTS];
     uint64_t busy[SS_WHEEL_SLOTS / 64]; /* bit set: the slot holds a timer */
-    uint64_t done; /* every slot up to this tick has been run */
+    uint64_t summary;                   /* bit set: that word of busy is non-zero */
+};
+struct ss_wheel {
+    struct ss_wheel_level level[2];
+    uint64_t done; /* every tick up to this one has been run */
     uint32_t armed;
 };
 void ss_wheel_init(struct ss_wheel *w, uint64_t now_us);
@@ -75,6 +83,7 @@ void ss_timer_set(struct ss_wheel *w, struct ss_timer *t, uint64_t at_us);
 void ss_timer_cancel(struct ss_wheel *w, struct ss_timer *t);
 /* Moves every due timer onto out (a list of ss_timer.link) and disarms it. */
 void ss_wheel_collect(struct ss_wheel *w, uint64_t now_us, struct ss_list *out);
+/* When ss_wheel_collect must next run (a due timer or a cascade), in us. */
 uint64_t ss_wheel_next(const struct ss_wheel *w);
 
 /* ---- byte ring (bytering.c) ----

@@ -66,3 +66,13 @@ def test_idle_connection_holds_no_buffers():
     out = pair("--idle", 2000, "--seed", 5)
     assert out["ok"]
     assert out["heap_bytes_per_connection_end"] < 1024, out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_timer_wheel_against_model(seed):
+    """core/tests/wheel_test.c: random timers, cancels and clock steps;
+    every timer expires exactly when due and next-deadline never lies."""
+    tool = os.path.join(ROOT, "build", "wheel-test-san" if SANITIZED else "wheel-test")
+    r = subprocess.run([tool, str(seed)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["ok"]
