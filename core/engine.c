@@ -2,7 +2,6 @@
  * The instance: configuration, the one input function, timers, counters and
  * readiness events.  Everything an engine owns hangs off struct ss_engine.
  */
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -42,7 +41,7 @@ void ss_engine_config_init(struct ss_engine_config *c)
 
 /* Names the first field that is out of range, so a bad configuration is
  * reported by key rather than by a crash later. */
-static const char *config_error(const struct ss_engine_config *c)
+const char *ss_engine_config_check(const struct ss_engine_config *c)
 {
     if (c->ip == 0)
         return "ip: the stack needs an address";
@@ -77,9 +76,7 @@ static const char *config_error(const struct ss_engine_config *c)
 
 struct ss_engine *ss_engine_create(const struct ss_engine_config *cfg, uint64_t now_us)
 {
-    const char *bad = config_error(cfg);
-    if (bad) {
-        fprintf(stderr, "shardsock engine: bad configuration: %s\n", bad);
+    if (ss_engine_config_check(cfg)) {
         errno = EINVAL;
         return NULL;
     }
@@ -105,8 +102,10 @@ struct ss_engine *ss_engine_create(const struct ss_engine_config *cfg, uint64_t 
     e->flow_mask = buckets - 1;
     for (uint32_t i = 0; i < buckets; i++)
         ss_list_init(&e->flows[i]);
-    for (int i = 0; i < SS_BIND_BUCKETS; i++)
+    for (int i = 0; i < SS_BIND_BUCKETS; i++) {
         ss_list_init(&e->binds[i]);
+        ss_list_init(&e->listens[i]);
+    }
     /* Lowest ids are handed out first, as the kernel does with descriptors. */
     for (uint32_t i = 0; i < cfg->max_sockets; i++)
         e->free_ids[i] = (int)(cfg->max_sockets - 1 - i);

@@ -74,6 +74,9 @@ struct ss_wheel_level {
 };
 struct ss_wheel {
     struct ss_wheel_level level[2];
+    /* Earliest tick placed in each level-1 slot since it was last empty; a
+     * cancel may leave it early (an early wake-up), never late. */
+    uint64_t level1_min[SS_WHEEL_SLOTS];
     uint64_t done; /* every tick up to this one has been run */
     uint32_t armed;
 };
@@ -147,6 +150,7 @@ struct ss_tcb {
     bool ev_pending;
     bool reaping;      /* on the engine's reap list: freed at the end of the call */
     struct ss_list flow_link, bind_link, ev_link, reap_link;
+    struct ss_list listen_link; /* in the listen table while in LISTEN */
     struct ss_list child_link;  /* in the listener's syn or accept list */
     struct ss_tcb *listener;    /* SYN-RECEIVED or unaccepted child's listener */
     /* listener only */
@@ -189,6 +193,7 @@ struct ss_tcb {
     uint64_t ts_recent_us;
     /* round-trip timing (RFC 6298): one segment at a time, Karn's rule */
     uint32_t srtt_us, rttvar_us, rto_us;
+    bool rtt_measured;    /* a first sample was taken (RFC 6298 2.2) */
     bool rtt_timing;
     uint32_t rtt_seq;
     uint64_t rtt_start_us;
@@ -231,7 +236,8 @@ struct ss_engine {
     uint32_t ntcb;           /* all control blocks, orphans included */
     struct ss_list *flows;   /* flow table buckets */
     uint32_t flow_mask;
-    struct ss_list binds[SS_BIND_BUCKETS];
+    struct ss_list binds[SS_BIND_BUCKETS];   /* every socket with a local port */
+    struct ss_list listens[SS_BIND_BUCKETS]; /* listeners only, by port */
     struct ss_list events;
     struct ss_list reap;     /* orphans whose connection ended during this call */
     uint32_t port_next;
@@ -310,6 +316,7 @@ void ss_tcp_timer_clear(struct ss_tcb *t, int which);
 void ss_tcp_timers_run(struct ss_tcb *t);
 void ss_tcp_rtt_sample(struct ss_tcb *t, uint32_t rtt_us);
 void ss_tcp_arm_rtx(struct ss_tcb *t);
+void ss_tcp_handshake_rto(struct ss_tcb *t);
 
 /* tcp_syncookie.c (RFC 4987) */
 uint32_t ss_syncookie_make(struct ss_engine *e, const struct ss_ip_repr *ip, const struct ss_tcp_repr *seg,

@@ -8,8 +8,9 @@
  *     orphan that reaches CLOSED is put on the reap list and freed at the end
  *     of the engine call that closed it;
  *   - a connection with a 4-tuple (SYN-SENT onwards, until CLOSED) is in the
- *     flow table exactly once; a socket with a local port is in the bind
- *     table, which is also the listen table.
+ *     flow table exactly once; a socket with a local port (accepted
+ *     connections and TIME-WAIT orphans included, as in Linux) is in the
+ *     bind table until freed; a listener is also in the listen table.
  * Errors returned are the Linux kernel's for the same misuse.
  */
 #include <stdlib.h>
@@ -29,6 +30,7 @@ struct ss_tcb *ss_tcb_alloc(struct ss_engine *e)
     t->state = SS_TCP_CLOSED;
     ss_list_init(&t->flow_link);
     ss_list_init(&t->bind_link);
+    ss_list_init(&t->listen_link);
     ss_list_init(&t->ev_link);
     ss_list_init(&t->reap_link);
     ss_list_init(&t->child_link);
@@ -93,6 +95,8 @@ void ss_tcb_free(struct ss_tcb *t)
         ss_list_del(&t->bind_link);
         t->bound = false;
     }
+    if (t->state == SS_TCP_LISTEN)
+        ss_list_del(&t->listen_link);
     if (t->reaping)
         ss_list_del(&t->reap_link);
     detach_from_listener(t);
@@ -116,7 +120,11 @@ void ss_tcp_set_state(struct ss_tcb *t, int state)
         return;
     t->e->ctr.tcp_state[t->state]--;
     t->e->ctr.tcp_state[state]++;
+    if (t->state == SS_TCP_LISTEN)
+        ss_list_del(&t->listen_link);
     t->state = (uint8_t)state;
+    if (state == SS_TCP_LISTEN)
+        ss_list_add_tail(&t->e->listens[t->lport & (SS_BIND_BUCKETS - 1)], &t->listen_link);
     if (state == SS_TCP_CLOSED)
         unhash(t);
 }
@@ -195,11 +203,11 @@ void ss_bind_insert(struct ss_tcb *t)
 
 struct ss_tcb *ss_listener_lookup(struct ss_engine *e, uint32_t lip, uint16_t lport)
 {
-    struct ss_list *b = bind_bucket(e, lport);
+    struct ss_list *b = &e->listens[lport & (SS_BIND_BUCKETS - 1)];
     struct ss_tcb *wild = NULL;
     for (struct ss_list *n = b->next; n != b; n = n->next) {
-        struct ss_tcb *t = SS_CONTAINER_OF(n, struct ss_tcb, bind_link);
-        if (t->lport != lport || t->state != SS_TCP_LISTEN)
+        struct ss_tcb *t = SS_CONTAINER_OF(n, struct ss_tcb, listen_link);
+        if (t->lport != lport)
             continue;
         if (t->lip == lip)
             return t;
@@ -531,12 +539,16 @@ ssize_t ss_tcp_recv(struct ss_engine *e, int sid, void *buf, size_t len, uint64_
         maybe_window_update(t);
         return n;
     }
+    /* Linux tcp_recvmsg(): a FIN already received reads as end of stream
+     * before any pending error, which is left for the next write. */
+    if (len == 0 || t->fin_rcvd)
+        return 0;
     if (t->error) {
         int err = t->error;
         t->error = 0;
         return err;
     }
-    if (len == 0 || t->fin_rcvd || t->rd_shut)
+    if (t->rd_shut)
         return 0;
     if (t->state == SS_TCP_CLOSED)
         return t->rip ? 0 : -ENOTCONN;
@@ -575,8 +587,10 @@ int ss_tcp_shutdown(struct ss_engine *e, int sid, int how, uint64_t now_us)
     case SS_TCP_CLOSED:
         return -ENOTCONN;
     case SS_TCP_LISTEN:
+        /* Linux inet_shutdown(): only shutting the read side stops a
+         * listener; SHUT_WR leaves it listening. */
         if (how == 1)
-            return -ENOTCONN;
+            return 0;
         close_listener(t);
         ss_engine_reap(e);
         return 0;
@@ -677,10 +691,15 @@ int ss_tcp_setopt(struct ss_engine *e, int sid, int opt, int value, uint64_t now
     case SS_OPT_KEEPINTVL:
         if (value < 1 || value > 32767)
             return -EINVAL;
-        if (opt == SS_OPT_KEEPIDLE)
-            t->ka_idle_ms = (uint32_t)value * 1000;
-        else
+        if (opt == SS_OPT_KEEPINTVL) {
             t->ka_intvl_ms = (uint32_t)value * 1000;
+            return 0;
+        }
+        t->ka_idle_ms = (uint32_t)value * 1000;
+        /* Linux re-arms a running keepalive from the last segment received. */
+        if (t->keepalive && !t->ka_sent &&
+            (t->state == SS_TCP_ESTABLISHED || t->state == SS_TCP_CLOSE_WAIT || t->state == SS_TCP_FIN_WAIT_2))
+            ss_tcp_timer_set(t, SS_T_KEEP, SS_MAX(now_us, t->last_rcv_us + (uint64_t)t->ka_idle_ms * 1000));
         return 0;
     case SS_OPT_KEEPCNT:
         if (value < 1 || value > 127)
@@ -705,7 +724,8 @@ int ss_tcp_setopt(struct ss_engine *e, int sid, int opt, int value, uint64_t now
         t->linger_zero = value != 0;
         return 0;
     case SS_OPT_MAXSEG:
-        if (value < 88 || value > 32767)
+        /* Linux: 0 clears the user's limit; otherwise 88..32767. */
+        if (value != 0 && (value < 88 || value > 32767))
             return -EINVAL;
         t->user_mss = (uint16_t)value;
         return 0;

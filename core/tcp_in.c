@@ -74,6 +74,7 @@ static struct ss_tcb *new_child(struct ss_tcb *l, const struct ss_ip_repr *ip, c
     c->ka_probes = l->ka_probes;
     c->user_mss = l->user_mss;
     c->linger_zero = l->linger_zero;
+    c->reuseaddr = l->reuseaddr;
     ss_ring_init(&c->rcvbuf, l->rcvbuf.cap);
     ss_ring_init(&c->sndbuf, l->sndbuf.cap);
     return c;
@@ -121,6 +122,7 @@ void ss_tcp_listen_input(struct ss_tcb *l, const struct ss_ip_repr *ip, struct s
         ss_tcp_set_state(c, SS_TCP_SYN_RECEIVED);
         ss_list_add_tail(&l->syn_q, &c->child_link);
         ss_flow_insert(c);
+        ss_bind_insert(c);
         e->ctr.tcp_syncookies_ok++;
         e->ctr.tcp_passive_opens++;
         ss_tcp_input(e, ip, s); /* now the flow exists: the ACK completes it */
@@ -170,6 +172,7 @@ void ss_tcp_listen_input(struct ss_tcb *l, const struct ss_ip_repr *ip, struct s
     ss_list_add_tail(&l->syn_q, &c->child_link);
     l->syn_len++;
     ss_flow_insert(c);
+    ss_bind_insert(c); /* an accepted connection holds its port, as in Linux */
     e->ctr.tcp_passive_opens++;
     c->rtt_timing = true;
     c->rtt_start_us = e->now_us;
@@ -217,7 +220,11 @@ static void syn_sent_input(struct ss_tcb *t, const struct ss_ip_repr *ip, struct
         if (t->rtt_timing && t->backoff == 0)
             ss_tcp_rtt_sample(t, (uint32_t)(e->now_us - t->rtt_start_us));
         t->rtt_timing = false;
+        ss_tcp_handshake_rto(t);
         t->backoff = 0;
+        /* Our SYN advertised an unscaled window; that is the edge the peer
+         * may fill until our first ACK says more (RFC 7323 2.2). */
+        t->rcv_adv = t->rcv_nxt + SS_MIN(ss_ring_space(&t->rcvbuf), 65535u);
         ss_tcp_timer_clear(t, SS_T_RTX);
         ss_tcp_set_state(t, SS_TCP_ESTABLISHED);
         ss_tcp_init_conn(t);
@@ -368,6 +375,8 @@ static void dup_ack(struct ss_tcb *t, uint32_t ack)
         t->cwnd = t->ssthresh + 3 * t->smss;
         t->in_recovery = true;
         t->partial_ack_seen = false;
+        if (!t->deadline[SS_T_RTX])
+            ss_tcp_arm_rtx(t);
     }
 }
 
@@ -395,8 +404,11 @@ static bool process_ack(struct ss_tcb *t, const struct ss_tcp_repr *s)
     if (SEQ_GT(ack, t->snd_una)) {
         new_ack(t, ack);
     } else if (ack == t->snd_una && s->len == 0 && !(s->flags & (SS_TH_SYN | SS_TH_FIN)) && wnd == old_wnd &&
-               t->snd_max != t->snd_una) {
-        /* RFC 5681 2: outstanding data, no data, no SYN/FIN, same ACK and window. */
+               wnd != 0 && t->snd_nxt != t->snd_una) {
+        /* RFC 5681 2: outstanding data, no data, no SYN/FIN, same ACK and
+         * window.  Answers to zero-window probes are not duplicates: the
+         * probe byte is not in flight (SND.NXT does not cover it), and a
+         * zero window cannot take a retransmission. */
         dup_ack(t, ack);
     }
     if (wnd_update) {
@@ -534,6 +546,33 @@ static void process_text(struct ss_tcb *t, struct ss_tcp_repr *s)
 
 /* ---- synchronized states (RFC 9293 3.10.7.4) ---- */
 
+/* SYN-RECEIVED -> ESTABLISHED: the ACK of our SYN (RFC 9293 3.10.7.4,
+ * fifth step).  The SYN's sequence number is accounted here, so congestion
+ * control (new_ack) sees only data acknowledged. */
+static void syn_received_established(struct ss_tcb *t, const struct ss_tcp_repr *s)
+{
+    struct ss_engine *e = t->e;
+    if (t->rtt_timing && t->backoff == 0)
+        ss_tcp_rtt_sample(t, (uint32_t)(e->now_us - t->rtt_start_us));
+    t->rtt_timing = false; /* Karn: no sample from a retransmitted SYN-ACK */
+    ss_tcp_handshake_rto(t);
+    t->backoff = 0;
+    t->snd_una = t->iss + 1;
+    ss_tcp_timer_clear(t, SS_T_RTX);
+    t->snd_wnd = (uint32_t)s->wnd << t->snd_wscale;
+    t->snd_wl1 = s->seq;
+    t->snd_wl2 = s->ack;
+    ss_tcp_set_state(t, t->wr_shut ? SS_TCP_FIN_WAIT_1 : SS_TCP_ESTABLISHED);
+    ss_tcp_init_conn(t);
+    t->last_rcv_us = e->now_us;
+    if (t->keepalive)
+        ss_tcp_timer_set(t, SS_T_KEEP, e->now_us + (uint64_t)t->ka_idle_ms * 1000);
+    if (t->listener)
+        ss_tcp_child_established(t);
+    else
+        ss_tcb_notify(t);
+}
+
 /* The acceptability test of RFC 9293 3.10.7.4, table 6. */
 static bool acceptable(const struct ss_tcb *t, const struct ss_tcp_repr *s)
 {
@@ -560,6 +599,16 @@ static void segment_arrives(struct ss_tcb *t, const struct ss_ip_repr *ip, struc
         ss_tcp_send_syn(t);
         return;
     }
+    /* Simultaneous open (RFC 9293 figure 7, line 6): the peer's SYN-ACK
+     * <SEQ=IRS><ACK=ISS+1> crosses ours.  It repeats the SYN the sequence
+     * check would reject, but its ACK completes the handshake; Linux (since
+     * 6.11) accepts it the same way, answering nothing. */
+    if (t->state == SS_TCP_SYN_RECEIVED && !t->listener &&
+        (s->flags & (SS_TH_SYN | SS_TH_ACK | SS_TH_RST)) == (SS_TH_SYN | SS_TH_ACK) && s->seq == t->irs &&
+        s->ack == t->iss + 1) {
+        syn_received_established(t, s);
+        return;
+    }
     /* RFC 7323 5.3 PAWS: a timestamp older than TS.Recent marks an old
      * duplicate.  TS.Recent older than 24 days is no longer trusted. */
     if (t->ts_ok && s->has_ts && !(s->flags & SS_TH_RST) && (int32_t)(s->tsval - t->ts_recent) < 0 &&
@@ -570,12 +619,20 @@ static void segment_arrives(struct ss_tcb *t, const struct ss_ip_repr *ip, struc
     }
     /* First: sequence number. */
     if (!acceptable(t, s)) {
-        e->ctr.drop_tcp_out_of_window++;
-        if (!(s->flags & SS_TH_RST)) {
-            if (t->state == SS_TCP_TIME_WAIT && (s->flags & SS_TH_FIN))
-                ss_tcp_timer_set(t, SS_T_2MSL, e->now_us + 2ull * e->cfg.msl_ms * 1000);
-            ss_tcp_send_ack(t);
+        if (s->flags & SS_TH_RST) {
+            e->ctr.drop_tcp_bad_rst++; /* RFC 5961 3.2: out of window, silently */
+            return;
         }
+        e->ctr.drop_tcp_out_of_window++;
+        if (s->flags & SS_TH_SYN) {
+            /* RFC 5961 4.2: a SYN gets a challenge ACK "irrespective of the
+             * sequence number", under the rate limit. */
+            ss_tcp_send_challenge_ack(t);
+            return;
+        }
+        if (t->state == SS_TCP_TIME_WAIT && (s->flags & SS_TH_FIN))
+            ss_tcp_timer_set(t, SS_T_2MSL, e->now_us + 2ull * e->cfg.msl_ms * 1000);
+        ss_tcp_send_ack(t);
         return;
     }
     /* RFC 7323 4.3: remember the timestamp of an in-order segment. */
@@ -597,15 +654,21 @@ static void segment_arrives(struct ss_tcb *t, const struct ss_ip_repr *ip, struc
              * (simultaneous open): connection refused. */
             ss_tcp_done(t, t->listener ? 0 : -ECONNREFUSED);
             break;
-        case SS_TCP_ESTABLISHED:
-        case SS_TCP_FIN_WAIT_1:
-        case SS_TCP_FIN_WAIT_2:
         case SS_TCP_CLOSE_WAIT:
+            /* Linux tcp_reset(): the peer had finished; writing now is a
+             * broken pipe. */
+            e->ctr.tcp_estab_resets++;
+            ss_tcp_done(t, -EPIPE);
+            break;
+        case SS_TCP_ESTABLISHED:
             e->ctr.tcp_estab_resets++;
             ss_tcp_done(t, -ECONNRESET);
             break;
-        default:
+        case SS_TCP_TIME_WAIT:
             ss_tcp_done(t, 0);
+            break;
+        default:
+            ss_tcp_done(t, -ECONNRESET);
         }
         return;
     }
@@ -634,20 +697,7 @@ static void segment_arrives(struct ss_tcb *t, const struct ss_ip_repr *ip, struc
                 ss_tcp_done(t, 0);
             return;
         }
-        t->snd_wnd = (uint32_t)s->wnd << t->snd_wscale;
-        t->snd_wl1 = s->seq;
-        t->snd_wl2 = s->ack;
-        ss_tcp_set_state(t, t->wr_shut ? SS_TCP_FIN_WAIT_1 : SS_TCP_ESTABLISHED);
-        ss_tcp_init_conn(t);
-        t->last_rcv_us = e->now_us;
-        if (t->keepalive)
-            ss_tcp_timer_set(t, SS_T_KEEP, e->now_us + (uint64_t)t->ka_idle_ms * 1000);
-        if (t->backoff)
-            t->rtt_timing = false; /* Karn: the SYN-ACK was retransmitted */
-        if (t->listener)
-            ss_tcp_child_established(t);
-        else
-            ss_tcb_notify(t);
+        syn_received_established(t, s);
     }
     if (!process_ack(t, s))
         return;
@@ -707,8 +757,10 @@ void ss_tcp_input(struct ss_engine *e, const struct ss_ip_repr *ip, struct ss_tc
         segment_arrives(t, ip, s);
     if (t->state == SS_TCP_CLOSED)
         return;
-    if (t->keepalive)
-        t->ka_sent = 0;
+    /* The peer is alive: keepalive counts idleness from here (RFC 1122
+     * 4.2.3.6: no probe while data or ACKs arrive). */
+    t->last_rcv_us = e->now_us;
+    t->ka_sent = 0;
     ss_tcp_output(t);
     if (t->ack_now)
         ss_tcp_send_ack(t);

@@ -48,7 +48,8 @@ void ss_tcp_arm_rtx(struct ss_tcb *t)
 void ss_tcp_rtt_sample(struct ss_tcb *t, uint32_t r)
 {
     const struct ss_engine_config *c = &t->e->cfg;
-    if (t->srtt_us == 0 && t->rttvar_us == 0) {
+    if (!t->rtt_measured) {
+        t->rtt_measured = true;
         t->srtt_us = r;          /* (2.2) */
         t->rttvar_us = r / 2;
     } else {
@@ -60,6 +61,16 @@ void ss_tcp_rtt_sample(struct ss_tcb *t, uint32_t r)
     rto = SS_MAX(rto, (uint64_t)c->rto_min_ms * 1000);  /* (2.4), configurable */
     rto = SS_MIN(rto, (uint64_t)c->rto_max_ms * 1000);  /* (2.5) */
     t->rto_us = (uint32_t)rto;
+}
+
+/* RFC 6298 5.7: when the SYN (or SYN-ACK) had to be retransmitted and the
+ * handshake gave no RTT sample, data starts with an RTO of 3 seconds. */
+void ss_tcp_handshake_rto(struct ss_tcb *t)
+{
+    if (t->backoff && !t->rtt_measured) {
+        uint32_t three = SS_MIN(3000000u, t->e->cfg.rto_max_ms * 1000u);
+        t->rto_us = SS_MAX(three, t->e->cfg.rto_min_ms * 1000u);
+    }
 }
 
 static void backoff_rto(struct ss_tcb *t)

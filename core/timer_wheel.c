@@ -68,8 +68,13 @@ static void place(struct ss_wheel *w, struct ss_timer *t)
     } else {
         uint64_t j = t->tick >> SS_WHEEL_BITS;
         uint64_t last = (base >> SS_WHEEL_BITS) + SS_WHEEL_SLOTS - 1;
+        /* A timer beyond reach must be looked at again when its slot
+         * cascades: for it, that moment is the slot's bound. */
+        uint64_t key = j <= last ? t->tick : last << SS_WHEEL_BITS;
         t->level = 1;
         t->slot = (uint16_t)((j < last ? j : last) & MASK);
+        if (!busy(&w->level[1], t->slot) || key < w->level1_min[t->slot])
+            w->level1_min[t->slot] = key;
     }
     ss_list_add_tail(&w->level[t->level].slot[t->slot], &t->link);
     mark(&w->level[t->level], t->slot);
@@ -77,8 +82,12 @@ static void place(struct ss_wheel *w, struct ss_timer *t)
 
 void ss_timer_cancel(struct ss_wheel *w, struct ss_timer *t)
 {
-    if (!t->armed)
+    if (!t->armed) {
+        /* A due timer waits on the collector's list until its handler runs;
+         * re-arming or freeing it before then must take it off that list. */
+        ss_list_del(&t->link);
         return;
+    }
     ss_list_del(&t->link);
     t->armed = false;
     w->armed--;
@@ -207,12 +216,14 @@ uint64_t ss_wheel_next(const struct ss_wheel *w)
     int64_t d0 = first_busy(&w->level[0], (uint32_t)(base & MASK));
     if (d0 >= 0)
         best = base + (uint64_t)d0;
-    /* Level 1: the collector must run when the first busy slot cascades.
-     * The first slot still to cascade starts at or after base. */
+    /* Level 1: the first busy slot (the first still to cascade starts at or
+     * after base) holds the earliest of the later timers. */
     uint64_t j0 = (base + MASK) >> SS_WHEEL_BITS;
     int64_t d1 = first_busy(&w->level[1], (uint32_t)(j0 & MASK));
     if (d1 >= 0) {
-        uint64_t at = (j0 + (uint64_t)d1) << SS_WHEEL_BITS;
+        uint64_t at = w->level1_min[(j0 + (uint64_t)d1) & MASK];
+        if (at < base)
+            at = base;
         if (at < best)
             best = at;
     }

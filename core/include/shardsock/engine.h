@@ -74,8 +74,11 @@ struct ss_engine_config {
 struct ss_engine;
 
 void ss_engine_config_init(struct ss_engine_config *cfg);
-/* NULL with errno set (EINVAL: a field out of range, named on stderr;
- * ENOMEM).  Sends a gratuitous ARP for the stack's address. */
+/* NULL when the configuration is valid, else a sentence naming the first
+ * field out of range and its valid range. */
+const char *ss_engine_config_check(const struct ss_engine_config *cfg);
+/* NULL with errno set (EINVAL: see ss_engine_config_check; ENOMEM).
+ * Sends a gratuitous ARP for the stack's address. */
 struct ss_engine *ss_engine_create(const struct ss_engine_config *cfg, uint64_t now_us);
 void ss_engine_destroy(struct ss_engine *e);
 
