@@ -18,7 +18,7 @@ ENGINE_SAN := $(patsubst %.c,$(BUILD)/san/%.o,$(ENGINE_SRC))
 ASAN_MOD    = $(BUILD)/asan/_engine.so
 PYTEST      = $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: help setup build test test-engine test-engine-sanitized check-engine-symbols demo bench bench-engine clean
+.PHONY: help setup build test test-engine test-engine-sanitized test-preload check-engine-symbols demo bench bench-engine clean
 
 help: ## list the targets
 	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-24s %s\n", $$1, $$2}'
@@ -26,7 +26,7 @@ help: ## list the targets
 setup: ## install Debian packages and `pip install -e .[test]` (idempotent)
 	PY=$(PY) scripts/setup.sh
 
-build: $(BUILD)/libssengine.a $(BUILD)/pair $(BUILD)/pair-san $(BUILD)/wheel-test $(BUILD)/wheel-test-san preload/.engine-built ## build every C part
+build: $(BUILD)/libssengine.a $(BUILD)/pair $(BUILD)/pair-san $(BUILD)/wheel_test $(BUILD)/wheel_test-san preload/.engine-built ## build every C part
 
 $(BUILD)/obj/%.o: %.c $(ENGINE_HDR)
 	@mkdir -p $(dir $@)
@@ -39,24 +39,23 @@ $(BUILD)/san/%.o: %.c $(ENGINE_HDR)
 	@$(CC) $(CSTD) $(WARN) $(SAN) $(INC) -c $< -o $@
 
 $(BUILD)/libssengine.a: $(ENGINE_OBJ)
-	ar rcs $@ $^
+	@echo "  AR      $@"
+	@ar rcs $@ $^
 
-$(BUILD)/pair: core/tests/pair.c $(ENGINE_OBJ)
-	$(CC) $(CSTD) $(WARN) $(CFLAGS) $(INC) $^ -o $@
+# Test and benchmark programs, each with a sanitizer twin.
+$(BUILD)/%: core/tests/%.c $(ENGINE_OBJ)
+	@echo "  LD      $@"
+	@$(CC) $(CSTD) $(WARN) $(CFLAGS) $(INC) $^ -o $@
 
-$(BUILD)/pair-san: core/tests/pair.c $(ENGINE_SAN)
-	$(CC) $(CSTD) $(WARN) $(SAN) $(INC) $^ -o $@
-
-$(BUILD)/wheel-test: core/tests/wheel_test.c $(ENGINE_OBJ)
-	$(CC) $(CSTD) $(WARN) $(CFLAGS) $(INC) $^ -o $@
-
-$(BUILD)/wheel-test-san: core/tests/wheel_test.c $(ENGINE_SAN)
-	$(CC) $(CSTD) $(WARN) $(SAN) $(INC) $^ -o $@
+$(BUILD)/%-san: core/tests/%.c $(ENGINE_SAN)
+	@echo "  LD-SAN  $@"
+	@$(CC) $(CSTD) $(WARN) $(SAN) $(INC) $^ -o $@
 
 # The Python extension (preload/_engine*.so) and its sanitizer twin.
 preload/.engine-built: $(ENGINE_SRC) $(ENGINE_HDR) preload/_build_engine.py
-	$(PY) preload/_build_engine.py
-	$(PY) preload/_build_engine.py --sanitize $(BUILD)/asan
+	@echo "  CFFI    preload/_engine (and its sanitizer build in $(BUILD)/asan)"
+	@$(PY) preload/_build_engine.py >/dev/null
+	@$(PY) preload/_build_engine.py --sanitize $(BUILD)/asan >/dev/null
 	@touch $@
 
 check-engine-symbols: $(BUILD)/libssengine.a ## the engine calls nothing but memory functions: no socket, I/O or clock
@@ -74,7 +73,10 @@ test-engine-sanitized: build ## the same tests against the ASan+UBSan build of t
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	SHARDSOCK_SANITIZED=1 $(PYTEST) core/tests
 
-test: setup build check-engine-symbols test-engine test-engine-sanitized ## setup, build, then every test
+test-preload: build ## the management layer's tests
+	$(PYTEST) preload/tests
+
+test: setup build check-engine-symbols test-engine test-engine-sanitized test-preload ## setup, build, then every test
 
 demo: setup build ## what runs today: the engine moving 100 MB each way over a lossy link
 	$(BUILD)/pair --bytes 100000000 --loss 0.05 --reorder 0.05 --dup 0.05 --seed 1

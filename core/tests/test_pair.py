@@ -72,7 +72,7 @@ def test_idle_connection_holds_no_buffers():
 def test_timer_wheel_against_model(seed):
     """core/tests/wheel_test.c: random timers, cancels and clock steps;
     every timer expires exactly when due and next-deadline never lies."""
-    tool = os.path.join(ROOT, "build", "wheel-test-san" if SANITIZED else "wheel-test")
+    tool = os.path.join(ROOT, "build", "wheel_test-san" if SANITIZED else "wheel_test")
     r = subprocess.run([tool, str(seed)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["ok"]
