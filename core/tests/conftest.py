@@ -11,6 +11,22 @@ from harness import Peer, Stack, active_open, passive_open  # noqa: E402
 
 
 @pytest.fixture
+def make_stack():
+    """A factory of engines with configuration overrides, all destroyed
+    after the test: make_stack(rto_min_ms=100, ...)."""
+    made = []
+
+    def make(**cfg):
+        s = Stack(**cfg)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.destroy()
+
+
+@pytest.fixture
 def stack():
     s = Stack()
     yield s

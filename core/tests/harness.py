@@ -9,10 +9,9 @@ Addresses come from the benchmarking range (RFC 2544): the stack is
 198.18.0.2, the scripted peer 198.18.0.1.
 """
 import ipaddress
-import struct
 
 from scapy.layers.inet import ICMP, IP, TCP
-from scapy.layers.l2 import ARP, Ether
+from scapy.layers.l2 import Ether
 
 from preload.engine import TCP_STATES, ffi, lib, read_counters
 
@@ -352,3 +351,141 @@ def _synack_opts(peer, stack_syn_opts):
     if peer.wscale is not None and "WScale" in stack_syn_opts:
         o.append(("WScale", peer.wscale))
     return o
+
+
+# ---------------------------------------------------------------------------
+# Connection scripting: a Conn tracks one established connection's bytes so
+# tests can describe segments by stream offset.
+# ---------------------------------------------------------------------------
+
+MSS = 1460
+
+
+def pattern(start, n):
+    return bytes((k * 7 + 3) % 251 for k in range(start, start + n))
+
+
+def expect_segs(stack, *wanted):
+    """Like Stack.expect, but a description with psh_ok=True accepts the
+    PSH bit whether set or not (PSH placement is the sender's business)."""
+    segs = stack.take_tcp()
+    assert len(segs) == len(wanted), "expected %d segments, got %d: %s" % (
+        len(wanted), len(segs), [describe(s) for s in segs])
+    for i, (s, w) in enumerate(zip(segs, wanted)):
+        w = dict(w)
+        if w.pop("psh_ok", False):
+            want = set(w.pop("flags"))
+            got = flags_of(s) - {"P"}
+            assert got == want, "segment %d (%s): flags %s, wanted %s (+P)" % (i, describe(s), got, want)
+        match(s, w, i)
+    return segs
+
+
+class Conn:
+    """One established connection: the stack's socket, the scripted peer,
+    and the bytes written so far (offsets count from the first data byte)."""
+
+    def __init__(self, stack, sid, peer):
+        self.s, self.sid, self.p = stack, sid, peer
+        self.base = peer.rcv
+        self.out = b""
+
+    def write(self, n):
+        b = pattern(len(self.out), n) if isinstance(n, int) else n
+        assert self.s.write(self.sid, b) == len(b)
+        self.out += b
+
+    def seq(self, off):
+        return (self.base + off) % 2**32
+
+    def d(self, off, n, **kw):
+        """Description of a data segment carrying bytes [off, off + n)."""
+        w = {"flags": "A", "psh_ok": True, "seq": self.seq(off), "ack": self.p.nxt, "len": n,
+             "payload": self.out[off:off + n]}
+        w.update(kw)
+        return w
+
+    def seg(self, i, **kw):
+        """Full-sized segment number i."""
+        return self.d(i * MSS, MSS, **kw)
+
+    def ack(self, off, win=None):
+        """The peer acknowledges up to offset off (a pure ACK)."""
+        self.p.seg("A", ack=self.seq(off), win=win)
+
+    def ack_seg(self, i, win=None):
+        """The peer acknowledges every full segment before number i."""
+        self.ack(i * MSS, win=win)
+
+    def expect(self, *w):
+        return expect_segs(self.s, *w)
+
+    def info(self):
+        return self.s.info(self.sid)
+
+
+def open_passive(stack, rtt_ms=0, **peer_kw):
+    """The peer opens a connection to port 80; its final ACK arrives rtt_ms
+    after the SYN-ACK (the stack's first RTT sample)."""
+    lsid = stack.listen(80)
+    peer = Peer(stack, **peer_kw)
+    peer.seg("S", options=peer.syn_options())
+    (sa,) = stack.expect({"flags": "SA", "ack": peer.nxt})
+    peer.rcv = (sa.seq + 1) % 2**32
+    if rtt_ms:
+        stack.advance(rtt_ms)
+        stack.expect_nothing()
+    peer.seg("A")
+    stack.expect_nothing()
+    sid = stack.accept(lsid)
+    assert sid >= 0, sid
+    c = Conn(stack, sid, peer)
+    c.p_synack = sa
+    return c
+
+
+def open_active(stack, rtt_ms=0, syn_losses=0, **peer_kw):
+    """The stack connects to the peer; the SYN-ACK comes rtt_ms after the
+    (last) SYN.  syn_losses SYNs are lost first (each after its RTO)."""
+    peer = Peer(stack, **peer_kw)
+    sid = stack.socket()
+    assert stack.connect(sid, PEER_IP, 80) == ERRNO["EINPROGRESS"]
+    (syn,) = stack.expect({"flags": "S", "dport": 80})
+    rto = 1000
+    for _ in range(syn_losses):
+        stack.advance(rto)
+        stack.expect({"flags": "S", "seq": syn.seq})
+        rto *= 2
+    peer.sport, peer.dport = 80, syn.sport
+    peer.rcv = (syn.seq + 1) % 2**32
+    if rtt_ms:
+        stack.advance(rtt_ms)
+        stack.expect_nothing()
+    opts = [("MSS", peer.mss)] if peer.mss is not None else []
+    if peer.wscale is not None:
+        opts.append(("WScale", peer.wscale))
+    peer.seg("SA", ack=peer.rcv, options=opts)
+    stack.expect({"flags": "A", "seq": peer.rcv, "ack": peer.nxt})
+    assert stack.state(sid) == "ESTABLISHED"
+    return Conn(stack, sid, peer)
+
+
+def ctr(stack, name):
+    return stack.counters()[name]
+
+
+
+def peer_data(c, n, start=0, seq=None, advance=True):
+    return c.p.seg("PA", pattern(1000 + start, n), seq=seq, advance=advance)
+
+
+def ack_of(c, **kw):
+    """Description of a pure ACK from the stack for all the peer sent."""
+    w = {"flags": "A", "seq": c.seq(len(c.out)), "ack": c.p.nxt, "len": 0}
+    w.update(kw)
+    return w
+
+
+def right_edge(seg):
+    """The right edge of the window a segment offers."""
+    return (seg.ack + seg.window) % 2**32

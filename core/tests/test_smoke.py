@@ -1,4 +1,3 @@
-from harness import ERRNO, Peer, passive_open
 
 
 def test_passive_handshake_and_echo(passive):
