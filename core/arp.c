@@ -56,7 +56,7 @@ static struct ss_arp_entry *add_entry(struct ss_engine *e, uint32_t ip)
                 (!victim || e->arp[i].deadline_us < victim->deadline_us))
                 victim = &e->arp[i];
         if (!victim) {
-            e->ctr.drop_arp_no_space++;
+            e->ctr->drop_arp_no_space++;
             return NULL;
         }
         remove_entry(e, victim);
@@ -82,9 +82,9 @@ static void send_arp(struct ss_engine *e, uint16_t op, const uint8_t *dst_mac, c
     /* Pad to the 60-byte ethernet minimum. */
     memset(f + SS_ETH_HLEN + SS_ARP_LEN, 0, 60 - SS_ETH_HLEN - SS_ARP_LEN);
     if (op == SS_ARP_REQUEST)
-        e->ctr.arp_tx_requests++;
+        e->ctr->arp_tx_requests++;
     else
-        e->ctr.arp_tx_replies++;
+        e->ctr->arp_tx_replies++;
     ss_engine_tx(e, f, 60);
 }
 
@@ -138,9 +138,9 @@ void ss_arp_input(struct ss_engine *e, const uint8_t *pkt, size_t len, const str
 {
     struct ss_arp_repr r;
     (void)eth;
-    e->ctr.arp_rx++;
+    e->ctr->arp_rx++;
     if (ss_arp_parse(pkt, len, &r) < 0) {
-        e->ctr.drop_arp_malformed++;
+        e->ctr->drop_arp_malformed++;
         return;
     }
     /* A sender claiming our address, broadcast or zero is not learned. */
@@ -156,17 +156,34 @@ void ss_arp_input(struct ss_engine *e, const uint8_t *pkt, size_t len, const str
             a->state = SS_ARP_REACHABLE;
             a->tries = 0;
             a->deadline_us = e->now_us + (uint64_t)e->cfg.arp_timeout_ms * 1000;
-            e->ctr.arp_cache_updates++;
+            e->ctr->arp_cache_updates++;
+            if (e->cfg.neigh_learn)
+                e->cfg.neigh_learn(e->cfg.neigh_ctx, a->ip, a->mac);
             flush_queue(e, a);
             arm_timer(e);
         }
     }
     if (!for_us) {
-        e->ctr.drop_arp_not_ours++;
+        e->ctr->drop_arp_not_ours++;
         return;
     }
     if (r.op == SS_ARP_REQUEST)
         send_arp(e, SS_ARP_REPLY, r.sha, r.sha, r.spa);
+}
+
+/* Another instance of the group may know the address: take it from the
+ * shared table rather than asking the network. */
+static bool from_shared(struct ss_engine *e, struct ss_arp_entry *a)
+{
+    uint8_t mac[6];
+    if (!e->cfg.neigh_lookup || e->cfg.neigh_lookup(e->cfg.neigh_ctx, a->ip, mac) != 0)
+        return false;
+    memcpy(a->mac, mac, 6);
+    a->state = SS_ARP_REACHABLE;
+    a->tries = 0;
+    a->deadline_us = e->now_us + (uint64_t)e->cfg.arp_timeout_ms * 1000;
+    e->ctr->neigh_shared_hits++;
+    return true;
 }
 
 void ss_arp_output(struct ss_engine *e, uint8_t *frame, size_t ip_len, uint32_t nh)
@@ -189,13 +206,17 @@ void ss_arp_output(struct ss_engine *e, uint8_t *frame, size_t ip_len, uint32_t 
         a->state = SS_ARP_INCOMPLETE;
         a->deadline_us = e->now_us;
     }
+    if (a->queued == 0 && from_shared(e, a)) {
+        send_frame_to(e, frame, ip_len, a->mac);
+        return;
+    }
     if (a->queued >= e->cfg.arp_queue_max) {
-        e->ctr.drop_arp_queue_full++;
+        e->ctr->drop_arp_queue_full++;
         return;
     }
     struct ss_pkt *p = malloc(sizeof *p + ip_len);
     if (!p) {
-        e->ctr.drop_arp_queue_full++;
+        e->ctr->drop_arp_queue_full++;
         return;
     }
     p->next = NULL;
@@ -220,10 +241,15 @@ void ss_arp_timer(struct ss_engine *e)
             i++;
             continue;
         }
+        if (from_shared(e, a)) {
+            flush_queue(e, a);
+            i++;
+            continue;
+        }
         if (a->tries >= e->cfg.arp_retries) {
             /* RFC 1122 2.3.2.2: give up, and drop what waited. */
-            e->ctr.arp_resolve_failed++;
-            e->ctr.drop_ip_no_route += a->queued;
+            e->ctr->arp_resolve_failed++;
+            e->ctr->drop_ip_no_route += a->queued;
             remove_entry(e, a);
             continue;
         }

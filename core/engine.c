@@ -33,6 +33,8 @@ void ss_engine_config_init(struct ss_engine_config *c)
     c->initial_cwnd = 10;
     c->port_lo = 32768;
     c->port_hi = 60999;
+    c->port_mod = 1;
+    c->port_rem = 0;
     c->arp_timeout_ms = 60000;
     c->arp_retry_ms = 1000;
     c->arp_retries = 3;
@@ -63,6 +65,8 @@ const char *ss_engine_config_check(const struct ss_engine_config *c)
         return "max_sockets: must be 1..16777216";
     if (c->port_lo == 0 || c->port_lo > c->port_hi)
         return "port_lo/port_hi: need 0 < port_lo <= port_hi";
+    if (c->port_mod == 0 || c->port_rem >= c->port_mod || c->port_mod > c->port_hi - c->port_lo + 1)
+        return "port_mod/port_rem: need port_rem < port_mod <= the number of ephemeral ports";
     if (c->syn_backlog == 0 || c->somaxconn == 0)
         return "syn_backlog/somaxconn: must be > 0";
     if (c->initial_cwnd == 0)
@@ -85,6 +89,7 @@ struct ss_engine *ss_engine_create(const struct ss_engine_config *cfg, uint64_t 
         return NULL;
     e->cfg = *cfg;
     e->now_us = now_us;
+    e->ctr = cfg->counters ? cfg->counters : &e->own_ctr;
     uint32_t buckets = 1;
     while (buckets < cfg->max_sockets && buckets < (1u << 20))
         buckets <<= 1;
@@ -116,7 +121,6 @@ struct ss_engine *ss_engine_create(const struct ss_engine_config *cfg, uint64_t 
     ss_timer_init(&e->arp_timer);
     e->port_next = (uint32_t)ss_siphash(cfg->secret, "ports", 5);
     e->ip_id = (uint16_t)ss_siphash(cfg->secret, "ipid", 4);
-    e->ctr.tcp_state[SS_TCP_CLOSED] = 0;
     ss_arp_announce(e);
     return e;
 }
@@ -143,8 +147,8 @@ void ss_engine_destroy(struct ss_engine *e)
 
 void ss_engine_tx(struct ss_engine *e, const uint8_t *frame, size_t len)
 {
-    e->ctr.eth_tx_frames++;
-    e->ctr.eth_tx_bytes += len;
+    e->ctr->eth_tx_frames++;
+    e->ctr->eth_tx_bytes += len;
     e->cfg.tx(e->cfg.tx_ctx, frame, len);
 }
 
@@ -153,14 +157,14 @@ void ss_engine_input(struct ss_engine *e, const uint8_t *frame, size_t len, uint
     static const uint8_t bcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
     struct ss_eth_repr eth;
     e->now_us = now_us;
-    e->ctr.eth_rx_frames++;
-    e->ctr.eth_rx_bytes += len;
+    e->ctr->eth_rx_frames++;
+    e->ctr->eth_rx_bytes += len;
     if (ss_eth_parse(frame, len, &eth) < 0) {
-        e->ctr.drop_eth_short++;
+        e->ctr->drop_eth_short++;
         return;
     }
     if (memcmp(eth.dst, e->cfg.mac, 6) != 0 && memcmp(eth.dst, bcast, 6) != 0) {
-        e->ctr.drop_eth_not_ours++;
+        e->ctr->drop_eth_not_ours++;
         return;
     }
     switch (eth.type) {
@@ -172,7 +176,7 @@ void ss_engine_input(struct ss_engine *e, const uint8_t *frame, size_t len, uint
         ss_engine_reap(e);
         break;
     default:
-        e->ctr.drop_eth_type++;
+        e->ctr->drop_eth_type++;
     }
 }
 
@@ -203,7 +207,7 @@ void ss_engine_reap(struct ss_engine *e)
 
 uint64_t ss_engine_next_deadline(struct ss_engine *e) { return ss_wheel_next(&e->wheel); }
 
-const struct ss_counters *ss_engine_counters(const struct ss_engine *e) { return &e->ctr; }
+const struct ss_counters *ss_engine_counters(const struct ss_engine *e) { return e->ctr; }
 
 /* Queues a socket whose readiness may have changed; each socket is queued at
  * most once until taken, which coalesces the events of a burst. */

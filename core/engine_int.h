@@ -222,7 +222,8 @@ struct ss_tcb {
 
 struct ss_engine {
     struct ss_engine_config cfg;
-    struct ss_counters ctr;
+    struct ss_counters *ctr; /* cfg.counters, or own_ctr */
+    struct ss_counters own_ctr;
     uint64_t now_us;  /* time of the call being served */
     uint16_t ip_id;
     /* ARP */

@@ -18,7 +18,7 @@ static void echo_reply(struct ss_engine *e, const struct ss_ip_repr *ip, const s
         .type = SS_ICMP_ECHO_REPLY, .code = 0, .rest = req->rest, .payload = icmp + SS_ICMP_HLEN, .payload_len = n};
     ss_icmp_emit(icmp, &rep);
     if (ss_ip_output(e, ip->src, SS_IPPROTO_ICMP, SS_ICMP_HLEN + n) == 0)
-        e->ctr.icmp_echo_replies++;
+        e->ctr->icmp_echo_replies++;
 }
 
 /* The payload of an error is the offending datagram's IP header and at least
@@ -29,7 +29,7 @@ static void dest_unreach(struct ss_engine *e, const struct ss_icmp_repr *m)
     const uint8_t *p = m->payload;
     size_t n = m->payload_len;
     if (n < SS_IP_HLEN || (p[0] >> 4) != 4 || (size_t)(p[0] & 0xf) * 4 + 8 > n) {
-        e->ctr.drop_icmp_short++;
+        e->ctr->drop_icmp_short++;
         return;
     }
     inner.hdr_len = (uint16_t)((p[0] & 0xf) * 4);
@@ -37,11 +37,11 @@ static void dest_unreach(struct ss_engine *e, const struct ss_icmp_repr *m)
     inner.src = ss_rd32(p + 12);
     inner.dst = ss_rd32(p + 16);
     if (inner.proto != SS_IPPROTO_TCP || inner.src != e->cfg.ip) {
-        e->ctr.drop_icmp_no_conn++;
+        e->ctr->drop_icmp_no_conn++;
         return;
     }
     const uint8_t *th = p + inner.hdr_len;
-    e->ctr.icmp_dest_unreach++;
+    e->ctr->icmp_dest_unreach++;
     /* RFC 1191 section 4: the next-hop MTU is the low 16 bits of "rest". */
     ss_tcp_icmp_error(e, inner.src, ss_rd16(th), inner.dst, ss_rd16(th + 2), ss_rd32(th + 4), m->code,
                       (uint16_t)(m->rest & 0xffff));
@@ -50,13 +50,13 @@ static void dest_unreach(struct ss_engine *e, const struct ss_icmp_repr *m)
 void ss_icmp_input(struct ss_engine *e, const struct ss_ip_repr *ip, const uint8_t *pkt, size_t len)
 {
     struct ss_icmp_repr m;
-    e->ctr.icmp_rx++;
+    e->ctr->icmp_rx++;
     switch (ss_icmp_parse(pkt, len, &m)) {
     case SS_ICMP_SHORT:
-        e->ctr.drop_icmp_short++;
+        e->ctr->drop_icmp_short++;
         return;
     case SS_ICMP_CHECKSUM:
-        e->ctr.drop_icmp_checksum++;
+        e->ctr->drop_icmp_checksum++;
         return;
     default:
         break;
@@ -69,6 +69,6 @@ void ss_icmp_input(struct ss_engine *e, const struct ss_ip_repr *ip, const uint8
         dest_unreach(e, &m);
         break;
     default:
-        e->ctr.drop_icmp_type++;
+        e->ctr->drop_icmp_type++;
     }
 }

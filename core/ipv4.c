@@ -26,42 +26,42 @@ static bool bad_source(const struct ss_engine *e, uint32_t src)
 void ss_ip_input(struct ss_engine *e, const uint8_t *pkt, size_t len)
 {
     struct ss_ip_repr ip;
-    e->ctr.ip_rx_packets++;
+    e->ctr->ip_rx_packets++;
     switch (ss_ip_parse(pkt, len, &ip)) {
     case SS_IP_OK:
         break;
     case SS_IP_SHORT:
-        e->ctr.drop_ip_short++;
+        e->ctr->drop_ip_short++;
         return;
     case SS_IP_VERSION:
-        e->ctr.drop_ip_version++;
+        e->ctr->drop_ip_version++;
         return;
     case SS_IP_HDRLEN:
-        e->ctr.drop_ip_hdrlen++;
+        e->ctr->drop_ip_hdrlen++;
         return;
     case SS_IP_LEN:
-        e->ctr.drop_ip_len++;
+        e->ctr->drop_ip_len++;
         return;
     default:
-        e->ctr.drop_ip_checksum++;
+        e->ctr->drop_ip_checksum++;
         return;
     }
     if (ip.dst != e->cfg.ip) {
-        e->ctr.drop_ip_not_ours++;
+        e->ctr->drop_ip_not_ours++;
         return;
     }
     if (bad_source(e, ip.src)) {
-        e->ctr.drop_ip_bad_src++;
+        e->ctr->drop_ip_bad_src++;
         return;
     }
     /* No reassembly: a fragment is dropped and counted.  We set DF on what
      * we send, so peers doing PMTU discovery never fragment to us. */
     if ((ip.frag & SS_IP_MF) || (ip.frag & SS_IP_OFFMASK)) {
-        e->ctr.drop_ip_fragment++;
+        e->ctr->drop_ip_fragment++;
         return;
     }
     if (ip.hdr_len > SS_IP_HLEN)
-        e->ctr.ip_options_skipped++; /* RFC 1122 3.2.1.8: options are optional to act on */
+        e->ctr->ip_options_skipped++; /* RFC 1122 3.2.1.8: options are optional to act on */
     const uint8_t *payload = pkt + ip.hdr_len;
     size_t plen = ip.total_len - ip.hdr_len;
     switch (ip.proto) {
@@ -69,23 +69,23 @@ void ss_ip_input(struct ss_engine *e, const uint8_t *pkt, size_t len)
         struct ss_tcp_repr seg;
         switch (ss_tcp_parse(payload, plen, ip.src, ip.dst, &seg)) {
         case SS_TCP_OK:
-            e->ctr.tcp_rx_segments++;
+            e->ctr->tcp_rx_segments++;
             ss_tcp_input(e, &ip, &seg);
             break;
         case SS_TCP_SHORT:
-            e->ctr.drop_tcp_short++;
+            e->ctr->drop_tcp_short++;
             break;
         case SS_TCP_DOFF:
-            e->ctr.drop_tcp_doff++;
+            e->ctr->drop_tcp_doff++;
             break;
         case SS_TCP_CHECKSUM:
-            e->ctr.drop_tcp_checksum++;
+            e->ctr->drop_tcp_checksum++;
             break;
         case SS_TCP_OPTIONS:
-            e->ctr.drop_tcp_options++;
+            e->ctr->drop_tcp_options++;
             break;
         default:
-            e->ctr.drop_tcp_flags++;
+            e->ctr->drop_tcp_flags++;
         }
         break;
     }
@@ -93,7 +93,7 @@ void ss_ip_input(struct ss_engine *e, const uint8_t *pkt, size_t len)
         ss_icmp_input(e, &ip, payload, plen);
         break;
     default:
-        e->ctr.drop_ip_proto++;
+        e->ctr->drop_ip_proto++;
     }
 }
 
@@ -109,7 +109,7 @@ int ss_ip_output(struct ss_engine *e, uint32_t dst, uint8_t proto, size_t payloa
     uint32_t nh = dst;
     if ((dst & e->cfg.netmask) != (e->cfg.ip & e->cfg.netmask)) {
         if (!e->cfg.gateway) {
-            e->ctr.drop_ip_no_route++;
+            e->ctr->drop_ip_no_route++;
             return -ENETUNREACH;
         }
         nh = e->cfg.gateway;
@@ -124,7 +124,7 @@ int ss_ip_output(struct ss_engine *e, uint32_t dst, uint8_t proto, size_t payloa
         .total_len = (uint16_t)(SS_IP_HLEN + payload_len),
     };
     ss_ip_emit(e->frame + SS_ETH_HLEN, &ip);
-    e->ctr.ip_tx_packets++;
+    e->ctr->ip_tx_packets++;
     ss_arp_output(e, e->frame, SS_IP_HLEN + payload_len, nh);
     return 0;
 }

@@ -46,7 +46,7 @@ struct ss_tcb *ss_tcb_alloc(struct ss_engine *e)
     t->peer_mss = 536; /* RFC 9293 3.7.1: the default when no MSS option came */
     t->rcv_mss = 536;
     e->ntcb++;
-    e->ctr.tcp_state[SS_TCP_CLOSED]++;
+    e->ctr->tcp_state[SS_TCP_CLOSED]++;
     return t;
 }
 
@@ -109,7 +109,7 @@ void ss_tcb_free(struct ss_tcb *t)
     release_sid(t);
     ss_ring_free(&t->sndbuf);
     ss_ring_free(&t->rcvbuf);
-    e->ctr.tcp_state[t->state]--;
+    e->ctr->tcp_state[t->state]--;
     e->ntcb--;
     free(t);
 }
@@ -118,8 +118,8 @@ void ss_tcp_set_state(struct ss_tcb *t, int state)
 {
     if (t->state == state)
         return;
-    t->e->ctr.tcp_state[t->state]--;
-    t->e->ctr.tcp_state[state]++;
+    t->e->ctr->tcp_state[t->state]--;
+    t->e->ctr->tcp_state[state]++;
     if (t->state == SS_TCP_LISTEN)
         ss_list_del(&t->listen_link);
     t->state = (uint8_t)state;
@@ -133,7 +133,7 @@ void ss_tcp_done(struct ss_tcb *t, int error)
 {
     struct ss_engine *e = t->e;
     if (t->state == SS_TCP_SYN_SENT || t->state == SS_TCP_SYN_RECEIVED)
-        e->ctr.tcp_attempt_fails++;
+        e->ctr->tcp_attempt_fails++;
     if (error == -ECONNRESET)
         t->reset = true;
     if (error)
@@ -249,12 +249,29 @@ static bool port_in_use(struct ss_engine *e, uint16_t port)
     return false;
 }
 
+/* The ephemeral ports are those of port_lo..port_hi with
+ * port % port_mod == port_rem: the ports whose return traffic the steering
+ * rule sends to this instance.  They are numbered 0..count-1. */
+static uint32_t ephemeral_count(const struct ss_engine *e)
+{
+    const struct ss_engine_config *c = &e->cfg;
+    uint32_t first = c->port_lo + (c->port_rem + c->port_mod - c->port_lo % c->port_mod) % c->port_mod;
+    return first > c->port_hi ? 0 : (c->port_hi - first) / c->port_mod + 1;
+}
+
+static uint16_t ephemeral_port(const struct ss_engine *e, uint32_t i)
+{
+    const struct ss_engine_config *c = &e->cfg;
+    uint32_t first = c->port_lo + (c->port_rem + c->port_mod - c->port_lo % c->port_mod) % c->port_mod;
+    return (uint16_t)(first + (i % ephemeral_count(e)) * c->port_mod);
+}
+
 /* An ephemeral port for bind(port 0) or listen() without bind. */
 static int pick_free_port(struct ss_engine *e)
 {
-    uint32_t range = (uint32_t)e->cfg.port_hi - e->cfg.port_lo + 1;
+    uint32_t range = ephemeral_count(e);
     for (uint32_t i = 0; i < range; i++) {
-        uint16_t port = (uint16_t)(e->cfg.port_lo + (e->port_next++ % range));
+        uint16_t port = ephemeral_port(e, e->port_next++);
         if (!port_in_use(e, port))
             return port;
     }
@@ -268,10 +285,10 @@ static int pick_free_port(struct ss_engine *e)
 static int pick_connect_port(struct ss_engine *e, uint32_t rip, uint16_t rport)
 {
     uint32_t key[2] = {rip, rport};
-    uint32_t range = (uint32_t)e->cfg.port_hi - e->cfg.port_lo + 1;
+    uint32_t range = ephemeral_count(e);
     uint32_t offset = (uint32_t)ss_siphash(e->cfg.secret, key, sizeof key);
     for (uint32_t i = 0; i < range; i++) {
-        uint16_t port = (uint16_t)(e->cfg.port_lo + (offset + e->port_next + i) % range);
+        uint16_t port = ephemeral_port(e, offset + e->port_next + i);
         if (ss_flow_lookup(e, e->cfg.ip, port, rip, rport))
             continue;
         bool ok = true;
@@ -471,7 +488,7 @@ int ss_tcp_connect(struct ss_engine *e, int sid, uint32_t ip, uint16_t port, uin
     t->ts_offset = (uint32_t)ss_siphash(e->cfg.secret, &t->iss, sizeof t->iss);
     ss_tcp_set_state(t, SS_TCP_SYN_SENT);
     ss_flow_insert(t);
-    e->ctr.tcp_active_opens++;
+    e->ctr->tcp_active_opens++;
     t->rtt_timing = true;
     t->rtt_start_us = now_us;
     t->rtt_seq = t->iss + 1;
@@ -568,7 +585,7 @@ static void close_listener(struct ss_tcb *l)
         detach_from_listener(c);
         if (c->state != SS_TCP_CLOSED) {
             ss_tcp_send_rst(c);
-            l->e->ctr.tcp_rst_on_close++;
+            l->e->ctr->tcp_rst_on_close++;
         }
         ss_tcp_done(c, 0);
     }
@@ -644,7 +661,7 @@ int ss_tcp_close(struct ss_engine *e, int sid, uint64_t now_us)
     if (t->rcvbuf.len || t->linger_zero) {
         if (t->state != SS_TCP_TIME_WAIT) {
             ss_tcp_send_rst(t);
-            e->ctr.tcp_rst_on_close++;
+            e->ctr->tcp_rst_on_close++;
         }
         ss_tcp_done(t, 0);
         ss_engine_reap(e);

@@ -84,7 +84,7 @@ void ss_tcp_listen_input(struct ss_tcb *l, const struct ss_ip_repr *ip, struct s
 {
     struct ss_engine *e = l->e;
     if (s->flags & SS_TH_RST) {
-        e->ctr.drop_tcp_state++; /* "an incoming RST should be ignored" */
+        e->ctr->drop_tcp_state++; /* "an incoming RST should be ignored" */
         return;
     }
     if (s->flags & SS_TH_ACK) {
@@ -94,15 +94,15 @@ void ss_tcp_listen_input(struct ss_tcb *l, const struct ss_ip_repr *ip, struct s
         if (!(s->flags & SS_TH_SYN) && e->last_cookie_us && e->now_us - e->last_cookie_us < 128000000ull) {
             mss = ss_syncookie_check(e, ip, s);
             if (!mss)
-                e->ctr.tcp_syncookies_failed++;
+                e->ctr->tcp_syncookies_failed++;
         }
         if (!mss) {
-            e->ctr.drop_tcp_no_socket++;
+            e->ctr->drop_tcp_no_socket++;
             ss_tcp_send_rst_for(e, ip, s); /* "any acknowledgment is bad" */
             return;
         }
         if (l->accept_len > l->backlog) {
-            e->ctr.drop_tcp_accept_overflow++;
+            e->ctr->drop_tcp_accept_overflow++;
             return;
         }
         struct ss_tcb *c = new_child(l, ip, s);
@@ -123,18 +123,18 @@ void ss_tcp_listen_input(struct ss_tcb *l, const struct ss_ip_repr *ip, struct s
         ss_list_add_tail(&l->syn_q, &c->child_link);
         ss_flow_insert(c);
         ss_bind_insert(c);
-        e->ctr.tcp_syncookies_ok++;
-        e->ctr.tcp_passive_opens++;
+        e->ctr->tcp_syncookies_ok++;
+        e->ctr->tcp_passive_opens++;
         ss_tcp_input(e, ip, s); /* now the flow exists: the ACK completes it */
         return;
     }
     if (!(s->flags & SS_TH_SYN)) {
-        e->ctr.drop_tcp_state++;
+        e->ctr->drop_tcp_state++;
         return;
     }
     /* Linux's overflow rule: the accept queue may hold backlog + 1. */
     if (l->accept_len > l->backlog) {
-        e->ctr.drop_tcp_listen_overflow++;
+        e->ctr->drop_tcp_listen_overflow++;
         return;
     }
     if (l->syn_len >= e->cfg.syn_backlog) {
@@ -143,7 +143,7 @@ void ss_tcp_listen_input(struct ss_tcb *l, const struct ss_ip_repr *ip, struct s
         uint32_t cookie = ss_syncookie_make(e, ip, s, &mss);
         ss_tcp_send_cookie_synack(e, ip, s, cookie, (uint16_t)(e->cfg.mtu - 40));
         e->last_cookie_us = e->now_us ? e->now_us : 1;
-        e->ctr.tcp_syncookies_sent++;
+        e->ctr->tcp_syncookies_sent++;
         return;
     }
     struct ss_tcb *c = new_child(l, ip, s);
@@ -173,7 +173,7 @@ void ss_tcp_listen_input(struct ss_tcb *l, const struct ss_ip_repr *ip, struct s
     l->syn_len++;
     ss_flow_insert(c);
     ss_bind_insert(c); /* an accepted connection holds its port, as in Linux */
-    e->ctr.tcp_passive_opens++;
+    e->ctr->tcp_passive_opens++;
     c->rtt_timing = true;
     c->rtt_start_us = e->now_us;
     c->rtt_seq = c->iss + 1;
@@ -189,7 +189,7 @@ static void syn_sent_input(struct ss_tcb *t, const struct ss_ip_repr *ip, struct
     bool ack_ok = false;
     if (s->flags & SS_TH_ACK) {
         if (SEQ_LEQ(s->ack, t->iss) || SEQ_GT(s->ack, t->snd_max)) {
-            e->ctr.drop_tcp_bad_ack++;
+            e->ctr->drop_tcp_bad_ack++;
             ss_tcp_send_rst_for(e, ip, s);
             return;
         }
@@ -198,15 +198,15 @@ static void syn_sent_input(struct ss_tcb *t, const struct ss_ip_repr *ip, struct
     if (s->flags & SS_TH_RST) {
         /* RFC 5961 3.2: in SYN-SENT a reset counts only with an ACK of our SYN. */
         if (!ack_ok) {
-            e->ctr.drop_tcp_bad_rst++;
+            e->ctr->drop_tcp_bad_rst++;
             return;
         }
-        e->ctr.tcp_rst_rx++;
+        e->ctr->tcp_rst_rx++;
         ss_tcp_done(t, -ECONNREFUSED);
         return;
     }
     if (!(s->flags & SS_TH_SYN)) {
-        e->ctr.drop_tcp_state++;
+        e->ctr->drop_tcp_state++;
         return;
     }
     t->irs = s->seq;
@@ -328,7 +328,7 @@ static void new_ack(struct ss_tcb *t, uint32_t ack)
             t->dupacks = 0;
         } else {
             /* Step 3, partial acknowledgment: resend the next hole, deflate. */
-            e->ctr.tcp_partial_acks++;
+            e->ctr->tcp_partial_acks++;
             ss_tcp_retransmit_first(t);
             t->cwnd = t->cwnd > acked ? t->cwnd - acked : 0;
             if (acked >= t->smss)
@@ -359,7 +359,7 @@ static void new_ack(struct ss_tcb *t, uint32_t ack)
 static void dup_ack(struct ss_tcb *t, uint32_t ack)
 {
     struct ss_engine *e = t->e;
-    e->ctr.tcp_dup_acks_rx++;
+    e->ctr->tcp_dup_acks_rx++;
     t->dupacks++;
     if (t->in_recovery) {
         t->cwnd += t->smss; /* RFC 6582 3.2 step 4: inflate */
@@ -367,7 +367,7 @@ static void dup_ack(struct ss_tcb *t, uint32_t ack)
     }
     /* RFC 6582 3.2 step 2: only when the ACK covers more than recover. */
     if (t->dupacks == 3 && SEQ_GT(ack, t->recover)) {
-        e->ctr.tcp_fast_retransmits++;
+        e->ctr->tcp_fast_retransmits++;
         t->recover = t->snd_max;
         t->ssthresh = SS_MAX(flight_size(t) / 2, 2 * t->smss); /* RFC 5681 (4) */
         t->rtt_timing = false; /* Karn */
@@ -387,13 +387,13 @@ static bool process_ack(struct ss_tcb *t, const struct ss_tcp_repr *s)
     uint32_t ack = s->ack;
     if (SEQ_GT(ack, t->snd_max)) {
         /* RFC 9293: an ACK for something not yet sent: ACK, drop. */
-        e->ctr.drop_tcp_bad_ack++;
+        e->ctr->drop_tcp_bad_ack++;
         ss_tcp_send_ack(t);
         return false;
     }
     /* RFC 5961 5.2: acceptable only within SND.UNA - MAX.SND.WND. */
     if (SEQ_LT(ack, t->snd_una - t->max_snd_wnd)) {
-        e->ctr.drop_tcp_bad_ack++;
+        e->ctr->drop_tcp_bad_ack++;
         ss_tcp_send_challenge_ack(t);
         return false;
     }
@@ -509,7 +509,7 @@ static void process_text(struct ss_tcb *t, struct ss_tcp_repr *s)
         if (off == 0) {
             bool had_gap = t->nooo != 0;
             if (ss_ring_write_at(&t->rcvbuf, 0, data, len) < 0) {
-                e->ctr.drop_tcp_ooo_full++;
+                e->ctr->drop_tcp_ooo_full++;
                 return;
             }
             ss_ring_commit(&t->rcvbuf, len);
@@ -522,9 +522,9 @@ static void process_text(struct ss_tcb *t, struct ss_tcp_repr *s)
                 t->ack_now = true; /* every second full-sized segment */
             ss_tcb_notify(t);
         } else {
-            e->ctr.tcp_ooo_segments++;
+            e->ctr->tcp_ooo_segments++;
             if (ss_ring_write_at(&t->rcvbuf, off, data, len) < 0 || !ooo_add(t, seq, seq + len))
-                e->ctr.drop_tcp_ooo_full++;
+                e->ctr->drop_tcp_ooo_full++;
             t->ack_now = true; /* RFC 5681 4.2: a dup ACK for out-of-order data */
         }
     } else if (s->len && !fin) {
@@ -613,17 +613,17 @@ static void segment_arrives(struct ss_tcb *t, const struct ss_ip_repr *ip, struc
      * duplicate.  TS.Recent older than 24 days is no longer trusted. */
     if (t->ts_ok && s->has_ts && !(s->flags & SS_TH_RST) && (int32_t)(s->tsval - t->ts_recent) < 0 &&
         e->now_us - t->ts_recent_us < 24ull * 86400 * 1000000) {
-        e->ctr.drop_tcp_paws++;
+        e->ctr->drop_tcp_paws++;
         ss_tcp_send_ack(t);
         return;
     }
     /* First: sequence number. */
     if (!acceptable(t, s)) {
         if (s->flags & SS_TH_RST) {
-            e->ctr.drop_tcp_bad_rst++; /* RFC 5961 3.2: out of window, silently */
+            e->ctr->drop_tcp_bad_rst++; /* RFC 5961 3.2: out of window, silently */
             return;
         }
-        e->ctr.drop_tcp_out_of_window++;
+        e->ctr->drop_tcp_out_of_window++;
         if (s->flags & SS_TH_SYN) {
             /* RFC 5961 4.2: a SYN gets a challenge ACK "irrespective of the
              * sequence number", under the rate limit. */
@@ -643,11 +643,11 @@ static void segment_arrives(struct ss_tcb *t, const struct ss_ip_repr *ip, struc
     /* Second: RST (RFC 5961 3.2: exactly RCV.NXT, else a challenge ACK). */
     if (s->flags & SS_TH_RST) {
         if (s->seq != t->rcv_nxt) {
-            e->ctr.drop_tcp_bad_rst++;
+            e->ctr->drop_tcp_bad_rst++;
             ss_tcp_send_challenge_ack(t);
             return;
         }
-        e->ctr.tcp_rst_rx++;
+        e->ctr->tcp_rst_rx++;
         switch (t->state) {
         case SS_TCP_SYN_RECEIVED:
             /* Passive: the half-open connection just goes; active
@@ -657,11 +657,11 @@ static void segment_arrives(struct ss_tcb *t, const struct ss_ip_repr *ip, struc
         case SS_TCP_CLOSE_WAIT:
             /* Linux tcp_reset(): the peer had finished; writing now is a
              * broken pipe. */
-            e->ctr.tcp_estab_resets++;
+            e->ctr->tcp_estab_resets++;
             ss_tcp_done(t, -EPIPE);
             break;
         case SS_TCP_ESTABLISHED:
-            e->ctr.tcp_estab_resets++;
+            e->ctr->tcp_estab_resets++;
             ss_tcp_done(t, -ECONNRESET);
             break;
         case SS_TCP_TIME_WAIT:
@@ -674,25 +674,25 @@ static void segment_arrives(struct ss_tcb *t, const struct ss_ip_repr *ip, struc
     }
     /* Fourth: SYN in a synchronized state (RFC 5961 4.2: challenge ACK). */
     if (s->flags & SS_TH_SYN) {
-        e->ctr.drop_tcp_state++;
+        e->ctr->drop_tcp_state++;
         ss_tcp_send_challenge_ack(t);
         return;
     }
     /* Fifth: ACK. */
     if (!(s->flags & SS_TH_ACK)) {
-        e->ctr.drop_tcp_state++;
+        e->ctr->drop_tcp_state++;
         return;
     }
     if (t->state == SS_TCP_SYN_RECEIVED) {
         if (!SEQ_LT(t->snd_una, s->ack) || SEQ_GT(s->ack, t->snd_max)) {
-            e->ctr.drop_tcp_bad_ack++;
+            e->ctr->drop_tcp_bad_ack++;
             ss_tcp_send_rst_for(e, ip, s);
             return;
         }
         if (t->listener && t->listener->accept_len > t->listener->backlog) {
             /* Linux without tcp_abort_on_overflow: ignore the ACK; the
              * SYN-ACK is retransmitted and the peer's next ACK may fit. */
-            e->ctr.drop_tcp_accept_overflow++;
+            e->ctr->drop_tcp_accept_overflow++;
             if (t->cookie)
                 ss_tcp_done(t, 0);
             return;
@@ -710,7 +710,7 @@ static void segment_arrives(struct ss_tcb *t, const struct ss_ip_repr *ip, struc
         if (t->user_closed && s->len && SEQ_GT(s->seq + s->len, t->rcv_nxt)) {
             /* Data for an application that has closed: nobody will read it.
              * Linux resets, and so do we (RFC 9293 3.10.7.4 leaves it open). */
-            e->ctr.tcp_rst_on_close++;
+            e->ctr->tcp_rst_on_close++;
             ss_tcp_send_rst(t);
             ss_tcp_done(t, 0);
             return;
@@ -734,7 +734,7 @@ void ss_tcp_input(struct ss_engine *e, const struct ss_ip_repr *ip, struct ss_tc
         bool newer = (t->ts_ok && s->has_ts) ? (int32_t)(s->tsval - t->ts_recent) > 0 : SEQ_GT(s->seq, t->rcv_nxt);
         if (l && newer) {
             uint32_t min_iss = t->snd_nxt + 128 * 1024;
-            e->ctr.tcp_timewait_reuse++;
+            e->ctr->tcp_timewait_reuse++;
             ss_tcp_done(t, 0);
             ss_tcp_listen_input(l, ip, s, min_iss ? min_iss : 1);
             return;
@@ -747,7 +747,7 @@ void ss_tcp_input(struct ss_engine *e, const struct ss_ip_repr *ip, struct ss_tc
             return;
         }
         /* RFC 9293 3.10.7.1: CLOSED, a reset answers anything but a reset. */
-        e->ctr.drop_tcp_no_socket++;
+        e->ctr->drop_tcp_no_socket++;
         ss_tcp_send_rst_for(e, ip, s);
         return;
     }
@@ -776,7 +776,7 @@ void ss_tcp_icmp_error(struct ss_engine *e, uint32_t lip, uint16_t lport, uint32
     struct ss_tcb *t = ss_flow_lookup(e, lip, lport, rip, rport);
     /* RFC 5927 4.1: believe it only if it quotes a sequence number in flight. */
     if (!t || t->state == SS_TCP_TIME_WAIT || SEQ_LT(seq, t->snd_una) || SEQ_GEQ(seq, t->snd_max)) {
-        e->ctr.drop_icmp_no_conn++;
+        e->ctr->drop_icmp_no_conn++;
         return;
     }
     switch (code) {
@@ -784,14 +784,14 @@ void ss_tcp_icmp_error(struct ss_engine *e, uint32_t lip, uint16_t lport, uint32
         /* RFC 1191 6.1: lower the segment size to the reported MTU and
          * resend; an MTU below 68 (RFC 791's minimum) is bogus. */
         if (mtu < 68) {
-            e->ctr.drop_icmp_no_conn++;
+            e->ctr->drop_icmp_no_conn++;
             return;
         }
         uint32_t mss = (uint32_t)mtu - 40 - (t->ts_ok ? 12 : 0);
         mss = SS_MAX(mss, 64u);
         if (t->smss && mss < t->smss) {
             t->smss = mss;
-            e->ctr.icmp_frag_needed++;
+            e->ctr->icmp_frag_needed++;
             t->snd_nxt = t->snd_una; /* resend what was too big, now */
             t->rtt_timing = false;
             ss_tcp_output(t);
@@ -804,7 +804,7 @@ void ss_tcp_icmp_error(struct ss_engine *e, uint32_t lip, uint16_t lport, uint32
          * aborted; an established one only records it, as RFC 5927 7 and
          * Linux do, since an ICMP message is easily forged. */
         if (t->state == SS_TCP_SYN_SENT || t->state == SS_TCP_SYN_RECEIVED) {
-            e->ctr.icmp_hard_errors++;
+            e->ctr->icmp_hard_errors++;
             ss_tcp_done(t, -ECONNREFUSED);
             ss_engine_reap(e);
         } else {

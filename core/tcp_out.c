@@ -101,8 +101,8 @@ static void emit(struct ss_tcb *t, uint8_t flags, uint32_t seq, uint32_t len)
         ss_tcp_timer_clear(t, SS_T_DELACK);
     }
     if (flags & SS_TH_RST)
-        e->ctr.tcp_rst_tx++;
-    e->ctr.tcp_tx_segments++;
+        e->ctr->tcp_rst_tx++;
+    e->ctr->tcp_tx_segments++;
     ss_ip_output(e, t->rip, SS_IPPROTO_TCP, hl + len);
 }
 
@@ -124,7 +124,7 @@ static uint32_t send_data(struct ss_tcb *t, uint32_t seq, uint32_t max)
         t->snd_fin = end;
     }
     if (SEQ_LT(seq, t->snd_max))
-        t->e->ctr.tcp_retransmits++;
+        t->e->ctr->tcp_retransmits++;
     else if (!t->rtt_timing && len) {
         /* RFC 6298 3 / Karn: time one new segment at a time. */
         t->rtt_timing = true;
@@ -207,11 +207,11 @@ void ss_tcp_send_challenge_ack(struct ss_tcb *t)
         e->challenge_count = 0;
     }
     if (e->challenge_count >= e->cfg.challenge_ack_limit) {
-        e->ctr.tcp_challenge_ack_limited++;
+        e->ctr->tcp_challenge_ack_limited++;
         return;
     }
     e->challenge_count++;
-    e->ctr.tcp_challenge_acks++;
+    e->ctr->tcp_challenge_acks++;
     ss_tcp_send_ack(t);
 }
 
@@ -291,8 +291,8 @@ void ss_tcp_send_rst_for(struct ss_engine *e, const struct ss_ip_repr *ip, const
     }
     uint8_t *th = e->frame + SS_ETH_HLEN + SS_IP_HLEN;
     size_t hl = ss_tcp_emit(th, &r, e->cfg.ip, ip->src);
-    e->ctr.tcp_rst_tx++;
-    e->ctr.tcp_tx_segments++;
+    e->ctr->tcp_rst_tx++;
+    e->ctr->tcp_tx_segments++;
     ss_ip_output(e, ip->src, SS_IPPROTO_TCP, hl);
 }
 
@@ -314,6 +314,6 @@ void ss_tcp_send_cookie_synack(struct ss_engine *e, const struct ss_ip_repr *ip,
     r.mss = mss;
     uint8_t *th = e->frame + SS_ETH_HLEN + SS_IP_HLEN;
     size_t hl = ss_tcp_emit(th, &r, e->cfg.ip, ip->src);
-    e->ctr.tcp_tx_segments++;
+    e->ctr->tcp_tx_segments++;
     ss_ip_output(e, ip->src, SS_IPPROTO_TCP, hl);
 }

@@ -87,24 +87,24 @@ static void on_rtx(struct ss_tcb *t)
     struct ss_engine *e = t->e;
     if (t->state == SS_TCP_SYN_SENT || t->state == SS_TCP_SYN_RECEIVED) {
         uint32_t limit = t->state == SS_TCP_SYN_SENT ? e->cfg.syn_retries : e->cfg.synack_retries;
-        e->ctr.tcp_rto_expired++;
+        e->ctr->tcp_rto_expired++;
         if (++t->backoff > limit) {
-            e->ctr.tcp_timeouts++;
+            e->ctr->tcp_timeouts++;
             ss_tcp_done(t, timeout_error(t));
             return;
         }
         backoff_rto(t);
         t->rtt_timing = false; /* Karn */
-        e->ctr.tcp_retransmits++;
+        e->ctr->tcp_retransmits++;
         ss_tcp_send_syn(t);
         ss_tcp_arm_rtx(t);
         return;
     }
     if (t->snd_una == t->snd_max)
         return;
-    e->ctr.tcp_rto_expired++;
+    e->ctr->tcp_rto_expired++;
     if (++t->backoff > e->cfg.retries) {
-        e->ctr.tcp_timeouts++;
+        e->ctr->tcp_timeouts++;
         ss_tcp_done(t, timeout_error(t));
         return;
     }
@@ -128,7 +128,7 @@ static void on_rtx(struct ss_tcb *t)
 static void on_persist(struct ss_tcb *t)
 {
     struct ss_engine *e = t->e;
-    e->ctr.tcp_zero_window_probes++;
+    e->ctr->tcp_zero_window_probes++;
     ss_tcp_send_probe(t);
     if (t->deadline[SS_T_RTX])
         return; /* the window had room: data went out under the RTO */
@@ -145,7 +145,7 @@ static void on_delack(struct ss_tcb *t)
 {
     if (t->last_ack_sent == t->rcv_nxt || t->state == SS_TCP_SYN_SENT)
         return;
-    t->e->ctr.tcp_delayed_acks++;
+    t->e->ctr->tcp_delayed_acks++;
     ss_tcp_send_ack(t);
 }
 
@@ -167,12 +167,12 @@ static void on_keepalive(struct ss_tcb *t)
     }
     if (t->ka_sent >= t->ka_probes) {
         /* Linux resets the peer when it gives up. */
-        e->ctr.tcp_timeouts++;
+        e->ctr->tcp_timeouts++;
         ss_tcp_send_rst(t);
         ss_tcp_done(t, timeout_error(t));
         return;
     }
-    e->ctr.tcp_keepalive_probes++;
+    e->ctr->tcp_keepalive_probes++;
     t->ka_sent++;
     ss_tcp_send_keepalive(t);
     ss_tcp_timer_set(t, SS_T_KEEP, e->now_us + (uint64_t)t->ka_intvl_ms * 1000);

@@ -30,12 +30,20 @@ SANITIZE_CFLAGS = ["-std=c11", "-D_GNU_SOURCE", "-O1", "-g", "-fno-omit-frame-po
                    "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
 
 # Test harnesses receive the engine's frames in Python through this callback.
-PY_CALLBACKS = 'extern "Python" int ss_py_tx(void *, const uint8_t *, size_t);\n'
+PY_CALLBACKS = """extern "Python" int ss_py_tx(void *, const uint8_t *, size_t);
+extern "Python" void ss_py_neigh_learn(void *, uint32_t, const uint8_t *);
+extern "Python" int ss_py_neigh_lookup(void *, uint32_t, uint8_t *);
+"""
+
+
+# Every public header, in the order they may include each other.
+PUBLIC_HEADERS = ["engine.h", "stats.h"]
+INCLUDES = "".join("#include <shardsock/%s>\n" % h for h in PUBLIC_HEADERS)
 
 
 def cdef_text():
     cc = os.environ.get("CC", "cc")
-    pre = subprocess.run([cc, "-E", "-P", "-DSS_CDEF", "-I", INCLUDE, os.path.join(PUBLIC, "engine.h")],
+    pre = subprocess.run([cc, "-E", "-P", "-DSS_CDEF", "-I", INCLUDE, "-"], input=INCLUDES,
                          check=True, capture_output=True, text=True).stdout
     # Integer #defines vanish in the preprocessor; cffi takes them as is.
     consts = []
@@ -52,7 +60,7 @@ def make_builder(cflags, ldflags=(), absolute=False):
     sources = SOURCES if absolute else [os.path.relpath(s, ROOT) for s in SOURCES]
     ffi = FFI()
     ffi.cdef(cdef_text())
-    ffi.set_source("preload._engine", "#include <shardsock/engine.h>\n",
+    ffi.set_source("preload._engine", INCLUDES,
                    sources=sources,
                    include_dirs=[INCLUDE, os.path.join(ROOT, "core")],
                    extra_compile_args=list(cflags), extra_link_args=list(ldflags))

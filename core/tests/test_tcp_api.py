@@ -771,3 +771,28 @@ def test_state_gauges_follow_the_connection(stack):
     assert g() == {"LISTEN": 1}
     stack.close(lsid)
     assert g() == {}
+
+
+# ---------------------------------------------------------------------------
+# Ephemeral ports that steer home (port_mod/port_rem, Receive Flow Deliver)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mod,rem", [(2, 0), (2, 1), (3, 2), (7, 5)])
+def test_connect_ports_encode_the_instance(make_stack, mod, rem):
+    stack = make_stack(port_mod=mod, port_rem=rem)
+    for _ in range(20):
+        sid = stack.socket()
+        assert stack.connect(sid, PEER_IP, 80) == ERRNO["EINPROGRESS"]
+        (syn,) = stack.expect({"flags": "S"})
+        assert syn.sport % mod == rem and 32768 <= syn.sport <= 60999
+
+
+def test_port_rem_out_of_range_is_refused(make_stack):
+    with pytest.raises(ValueError):
+        make_stack(port_mod=2, port_rem=2)
+    from preload.engine import ffi, lib
+    c = ffi.new("struct ss_engine_config *")
+    lib.ss_engine_config_init(c)
+    c.ip, c.port_mod, c.port_rem = 1, 2, 2
+    c.tx = lib.ss_py_tx
+    assert b"port_mod/port_rem" in ffi.string(lib.ss_engine_config_check(c))

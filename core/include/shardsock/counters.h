@@ -100,7 +100,13 @@
     X(tcp_syncookies_ok, "connections completed from a valid SYN cookie")           \
     X(tcp_syncookies_failed, "ACKs with an invalid SYN cookie")                     \
     X(tcp_timewait_reuse, "TIME-WAIT pairs reused by a new SYN")                    \
-    X(tcp_rst_on_close, "resets sent because data was unread or arrived after close")
+    X(tcp_rst_on_close, "resets sent because data was unread or arrived after close") \
+    /* the instance around the engine */                                            \
+    X(dev_rx_errors, "device read errors")                                          \
+    X(dev_tx_errors, "device write errors (frame lost)")                            \
+    X(fwd_frames, "frames forwarded to the instance that owns the flow")            \
+    X(drop_fwd_full, "frames dropped: forwarding ring to the owner full")           \
+    X(neigh_shared_hits, "next hops resolved from the group's shared ARP table")
 
 /* TCP states, RFC 9293 section 3.3.2, in the order of its diagram. */
 #define SS_TCP_STATES(X) \

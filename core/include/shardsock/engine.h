@@ -61,6 +61,13 @@ struct ss_engine_config {
     uint32_t challenge_ack_limit; /* 1000 per second (RFC 5961 section 7) */
     uint32_t initial_cwnd;       /* 10 segments (RFC 6928) */
     uint16_t port_lo, port_hi;   /* 32768..60999: ephemeral ports */
+    /* Ephemeral ports p with p % port_mod == port_rem only, so that the
+     * return traffic of an active open can be steered to this instance
+     * (Fastsocket's Receive Flow Deliver).  1, 0: every port. */
+    uint16_t port_mod, port_rem;
+    /* Where the counters live; NULL: inside the engine.  An instance
+     * points this at shared memory so tools read them with no request. */
+    struct ss_counters *counters;
     /* ARP */
     uint32_t arp_timeout_ms;     /* 60000: a learned entry's lifetime */
     uint32_t arp_retry_ms;       /* 1000 */
@@ -69,6 +76,14 @@ struct ss_engine_config {
     /* output */
     ss_tx_fn tx;
     void *tx_ctx;
+    /* Optional: a neighbour table shared by the instances of a group, so an
+     * address learned by one is usable by all (the one that receives an ARP
+     * reply may not be the one waiting for it).  learn is called for every
+     * entry this engine learns; lookup, before an ARP request, returns 0
+     * and the MAC when another instance knows the address. */
+    void (*neigh_learn)(void *ctx, uint32_t ip, const uint8_t mac[6]);
+    int (*neigh_lookup)(void *ctx, uint32_t ip, uint8_t mac_out[6]);
+    void *neigh_ctx;
 };
 
 struct ss_engine;

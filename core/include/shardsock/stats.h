@@ -1,0 +1,54 @@
+/*
+ * shardsock instance stats: the shared-memory page each instance publishes,
+ * and tools (shardsock status/stat, Python through cffi) read with no
+ * request to the instance.
+ *
+ * One file per instance, /dev/shm/shardsock-<group>-<instance>, holding one
+ * struct ss_instance_stats.  Only the instance writes it; every field is a
+ * naturally aligned 32- or 64-bit word, so a reader sees each value whole
+ * (possibly one update old).
+ */
+#ifndef SHARDSOCK_STATS_H
+#define SHARDSOCK_STATS_H
+
+#ifndef SS_CDEF
+#include <stdint.h>
+#endif
+
+#include "counters.h"
+
+#define SS_STATS_MAGIC 0x5353544b /* "SSTK" */
+#define SS_STATS_VERSION 1
+
+enum ss_instance_state {
+    SS_INSTANCE_STARTING = 0,
+    SS_INSTANCE_READY = 1,
+    SS_INSTANCE_STOPPING = 2,
+    SS_INSTANCE_STOPPED = 3,
+};
+
+struct ss_instance_stats {
+    uint32_t magic;        /* SS_STATS_MAGIC once the page is initialised */
+    uint32_t version;      /* SS_STATS_VERSION */
+    uint32_t size;         /* sizeof(struct ss_instance_stats) */
+    uint32_t state;        /* enum ss_instance_state */
+    uint32_t instance;     /* index in the group, 0..ninstances-1 */
+    uint32_t ninstances;
+    int32_t core;          /* the CPU it is pinned to */
+    int32_t pid;
+    uint64_t started_unix_us;  /* wall clock at start */
+    uint64_t heartbeat_us;     /* monotonic clock of the last loop pass */
+    uint64_t loops;            /* passes of the main loop */
+    uint64_t sleeps;           /* times it slept in epoll_wait */
+    uint64_t busy_loops;       /* passes that did work */
+    uint32_t ip;               /* the stack's address, host order */
+    uint32_t netmask;
+    uint8_t mac[6];
+    char backend[10];          /* "tap", "afxdp", "afpacket" */
+    char device[16];           /* interface name */
+    uint32_t queue;            /* device queue owned */
+    uint32_t _pad;
+    struct ss_counters counters;
+};
+
+#endif
