@@ -15,6 +15,8 @@ ENGINE_SRC := $(sort $(wildcard core/*.c) $(wildcard core/wire/*.c))
 ENGINE_HDR := $(wildcard core/*.h core/wire/*.h core/include/shardsock/*.h)
 ENGINE_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(ENGINE_SRC))
 ENGINE_SAN := $(patsubst %.c,$(BUILD)/san/%.o,$(ENGINE_SRC))
+DAEMON_SRC := $(sort $(wildcard core/daemon/*.c) $(wildcard core/netdev/*.c))
+DAEMON_HDR := $(wildcard core/netdev/*.h)
 ASAN_MOD    = $(BUILD)/asan/_engine.so
 PYTEST      = $(PY) -m pytest -q -p no:cacheprovider
 
@@ -26,7 +28,7 @@ help: ## list the targets
 setup: ## install Debian packages and `pip install -e .[test]` (idempotent)
 	PY=$(PY) scripts/setup.sh
 
-build: $(BUILD)/libssengine.a $(BUILD)/pair $(BUILD)/pair-san $(BUILD)/wheel_test $(BUILD)/wheel_test-san preload/.engine-built ## build every C part
+build: $(BUILD)/libssengine.a $(BUILD)/shardsockd $(BUILD)/pair $(BUILD)/pair-san $(BUILD)/wheel_test $(BUILD)/wheel_test-san preload/.engine-built ## build every C part
 
 $(BUILD)/obj/%.o: %.c $(ENGINE_HDR)
 	@mkdir -p $(dir $@)
@@ -41,6 +43,10 @@ $(BUILD)/san/%.o: %.c $(ENGINE_HDR)
 $(BUILD)/libssengine.a: $(ENGINE_OBJ)
 	@echo "  AR      $@"
 	@ar rcs $@ $^
+
+$(BUILD)/shardsockd: $(DAEMON_SRC) $(DAEMON_HDR) $(ENGINE_OBJ)
+	@echo "  LD      $@"
+	@$(CC) $(CSTD) $(WARN) $(CFLAGS) $(INC) $(DAEMON_SRC) $(ENGINE_OBJ) -o $@
 
 # Test and benchmark programs, each with a sanitizer twin.
 $(BUILD)/%: core/tests/%.c $(ENGINE_OBJ)

@@ -49,7 +49,7 @@ def cdef_text():
     consts = []
     for header in sorted(glob.glob(os.path.join(PUBLIC, "*.h"))):
         with open(header) as f:
-            for m in re.finditer(r"^#define\s+(SS_[A-Z0-9_]+)\s+(0x[0-9a-fA-F]+|\d+)\s*$", f.read(), re.M):
+            for m in re.finditer(r"^#define\s+(SS_[A-Z0-9_]+)\s+(0x[0-9a-fA-F]+|\d+)\s*(?:/\*.*\*/)?\s*$", f.read(), re.M):
                 consts.append("#define %s %s" % (m.group(1), m.group(2)))
     return pre + "\n" + "\n".join(consts) + "\n" + PY_CALLBACKS
 

@@ -51,4 +51,29 @@ struct ss_instance_stats {
     struct ss_counters counters;
 };
 
+/*
+ * The group's shared neighbour table, /dev/shm/shardsock-<group>-neigh: what
+ * one instance learns by ARP, the others use (engine.h neigh_learn and
+ * neigh_lookup).  Open addressing by address; each entry is guarded by a
+ * sequence lock: a writer makes seq odd, writes, makes it even; a reader
+ * retries while seq is odd or changed under it.
+ */
+#define SS_NEIGH_MAGIC 0x53534e42 /* "SSNB" */
+#define SS_NEIGH_ENTRIES 256
+#define SS_NEIGH_PROBE 8
+
+struct ss_neigh_entry {
+    uint32_t seq;
+    uint32_t ip;       /* host order; 0: free */
+    uint8_t mac[6];
+    uint16_t _pad;
+    uint64_t expires_us; /* monotonic clock */
+};
+
+struct ss_neigh_table {
+    uint32_t magic;
+    uint32_t entries;    /* SS_NEIGH_ENTRIES */
+    struct ss_neigh_entry e[SS_NEIGH_ENTRIES];
+};
+
 #endif

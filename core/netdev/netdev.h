@@ -1,0 +1,48 @@
+/*
+ * Packet I/O backends behind one ops table (the model is Redis's ae: one
+ * small static API, one file per backend).  A backend owns one queue of one
+ * device for one instance.
+ */
+#ifndef SS_NETDEV_H
+#define SS_NETDEV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SS_NETDEV_BURST 32
+#define SS_NETDEV_FRAME 2048
+
+struct ss_netdev_conf {
+    const char *ifname;     /* device name */
+    uint32_t queue;         /* the queue this instance owns */
+    uint32_t nqueues;       /* queues in the group (instances) */
+    uint16_t port_lo, port_hi; /* ephemeral ports, for the steering rule */
+    uint32_t stack_ip;      /* host order */
+};
+
+struct ss_netdev {
+    const struct ss_netdev_ops *ops;
+    int fd;                 /* what the instance sleeps on */
+    char ifname[16];
+    uint32_t queue;
+    /* the last receive burst */
+    uint8_t rx[SS_NETDEV_BURST][SS_NETDEV_FRAME];
+    uint32_t rx_len[SS_NETDEV_BURST];
+};
+
+struct ss_netdev_ops {
+    const char *name;
+    /* 0, or -1 with a sentence in err saying what failed and what to do. */
+    int (*open)(struct ss_netdev *d, const struct ss_netdev_conf *c, char *err, size_t errlen);
+    /* Frames received into d->rx[0..n-1]; 0 when none waits; -1 on error. */
+    int (*rx_burst)(struct ss_netdev *d);
+    /* Sends one frame; -1 when the device refused it. */
+    int (*tx)(struct ss_netdev *d, const uint8_t *frame, size_t len);
+    void (*close)(struct ss_netdev *d);
+};
+
+extern const struct ss_netdev_ops ss_netdev_tap;
+
+const struct ss_netdev_ops *ss_netdev_find(const char *name);
+
+#endif

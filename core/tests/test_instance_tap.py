@@ -1,0 +1,299 @@
+"""shardsockd on a real multi-queue TAP device, with the Linux kernel as the
+TCP peer: `shardsock up` inside a network namespace the test creates, the
+built-in echo (port 7) and discard (port 9) services, kernel clients.
+
+Each test brings a group up in a fresh namespace and takes it down again,
+checking that nothing is left: no device, no process, no shared memory."""
+import json
+import os
+import time
+
+import pytest
+
+from netns import Netns
+from preload.stats import read_page
+
+RUN_DIR = "/run/shardsock-test"
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and tap devices")
+
+
+class Group:
+    def __init__(self, ns, name, *extra):
+        self.ns, self.name = ns, name
+        self.args = ["--group", name, "--run-dir", RUN_DIR]
+        r = ns.shardsock("up", *self.args, "--echo", "7", "--discard", "9", *extra)
+        assert r.returncode == 0, r.stderr
+        self.up_output = r.stdout
+        self.status = json.loads(self.cli("status", "--json").stdout)
+        self.pids = [i["pid"] for i in self.status["instances"]]
+
+    def cli(self, *args):
+        return self.ns.shardsock(*args, *self.args)
+
+    def stat(self):
+        return json.loads(self.cli("stat", "--json").stdout)["instances"]
+
+    def down(self):
+        return self.cli("down")
+
+
+@pytest.fixture
+def group():
+    ns = Netns()
+    g = None
+    name = "t%d%d" % (os.getpid(), int(time.time() * 1000) % 100000)
+    try:
+        g = Group(ns, name)
+        yield g
+    finally:
+        if g is not None:
+            r = g.down()
+            assert r.returncode == 0, r.stderr
+            assert_clean(g)
+        ns.delete()
+
+
+def assert_clean(g):
+    for pid in g.pids:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                assert f.read().split(")")[-1].split()[0] == "Z", "instance %d still running" % pid
+        except FileNotFoundError:
+            pass
+    assert not [f for f in os.listdir("/dev/shm") if f.startswith("shardsock-%s-" % g.name)]
+    assert not os.path.exists(os.path.join(RUN_DIR, g.name))
+    links = g.ns.run(["ip", "-o", "link"]).stdout
+    assert "ss0" not in links
+
+
+ECHO = r"""
+import hashlib, json, os, socket, sys, threading
+n = int(sys.argv[1])
+data = os.urandom(n)
+s = socket.create_connection(("198.18.0.2", 7), timeout=30)
+got = bytearray()
+def reader():
+    while True:
+        b = s.recv(1 << 20)
+        if not b:
+            break
+        got.extend(b)
+t = threading.Thread(target=reader)
+t.start()
+s.sendall(data)
+s.shutdown(socket.SHUT_WR)   # half-close: the service finishes echoing, then closes
+t.join(60)
+s.close()
+print(json.dumps({"sent": n, "received": len(got),
+                  "same": hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest()}))
+"""
+
+
+def test_up_reports_every_instance_ready(group):
+    st = group.status
+    assert len(st["instances"]) == os.cpu_count()
+    assert all(i["healthy"] and i["state"] == "ready" and i["backend"] == "tap" for i in st["instances"])
+    assert sorted(i["core"] for i in st["instances"]) == list(range(os.cpu_count()))
+    assert "up: %d instance" % os.cpu_count() in group.up_output
+    for i in st["instances"]:
+        with open("/proc/%d/status" % i["pid"]) as f:
+            allowed = [ln for ln in f if ln.startswith("Cpus_allowed_list")][0].split()[1]
+        assert allowed == str(i["core"]), "instance not pinned to its core"
+
+
+def test_stat_json_shape_and_live_counters(group):
+    st = group.stat()
+    assert [i["core"] for i in st] == [i["core"] for i in group.status["instances"]]
+    assert all("eth_rx_frames" in i["counters"] and "tcp_state" in i["counters"] for i in st)
+    # read straight from shared memory, no request to the instance
+    page = read_page(group.name, 0)
+    assert page["state"] == "ready" and page["pid"] == group.pids[0]
+
+
+def test_handshake_and_small_echo(group):
+    out = group.ns.python(ECHO, 100)
+    assert out == {"sent": 100, "received": 100, "same": True}
+
+
+def test_100mb_each_direction_byte_exact(group):
+    out = group.ns.python(ECHO, 100_000_000, timeout=300)
+    assert out["received"] == 100_000_000 and out["same"]
+
+
+def test_discard_takes_100mb(group):
+    out = group.ns.python(r"""
+import json, socket
+s = socket.create_connection(("198.18.0.2", 9), timeout=30)
+chunk = bytes(1 << 20)
+for _ in range(100):
+    s.sendall(chunk)
+s.shutdown(socket.SHUT_WR)
+assert s.recv(1) == b""   # the service closes once it has read everything
+s.close()
+print(json.dumps({"ok": True}))
+""", timeout=300)
+    assert out["ok"]
+    rx = sum(i["counters"]["eth_rx_bytes"] for i in group.stat())
+    assert rx > 100 * (1 << 20)
+
+
+def test_thousand_concurrent_connections(group):
+    out = group.ns.python(r"""
+import json, resource, socket
+resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+conns = [socket.create_connection(("198.18.0.2", 7), timeout=30) for _ in range(1000)]
+for i, c in enumerate(conns):
+    c.sendall(b"%06d" % i)
+ok = sum(c.recv(6) == b"%06d" % i for i, c in enumerate(conns))
+for c in conns:
+    c.close()
+print(json.dumps({"ok": ok}))
+""")
+    assert out["ok"] == 1000
+    opens = [i["counters"]["tcp_passive_opens"] for i in group.stat()]
+    assert sum(opens) >= 1000
+    if len(opens) > 1:
+        # the steering program spreads passive connections over the instances
+        assert all(n > 100 for n in opens), opens
+
+
+def test_close_from_either_side(group):
+    out = group.ns.python(r"""
+import json, socket
+# the client closes first: the service sees end of stream and closes too
+a = socket.create_connection(("198.18.0.2", 7), timeout=10)
+a.sendall(b"bye")
+assert a.recv(3) == b"bye"
+a.close()
+# the service closes first: after the client's half-close it finishes and sends FIN
+b = socket.create_connection(("198.18.0.2", 7), timeout=10)
+b.sendall(b"x" * 5000)
+b.shutdown(socket.SHUT_WR)
+got = b""
+while True:
+    d = b.recv(65536)
+    if not d:
+        break
+    got += d
+b.close()
+print(json.dumps({"echoed": len(got)}))
+""")
+    assert out["echoed"] == 5000
+    time.sleep(0.3)
+    states = [i["counters"]["tcp_state"] for i in group.stat()]
+    assert sum(s["ESTABLISHED"] + s["CLOSE_WAIT"] + s["FIN_WAIT_1"] + s["LAST_ACK"] for s in states) == 0
+
+
+def test_reset_for_a_closed_port(group):
+    out = group.ns.python(r"""
+import json, socket
+try:
+    socket.create_connection(("198.18.0.2", 5555), timeout=5)
+    r = "connected"
+except ConnectionRefusedError:
+    r = "refused"
+print(json.dumps({"result": r}))
+""")
+    assert out["result"] == "refused"
+    assert sum(i["counters"]["tcp_rst_tx"] for i in group.stat()) >= 1
+
+
+def test_icmp_echo(group):
+    r = group.ns.run(["ping", "-c", "3", "-i", "0.2", "-W", "2", "198.18.0.2"], timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert " 0% packet loss" in r.stdout
+    assert sum(i["counters"]["icmp_echo_replies"] for i in group.stat()) == 3
+
+
+def test_arp_resolution_from_the_kernel_side(group):
+    group.ns.python(r"""
+import json, socket
+socket.create_connection(("198.18.0.2", 7), timeout=10).close()
+print("{}")
+""")
+    neigh = group.ns.run(["ip", "-j", "neigh", "show", "198.18.0.2"]).stdout
+    entries = json.loads(neigh)
+    # the kernel learned the stack's MAC by ARP, from instance 0's reply
+    mac = [e["lladdr"] for e in entries]
+    state = json.load(open(os.path.join(RUN_DIR, group.name, "state.json")))
+    assert mac == [state["mac"]]
+    assert group.stat()[0]["counters"]["arp_tx_replies"] >= 1
+
+
+def test_counters_account_for_every_frame(group):
+    group.ns.python(ECHO, 2_000_000)
+    link = json.loads(group.ns.run(["ip", "-j", "-s", "link", "show", "ss0"]).stdout)[0]["stats64"]
+    st = group.stat()
+    # what the kernel sent into the device is what the instances received, and back
+    assert sum(i["counters"]["eth_rx_frames"] for i in st) == link["tx"]["packets"]
+    assert sum(i["counters"]["eth_tx_frames"] for i in st) == link["rx"]["packets"]
+    for i in st:
+        c = i["counters"]
+        dropped = sum(v for k, v in c.items() if k.startswith("drop_eth") or k == "arp_rx" or k == "ip_rx_packets")
+        assert dropped == c["eth_rx_frames"], "frames not accounted for on core %d" % i["core"]
+
+
+def test_idle_instances_use_no_cpu(group):
+    time.sleep(0.5)
+
+    def cpu(pid):
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().split(")")[-1].split()
+        return int(fields[11]) + int(fields[12])
+
+    before = [cpu(p) for p in group.pids]
+    time.sleep(2)
+    after = [cpu(p) for p in group.pids]
+    # clock ticks (1/100 s): an idle instance sleeps in epoll_wait
+    assert all(a - b <= 1 for a, b in zip(after, before)), (before, after)
+
+
+def test_sigterm_resets_open_connections():
+    ns = Netns()
+    try:
+        g = Group(ns, "r%d" % os.getpid())
+        out = ns.python(r"""
+import json, socket, subprocess, sys
+c = socket.create_connection(("198.18.0.2", 7), timeout=10)
+c.sendall(b"hi"); assert c.recv(2) == b"hi"
+r = subprocess.run([sys.executable, "-m", "preload.cli", "down", "--group", sys.argv[1], "--run-dir", sys.argv[2]],
+                   capture_output=True, text=True)
+try:
+    d = c.recv(10)
+    res = "eof" if d == b"" else "data"
+except ConnectionResetError:
+    res = "reset"
+print(json.dumps({"down": r.returncode, "client": res}))
+""", g.name, RUN_DIR)
+        assert out == {"down": 0, "client": "reset"}
+        assert_clean(g)
+    finally:
+        ns.delete()
+
+
+def test_errors_are_clear():
+    ns = Netns()
+    try:
+        r = ns.shardsock("down", "--group", "nothere", "--run-dir", RUN_DIR)
+        assert r.returncode == 1 and "not up" in r.stderr and "Traceback" not in r.stderr
+        r = ns.shardsock("up", "--group", "x", "--run-dir", RUN_DIR, "--backend", "nosuch")
+        assert r.returncode == 1 and "nosuch" in r.stderr
+        cfg = os.path.join(RUN_DIR + "-cfg.toml")
+        with open(cfg, "w") as f:
+            f.write('bakend = "tap"\n')
+        r = ns.shardsock("up", "--group", "x", "--run-dir", RUN_DIR, "--config", cfg)
+        os.unlink(cfg)
+        assert r.returncode == 1 and "bakend" in r.stderr and "valid keys" in r.stderr
+        r = ns.shardsock("up", "--group", "x", "--run-dir", RUN_DIR, "--cores", "99")
+        assert r.returncode == 1 and "not online" in r.stderr
+        r = ns.shardsock("frobnicate")
+        assert r.returncode == 2
+        g = Group(ns, "e%d" % os.getpid())
+        try:
+            r = ns.shardsock("up", *g.args)
+            assert r.returncode == 1 and "already up" in r.stderr
+        finally:
+            assert g.down().returncode == 0
+        assert_clean(g)
+    finally:
+        ns.delete()
