@@ -28,7 +28,7 @@ help: ## list the targets
 setup: ## install Debian packages and `pip install -e .[test]` (idempotent)
 	PY=$(PY) scripts/setup.sh
 
-build: $(BUILD)/libssengine.a $(BUILD)/shardsockd $(BUILD)/pair $(BUILD)/pair-san $(BUILD)/wheel_test $(BUILD)/wheel_test-san preload/.engine-built ## build every C part
+build: $(BUILD)/libssengine.a $(BUILD)/shardsockd $(BUILD)/shardsockd-san $(BUILD)/pair $(BUILD)/pair-san $(BUILD)/wheel_test $(BUILD)/wheel_test-san preload/.engine-built ## build every C part
 
 $(BUILD)/obj/%.o: %.c $(ENGINE_HDR)
 	@mkdir -p $(dir $@)
@@ -47,6 +47,10 @@ $(BUILD)/libssengine.a: $(ENGINE_OBJ)
 $(BUILD)/shardsockd: $(DAEMON_SRC) $(DAEMON_HDR) $(ENGINE_OBJ)
 	@echo "  LD      $@"
 	@$(CC) $(CSTD) $(WARN) $(CFLAGS) $(INC) $(DAEMON_SRC) $(ENGINE_OBJ) -o $@
+
+$(BUILD)/shardsockd-san: $(DAEMON_SRC) $(DAEMON_HDR) $(ENGINE_SAN)
+	@echo "  LD-SAN  $@"
+	@$(CC) $(CSTD) $(WARN) $(SAN) $(INC) $(DAEMON_SRC) $(ENGINE_SAN) -o $@
 
 # Test and benchmark programs, each with a sanitizer twin.
 $(BUILD)/%: core/tests/%.c $(ENGINE_OBJ)
@@ -73,8 +77,8 @@ check-engine-symbols: $(BUILD)/libssengine.a ## the engine calls nothing but mem
 test-engine: build ## the engine's packet-script tests and the back-to-back transfer
 	$(PYTEST) core/tests
 
-test-engine-sanitized: build ## the same tests against the ASan+UBSan build of the engine
-	SHARDSOCK_ENGINE_MODULE=$$(ls $(BUILD)/asan/_engine*.so) \
+test-engine-sanitized: build ## the same tests against the ASan+UBSan builds of the engine and shardsockd
+	SHARDSOCK_ENGINE_MODULE=$$(ls $(BUILD)/asan/_engine*.so) SHARDSOCKD=$(CURDIR)/$(BUILD)/shardsockd-san \
 	LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	SHARDSOCK_SANITIZED=1 $(PYTEST) core/tests

@@ -33,7 +33,7 @@ def build_parser():
 
     u = sub.add_parser("up", help="create the device and start one pinned instance per core")
     group_opts(u)
-    u.add_argument("--backend", help="packet I/O backend: tap (default)")
+    u.add_argument("--backend", help="packet I/O backend: tap (default) or afpacket")
     u.add_argument("--interface", help="device name (default: ss0)")
     u.add_argument("--address", help="the stack's address, CIDR (default: 198.18.0.2/24)")
     u.add_argument("--host-address", dest="host_address",
@@ -86,18 +86,19 @@ def cmd_up(args):
     cfg = settings(args)
     state = up(cfg)
     cores = ",".join(str(i["core"]) for i in state["instances"])
-    print("shardsock: group %s up: %d instance%s on core%s %s, stack %s on %s (host side %s)" % (
-        state["group"], len(state["instances"]), "s" if len(state["instances"]) > 1 else "",
-        "s" if len(state["instances"]) > 1 else "", cores, state["address"], state["interface"],
-        state["host_address"]))
+    n = len(state["instances"])
+    print("shardsock: group %s up: %d instance%s on core%s %s, %s backend, stack %s on %s%s" % (
+        state["group"], n, "s" if n > 1 else "", "s" if n > 1 else "", cores, state["backend"], state["address"],
+        state["interface"], " (host side %s)" % state["host_address"] if state["host_address"] else ""))
     return 0
 
 
 def cmd_down(args):
     from preload.instances import down
     state = down(settings(args))
-    print("shardsock: group %s down: %d instances stopped, %s removed" % (
-        state["group"], len(state["instances"]), state["interface"]))
+    print("shardsock: group %s down: %d instances stopped%s" % (
+        state["group"], len(state["instances"]),
+        ", %s removed" % state["interface"] if state["created_interface"] else ""))
     return 0
 
 
@@ -107,7 +108,8 @@ def cmd_status(args):
     if args.json:
         print(json.dumps(st, indent=2))
         return 0 if all(i["healthy"] for i in st["instances"]) else 1
-    print("group %s: stack %s, host side %s" % (st["group"], st["address"], st["host_address"]))
+    print("group %s: stack %s%s" % (st["group"], st["address"],
+                                    ", host side %s" % st["host_address"] if st["host_address"] else ""))
     print("%-9s %-5s %-8s %-8s %-6s %-9s %-9s %s" % ("INSTANCE", "CORE", "PID", "BACKEND", "QUEUE", "UPTIME",
                                                   "STATE", "HEALTHY"))
     for i in st["instances"]:

@@ -95,8 +95,9 @@ def stack_mac(group):
 
 def up(cfg):
     """Creates the device, starts the instances and waits for them."""
-    if cfg["backend"] != "tap":
-        raise GroupError("backend %r is not available in this build: use --backend tap" % cfg["backend"])
+    if cfg["backend"] not in ("tap", "afpacket"):
+        raise GroupError("backend %r is not available in this build: use --backend tap or afpacket"
+                         % cfg["backend"])
     if not os.path.exists(DAEMON):
         raise GroupError("%s is missing: run 'make build'" % DAEMON)
     old = load_state(cfg)
@@ -106,27 +107,35 @@ def up(cfg):
     bad = [c for c in cores if c not in online_cores()]
     if not cores or bad:
         raise GroupError("cores %s are not online here (online: %s)" % (bad or cores, online_cores()))
+    tap = cfg["backend"] == "tap"
     stack = ipaddress.ip_interface(cfg["address"])
-    host = ipaddress.ip_interface(cfg["host_address"])
-    if stack.network != host.network or stack.ip == host.ip:
+    host = ipaddress.ip_interface(cfg["host_address"]) if tap else None
+    if tap and (stack.network != host.network or stack.ip == host.ip):
         raise GroupError("address %s and host_address %s must be two addresses of one subnet"
                          % (cfg["address"], cfg["host_address"]))
     if os.geteuid() != 0:
-        raise GroupError("creating a tap device and pinning instances needs root; run as root")
+        raise GroupError("opening device queues and pinning instances needs root; run as root")
+    if not tap and netsetup.link_index(cfg["interface"]) is None:
+        raise GroupError("interface %s does not exist; the %s backend runs on an existing interface "
+                         "(name it with --interface)" % (cfg["interface"], cfg["backend"]))
     os.makedirs(group_dir(cfg), mode=0o750, exist_ok=True)
-    netsetup.create_tap(cfg["interface"])
+    if tap:
+        netsetup.create_tap(cfg["interface"])
     state = {"group": cfg["group"], "backend": cfg["backend"], "interface": cfg["interface"],
-             "created_interface": True, "address": str(stack), "host_address": str(host),
+             "created_interface": tap, "address": str(stack), "host_address": str(host) if tap else None,
              "mac": stack_mac(cfg["group"]), "run_dir": cfg["run_dir"], "instances": [],
              "started": time.time()}
     procs = []
     try:
-        host_mac = netsetup.configure_host_side(cfg["interface"], str(host.ip), host.network.prefixlen)
+        peer = []
+        if tap:
+            host_mac = netsetup.configure_host_side(cfg["interface"], str(host.ip), host.network.prefixlen)
+            peer = ["--peer", str(host.ip), "--peer-mac", host_mac]
         for k, core in enumerate(cores):
             args = [DAEMON, "--group", cfg["group"], "--instance", str(k), "--instances", str(len(cores)),
                     "--core", str(core), "--backend", cfg["backend"], "--interface", cfg["interface"],
                     "--address", str(stack.ip), "--netmask", str(stack.network.netmask), "--mac", state["mac"],
-                    "--peer", str(host.ip), "--peer-mac", host_mac, "--spin-us", str(cfg["spin_us"]),
+                    *peer, "--spin-us", str(cfg["spin_us"]),
                     "--run-dir", group_dir(cfg)]
             if cfg["gateway"]:
                 args += ["--gateway", cfg["gateway"]]
@@ -155,7 +164,8 @@ def up(cfg):
         for _, _, p, _ in procs:
             p.kill()
             p.wait()
-        netsetup.delete_link(cfg["interface"])
+        if tap:
+            netsetup.delete_link(cfg["interface"])
         remove_files(cfg, len(procs))
         raise
     with open(state_path(cfg), "w") as f:

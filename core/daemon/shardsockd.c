@@ -4,9 +4,10 @@
  *
  * The loop is one list of phases:
  *   receive burst -> timers -> application command rings (the preload
- *   library's; none yet) -> services -> adaptive wait
- * Transmission happens inside the engine's calls (the tap backend writes
- * each frame as it is made).  The wait spins for --spin-us after the last
+ *   library's; none yet) -> services -> transmit flush -> adaptive wait
+ * The engine hands each frame to the backend as it is made; a backend with
+ * a transmit ring queues it and the flush phase kicks the device once per
+ * pass (the tap backend writes at once).  The wait spins for --spin-us after the last
  * work, then sleeps on one epoll of the device fd, the control socket, a
  * signalfd and a timerfd set to the engine's next deadline: an idle instance
  * wakes only for a timer that is really due.
@@ -287,6 +288,15 @@ static int control_listen(struct instance *in)
 
 /* ---- start, loop, stop ---- */
 
+/* A small stable number from the group's name (the fanout group id). */
+static uint32_t crc_of(const char *s)
+{
+    uint32_t h = 2166136261u;
+    while (*s)
+        h = (h ^ (uint8_t)*s++) * 16777619u;
+    return h ^ (h >> 16);
+}
+
 static void parse_mac(const char *s, uint8_t mac[6])
 {
     unsigned v[6];
@@ -401,12 +411,13 @@ static void setup(struct instance *in)
     /* the device queue */
     in->dev.ops = ss_netdev_find(o->backend);
     if (!in->dev.ops)
-        die("unknown backend (this build has: tap)");
+        die("unknown backend (this build has: tap, afpacket)");
     struct ss_engine_config cfg;
     ss_engine_config_init(&cfg);
     struct ss_netdev_conf dc = {.ifname = o->ifname, .queue = (uint32_t)o->instance,
                                 .nqueues = (uint32_t)o->ninstances, .port_lo = cfg.port_lo,
-                                .port_hi = cfg.port_hi, .stack_ip = o->ip};
+                                .port_hi = cfg.port_hi, .stack_ip = o->ip,
+                                .fanout_id = (uint16_t)(crc_of(o->group) | 1)};
     if (in->dev.ops->open(&in->dev, &dc, err, sizeof err) < 0)
         die(err);
     /* the engine */
@@ -514,7 +525,10 @@ static void run(struct instance *in)
         /* 3. application command rings: the preload library's (issue 4) */
         /* 4. services */
         run_services(in);
-        /* 5. adaptive wait */
+        /* 5. transmit flush: one kick for what the phases above queued */
+        if (in->dev.ops->flush)
+            in->dev.ops->flush(&in->dev);
+        /* 6. adaptive wait */
         in->stats->loops++;
         in->stats->heartbeat_us = t;
         if (work) {

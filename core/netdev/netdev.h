@@ -18,11 +18,13 @@ struct ss_netdev_conf {
     uint32_t nqueues;       /* queues in the group (instances) */
     uint16_t port_lo, port_hi; /* ephemeral ports, for the steering rule */
     uint32_t stack_ip;      /* host order */
+    uint16_t fanout_id;     /* afpacket: the group's fanout group */
 };
 
 struct ss_netdev {
     const struct ss_netdev_ops *ops;
     int fd;                 /* what the instance sleeps on */
+    void *priv;             /* the backend's own state */
     char ifname[16];
     uint32_t queue;
     /* the last receive burst */
@@ -36,12 +38,16 @@ struct ss_netdev_ops {
     int (*open)(struct ss_netdev *d, const struct ss_netdev_conf *c, char *err, size_t errlen);
     /* Frames received into d->rx[0..n-1]; 0 when none waits; -1 on error. */
     int (*rx_burst)(struct ss_netdev *d);
-    /* Sends one frame; -1 when the device refused it. */
+    /* Sends (or queues) one frame; -1 when the device refused it. */
     int (*tx)(struct ss_netdev *d, const uint8_t *frame, size_t len);
+    /* Hands queued frames to the device: one system call per burst.  NULL
+     * when tx sends at once. */
+    void (*flush)(struct ss_netdev *d);
     void (*close)(struct ss_netdev *d);
 };
 
 extern const struct ss_netdev_ops ss_netdev_tap;
+extern const struct ss_netdev_ops ss_netdev_afpacket;
 
 const struct ss_netdev_ops *ss_netdev_find(const char *name);
 

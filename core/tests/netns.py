@@ -34,3 +34,25 @@ class Netns:
 
     def delete(self):
         subprocess.run(["ip", "netns", "del", self.name], check=False)
+
+
+class VethPair:
+    """Two namespaces joined by a veth pair: ``client`` (the kernel peer,
+    addressed 198.18.1.1/24 on ``vc``) and ``stack`` (``vs``, no kernel
+    address: the stack's backend owns it).  Offloads are off on the kernel's
+    side, as on a real wire: the stack sees MTU-sized frames with complete
+    checksums."""
+
+    def __init__(self):
+        self.client, self.stack = Netns(), Netns()
+        subprocess.run(["ip", "link", "add", "vc", "netns", self.client.name, "type", "veth", "peer", "name",
+                        "vs", "netns", self.stack.name], check=True)
+        self.client.run(["ip", "addr", "add", "198.18.1.1/24", "dev", "vc"], check=True)
+        self.client.run(["ethtool", "-K", "vc", "tx", "off", "tso", "off", "gso", "off", "gro", "off"], check=True)
+        self.stack.run(["ethtool", "-K", "vs", "tx", "off", "tso", "off", "gso", "off", "gro", "off"], check=True)
+        self.client.run(["ip", "link", "set", "vc", "up"], check=True)
+        self.stack.run(["ip", "link", "set", "vs", "up"], check=True)
+
+    def delete(self):
+        self.client.delete()
+        self.stack.delete()
