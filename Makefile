@@ -20,7 +20,7 @@ DAEMON_HDR := $(wildcard core/netdev/*.h)
 ASAN_MOD    = $(BUILD)/asan/_engine.so
 PYTEST      = $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: help setup build test test-engine test-engine-sanitized test-preload check-engine-symbols demo bench bench-engine clean
+.PHONY: help setup build test test-engine test-engine-sanitized test-preload check-engine-symbols demo bench bench-engine bench-instances clean
 
 help: ## list the targets
 	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-24s %s\n", $$1, $$2}'
@@ -28,7 +28,7 @@ help: ## list the targets
 setup: ## install Debian packages and `pip install -e .[test]` (idempotent)
 	PY=$(PY) scripts/setup.sh
 
-build: $(BUILD)/libssengine.a $(BUILD)/shardsockd $(BUILD)/shardsockd-san $(BUILD)/pair $(BUILD)/pair-san $(BUILD)/wheel_test $(BUILD)/wheel_test-san preload/.engine-built ## build every C part
+build: $(BUILD)/libssengine.a $(BUILD)/shardsockd $(BUILD)/shardsockd-san $(BUILD)/echo_server $(BUILD)/echo_bench $(BUILD)/pair $(BUILD)/pair-san $(BUILD)/wheel_test $(BUILD)/wheel_test-san preload/.engine-built ## build every C part
 
 $(BUILD)/obj/%.o: %.c $(ENGINE_HDR)
 	@mkdir -p $(dir $@)
@@ -51,6 +51,15 @@ $(BUILD)/shardsockd: $(DAEMON_SRC) $(DAEMON_HDR) $(ENGINE_OBJ)
 $(BUILD)/shardsockd-san: $(DAEMON_SRC) $(DAEMON_HDR) $(ENGINE_SAN)
 	@echo "  LD-SAN  $@"
 	@$(CC) $(CSTD) $(WARN) $(SAN) $(INC) $(DAEMON_SRC) $(ENGINE_SAN) -o $@
+
+# Demo and benchmark programs on the kernel's sockets.
+$(BUILD)/echo_server: apps/echo_server.c
+	@echo "  LD      $@"
+	@$(CC) $(CSTD) $(WARN) $(CFLAGS) $< -o $@ -lpthread
+
+$(BUILD)/echo_bench: apps/echo_bench.c
+	@echo "  LD      $@"
+	@$(CC) $(CSTD) $(WARN) $(CFLAGS) $< -o $@
 
 # Test and benchmark programs, each with a sanitizer twin.
 $(BUILD)/%: core/tests/%.c $(ENGINE_OBJ)
@@ -91,10 +100,13 @@ test: setup build check-engine-symbols test-engine test-engine-sanitized test-pr
 demo: setup build ## what runs today: the engine moving 100 MB each way over a lossy link
 	$(BUILD)/pair --bytes 100000000 --loss 0.05 --reorder 0.05 --dup 0.05 --seed 1
 
-bench: build bench-engine ## benchmarks (not tests); numbers go in the README
+bench: build bench-engine bench-instances ## benchmarks (not tests); numbers go in the README
 
 bench-engine: build ## engine cost per segment and per connection (callgrind), memory per connection
 	$(PY) scripts/bench_engine.py
+
+bench-instances: build ## echo round trips and bulk Gbit/s: kernel vs shardsock (tap, afpacket), one run
+	$(PY) scripts/bench_instances.py
 
 clean: ## remove build products
 	rm -rf $(BUILD) preload/_engine*.so preload/_engine.c preload/.engine-built *.egg-info

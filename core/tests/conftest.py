@@ -6,6 +6,8 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+# Namespaces and veth pairs, shared with the benchmark drivers.
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
 
 from harness import Peer, Stack, active_open, passive_open  # noqa: E402
 

@@ -8,8 +8,8 @@ from scapy.layers.inet import IPOption
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
-from harness import (ERRNO, PEER_IP, PEER_MAC, STACK_IP, STACK_MAC, Peer, Stack, active_open, check_checksums,
-                     ip2int, mac2bytes, passive_open)
+from harness import (ERRNO, PEER_IP, PEER_MAC, STACK_IP, STACK_MAC, Peer, Stack, check_checksums,
+                     ip2int, mac2bytes)
 from preload.engine import ffi, lib
 
 BCAST = "ff:ff:ff:ff:ff:ff"
@@ -106,6 +106,18 @@ def test_request_for_another_address_is_not_answered(stack):
     assert lookup(stack, OTHER_IP)[0] == -errno.ENOENT
 
 
+def test_arp_probe_is_answered_but_not_learned(stack):
+    # RFC 5227 2.1.1: a probe has sender address 0.0.0.0.
+    stack.inject(arp_frame(1, OTHER_MAC, "0.0.0.0", STACK_IP))
+    (f,) = stack.take()
+    assert f.dst == OTHER_MAC and f[ARP].op == 2 and f[ARP].psrc == STACK_IP
+    assert f[ARP].hwdst == OTHER_MAC and f[ARP].pdst == "0.0.0.0"
+    assert lookup(stack, "0.0.0.0")[0] == -errno.ENOENT
+    c = stack.counters()
+    assert c["arp_tx_replies"] == 1
+    assert c["arp_cache_updates"] == 0
+
+
 def test_requester_is_learned(stack):
     stack.inject(arp_frame(1, OTHER_MAC, OTHER_IP, STACK_IP))
     stack.take()
@@ -127,10 +139,12 @@ def test_learned_entry_is_updated_by_newer_packet(mkstack):
     stack = mkstack(static_peer=False)
     stack.inject(arp_frame(1, OTHER_MAC, PEER_IP, STACK_IP))
     stack.take()
+    stack.advance(2000)  # past Linux's locktime (1 s)
     # RFC 826: an entry for the sender is updated by any ARP packet.
     stack.inject(arp_frame(1, PEER_MAC, PEER_IP, "198.18.0.99"))
     stack.expect_nothing()
     assert lookup(stack, PEER_IP) == (0, mac2bytes(PEER_MAC))
+    assert stack.counters()["arp_cache_updates"] == 2
 
 
 def test_unknown_next_hop_broadcast_request_retries_then_gives_up(mkstack):
@@ -150,6 +164,9 @@ def test_unknown_next_hop_broadcast_request_retries_then_gives_up(mkstack):
     assert c["arp_resolve_failed"] == 1
     assert c["arp_tx_requests"] == 1 + 3
     assert lookup(stack, PEER_IP)[0] == -errno.ENOENT
+    # What waited was dropped: a late reply releases nothing.
+    stack.inject(arp_frame(2, PEER_MAC, PEER_IP, STACK_IP, hwdst=STACK_MAC, eth_dst=STACK_MAC))
+    stack.expect_nothing()
 
 
 def test_reply_flushes_queued_packets_in_order(mkstack):
@@ -166,6 +183,9 @@ def test_reply_flushes_queued_packets_in_order(mkstack):
     # Resolved: the next packet goes out at once.
     connect(stack, port=83)
     stack.expect({"flags": "S", "dport": 83})
+    c = stack.counters()
+    assert c["arp_tx_requests"] == 2
+    assert c["arp_cache_updates"] == 1
 
 
 def test_arp_queue_is_bounded(mkstack):
@@ -193,6 +213,7 @@ def test_learned_entry_expires(mkstack):
     expect_arp_request(stack, PEER_IP, broadcast=False)
     stack.inject(arp_frame(2, PEER_MAC, PEER_IP, STACK_IP, hwdst=STACK_MAC, eth_dst=STACK_MAC))
     stack.expect({"flags": "S", "dport": 80})
+    assert stack.counters()["arp_tx_requests"] == 2
 
 
 @pytest.mark.parametrize("op", [1, 2])
@@ -217,6 +238,9 @@ def test_off_link_destination_goes_to_gateway_mac(mkstack):
     assert f[IP].dst == FAR_IP and f[IP].src == STACK_IP
     assert f[TCP].flags == "S"
     check_checksums(f)
+    c = stack.counters()
+    assert c["arp_tx_requests"] == 2
+    assert c["drop_ip_no_route"] == 0
 
 
 def test_off_link_destination_without_gateway_is_unreachable(stack):
@@ -313,6 +337,21 @@ def test_port_unreachable_aborts_connect(stack):
     # No retransmission of the SYN follows.
     stack.advance(5000)
     stack.expect_nothing()
+
+
+def test_port_unreachable_quoting_wrong_seq_does_not_abort_connect(stack):
+    sid = connect(stack)
+    (syn_frame,) = stack.take()
+    raw = bytearray(bytes(syn_frame))
+    seq_off = 14 + 20 + 4
+    raw[seq_off:seq_off + 4] = ((syn_frame[TCP].seq + 1000) % 2**32).to_bytes(4, "big")
+    icmp_error_quoting(stack, Ether(bytes(raw)), code=3)
+    stack.expect_nothing()
+    # RFC 5927 4.1: the quoted sequence number is not in flight.
+    assert stack.state(sid) == "SYN_SENT"
+    c = stack.counters()
+    assert c["drop_icmp_no_conn"] == 1
+    assert c["icmp_hard_errors"] == 0
 
 
 def test_port_unreachable_does_not_abort_established(active):
@@ -429,6 +468,7 @@ def test_outgoing_ipv4_has_df_and_ttl_64(stack):
     assert ip.flags.DF and not ip.flags.MF and ip.frag == 0
     assert ip.ttl == 64
     check_checksums(f)
+    assert stack.counters()["ip_tx_packets"] == 1
 
 
 def test_ip_options_are_skipped_and_packet_processed(stack, listener):

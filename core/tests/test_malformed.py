@@ -10,8 +10,7 @@ from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
-from harness import (ERRNO, PEER_IP, PEER_MAC, STACK_IP, STACK_MAC, Peer, Stack, check_checksums, ip2int,
-                     passive_open)
+from harness import (ERRNO, PEER_IP, PEER_MAC, STACK_IP, STACK_MAC, Peer, check_checksums, passive_open)
 
 ETH = 14
 
@@ -167,6 +166,16 @@ def test_ihl_beyond_packet(stack, hl):
     assert_dropped_by(stack, "drop_ip_hdrlen")
 
 
+def test_ihl_beyond_total_length_with_padding(stack):
+    # The frame is long enough (ethernet padding) but the header claims more
+    # than the IP total length: the header runs past the packet.
+    raw = frame(TCP(sport=1234, dport=80, flags="S"))  # 40 bytes of IP
+    raw[ETH] = 0x4F  # 60-byte header
+    raw += bytes(30)
+    stack.inject(bytes(fix_ip(raw)))
+    assert_dropped_by(stack, "drop_ip_hdrlen")
+
+
 @pytest.mark.parametrize("delta", [1, 100, 65535])
 def test_total_length_larger_than_frame(stack, syn, delta):
     raw = frame(syn)
@@ -227,6 +236,16 @@ def test_tcp_data_offset_beyond_segment(stack, listener, doff):
     raw = frame(TCP(sport=40000, dport=80, flags="S", seq=1))  # 20 bytes, no payload
     raw[ETH + 20 + 12] = doff << 4
     stack.inject(bytes(fix_tcp(raw)))
+    assert_dropped_by(stack, "drop_tcp_doff")
+
+
+def test_tcp_data_offset_beyond_segment_into_padding(stack, listener):
+    # The segment ends where the IP total length says, not at the frame's end.
+    raw = frame(TCP(sport=40000, dport=80, flags="S", seq=1))
+    raw[ETH + 20 + 12] = 6 << 4
+    fix_tcp(raw)
+    raw += b"\x02\x04\x05\xb4" + bytes(2)  # padding that looks like an MSS option
+    stack.inject(bytes(raw))
     assert_dropped_by(stack, "drop_tcp_doff")
 
 

@@ -129,6 +129,7 @@ def test_cookie_connection_has_no_negotiated_options(cstack):
     sid = stack.accept(lsid)
     info = stack.info(sid)
     assert (info["sack_ok"], info["ts_ok"], info["snd_wscale"], info["rcv_wscale"]) == (0, 0, 0, 0)
+    assert stack.counters()["tcp_syncookies_ok"] == 1
 
 
 def test_cookie_ack_carrying_data_delivers_it(cstack):
@@ -164,6 +165,7 @@ def test_cookie_encodes_peer_mss(cstack, peer_mss):
     assert stack.write(sid, bytes(3000)) == 3000
     for seg in stack.take_tcp():
         assert len(bytes(seg.payload)) <= peer_mss
+    assert stack.counters()["tcp_syncookies_ok"] == 1
 
 
 def test_cookie_without_peer_mss_uses_536(cstack):
@@ -176,6 +178,7 @@ def test_cookie_without_peer_mss_uses_536(cstack):
     sid = stack.accept(lsid)
     assert sid >= 0
     assert stack.info(sid)["mss"] <= 536
+    assert stack.counters()["tcp_syncookies_ok"] == 1
 
 
 def test_cookie_still_valid_after_seventy_seconds(mkstack):

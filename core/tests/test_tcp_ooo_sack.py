@@ -130,6 +130,19 @@ def test_filling_the_gap_delivers_in_order_and_acks_at_once(stack, listener):
     assert stack.counters()["tcp_ooo_segments"] == 2
 
 
+def test_partly_filling_the_gap_acks_at_once(stack, listener):
+    sid, peer = sack_conn(stack, listener)
+    base = peer.nxt
+    send_part(peer, base, 200, 300)
+    stack.take_tcp()
+    send_part(peer, base, 0, 100)
+    # RFC 5681 4.2: a segment filling part of a gap is ACKed at once.
+    (a,) = stack.expect({"flags": "A", "ack": base + 100})
+    assert sack_blocks(a) == [(base + 200, base + 300)]
+    assert stack.read(sid) == STREAM[:100]
+    assert stack.counters()["tcp_ooo_segments"] == 1
+
+
 def test_filling_gap_delivers_everything_in_one_read(stack, listener):
     sid, peer = sack_conn(stack, listener)
     base = peer.nxt
@@ -140,6 +153,7 @@ def test_filling_gap_delivers_everything_in_one_read(stack, listener):
     send_part(peer, base, 0, 100)
     stack.expect({"flags": "A", "ack": base + 500, "noopts": ["SAck"]})
     assert stack.read(sid) == STREAM[:500]
+    assert stack.counters()["tcp_ooo_segments"] == 3
 
 
 def test_overlapping_out_of_order_segments_merge(stack, listener):
@@ -156,6 +170,7 @@ def test_overlapping_out_of_order_segments_merge(stack, listener):
     send_part(peer, base, 0, 150)
     stack.expect({"flags": "A", "ack": base + 400, "noopts": ["SAck"]})
     assert stack.read(sid) == STREAM[:400]
+    assert stack.counters()["tcp_ooo_segments"] == 3
 
 
 def test_duplicate_out_of_order_segment(stack, listener):
@@ -169,6 +184,7 @@ def test_duplicate_out_of_order_segment(stack, listener):
     send_part(peer, base, 0, 100)
     stack.expect({"flags": "A", "ack": base + 200})
     assert stack.read(sid) == STREAM[:200]
+    assert stack.counters()["drop_tcp_ooo_full"] == 0
 
 
 def test_overlap_with_received_data_keeps_only_new_bytes(passive):
@@ -276,7 +292,8 @@ def test_sack_not_negotiated_when_stack_syn_ack_lacks_peer_offer(stack, listener
     # (RFC 2018 2: SACK-permitted only in a SYN and only if offered).
     peer = Peer(stack, sack=False)
     peer.seg("S", options=peer.syn_options())
-    (sa,) = stack.expect({"flags": "SA", "ack": peer.nxt, "noopts": ["SAckOK", "Timestamp", "WScale"]})
+    stack.expect({"flags": "SA", "ack": peer.nxt, "noopts": ["SAckOK", "Timestamp", "WScale"]})
+    assert stack.counters()["tcp_passive_opens"] == 1
 
 
 def test_active_open_without_peer_sack_sends_no_blocks(stack):
@@ -286,6 +303,7 @@ def test_active_open_without_peer_sack_sends_no_blocks(stack):
     base = peer.nxt
     peer.seg("A", STREAM[50:80], seq=base + 50)
     stack.expect({"flags": "A", "ack": base, "noopts": ["SAck"]})
+    assert stack.counters()["tcp_ooo_segments"] == 1
 
 
 def test_active_open_with_sack_reports_blocks(stack):
@@ -295,6 +313,7 @@ def test_active_open_with_sack_reports_blocks(stack):
     base = peer.nxt
     peer.seg("A", STREAM[50:80], seq=base + 50)
     stack.expect({"flags": "A", "ack": base, "opts": {"SAck": (base + 50, base + 80)}})
+    assert stack.counters()["tcp_ooo_segments"] == 1
 
 
 # ---------------------------------------------------------------------------
@@ -305,8 +324,9 @@ def test_timestamps_negotiated_when_both_offer(stack, listener):
     peer = Peer(stack, ts=5000)
     sid = passive_open(stack, listener, peer, expect_opts={"Timestamp": None})
     assert stack.info(sid)["ts_ok"] == 1
-    # The SYN-ACK echoed the SYN's TSval (RFC 7323 3.2).
+    # RFC 7323 / RFC 9293 3.7.1: the option's 12 bytes come out of the MSS.
     assert stack.info(sid)["mss"] == 1460 - 12
+    assert stack.counters()["drop_tcp_paws"] == 0
 
 
 def test_syn_ack_echoes_syn_tsval(stack, listener):
@@ -314,6 +334,7 @@ def test_syn_ack_echoes_syn_tsval(stack, listener):
     peer.seg("S", options=peer.syn_options())
     (sa,) = stack.expect({"flags": "SA"})
     assert tcp_options(sa)["Timestamp"][1] == 777
+    assert stack.counters()["tcp_passive_opens"] == 1
 
 
 def test_no_timestamps_when_peer_does_not_offer(passive):
@@ -321,6 +342,7 @@ def test_no_timestamps_when_peer_does_not_offer(passive):
     assert stack.info(sid)["ts_ok"] == 0
     assert stack.write(sid, b"x" * 10) == 10
     stack.expect({"flags": "PA", "len": 10, "noopts": ["Timestamp"]})
+    assert stack.counters()["tcp_tx_segments"] == 2  # SYN-ACK, data
 
 
 def test_no_timestamps_when_peer_syn_ack_omits_them(stack):
@@ -330,6 +352,7 @@ def test_no_timestamps_when_peer_syn_ack_omits_them(stack):
     assert stack.info(sid)["ts_ok"] == 0
     assert stack.write(sid, b"abc") == 3
     stack.expect({"flags": "PA", "payload": b"abc", "noopts": ["Timestamp"]})
+    assert stack.counters()["tcp_active_opens"] == 1
 
 
 def test_every_segment_carries_timestamp_echoing_ts_recent(stack, listener):
@@ -347,6 +370,7 @@ def test_every_segment_carries_timestamp_echoing_ts_recent(stack, listener):
     tsval2, tsecr = tcp_options(d)["Timestamp"]
     assert tsecr == 200
     assert (tsval2 - tsval1) % 2**32 < 2**31  # TSval never goes back
+    assert stack.counters()["tcp_delayed_acks"] == 1
 
 
 def test_ts_recent_not_updated_by_out_of_order_segment(stack, listener):
@@ -358,6 +382,7 @@ def test_ts_recent_not_updated_by_out_of_order_segment(stack, listener):
     # RFC 7323 4.3 (2): SEG.SEQ > Last.ACK.sent, TS.Recent stays 100.
     (a,) = stack.expect({"flags": "A", "ack": base})
     assert tcp_options(a)["Timestamp"][1] == 100
+    assert stack.counters()["tcp_ooo_segments"] == 1
 
 
 def test_paws_drops_old_timestamp_and_acks(stack, listener):
@@ -402,3 +427,34 @@ def test_paws_accepts_equal_timestamp(stack, listener):
     stack.expect({"flags": "A", "ack": peer.nxt})
     assert stack.read(sid) == b"same-ts"
     assert stack.counters()["drop_tcp_paws"] == 0
+
+
+def test_fin_beyond_the_window_is_not_processed(mkstack):
+    stack = mkstack(rcvbuf=4096)
+    lsid = stack.listen(80)
+    peer = Peer(stack)
+    sid = passive_open(stack, lsid, peer)
+    base = peer.nxt
+    # Data past the window is cut, and the FIN after it with it.
+    peer.seg("FA", STREAM[:5000], seq=base)
+    stack.advance(200)
+    stack.expect({"flags": "A", "ack": base + 4096})
+    assert stack.state(sid) == "ESTABLISHED"
+    assert stack.read(sid) == STREAM[:4096]
+    assert stack.read(sid) == ERRNO["EAGAIN"]  # no end of stream
+    assert stack.counters()["drop_tcp_out_of_window"] == 0
+
+
+def test_timestamps_negotiated_on_active_open(stack):
+    peer = Peer(stack, ts=3000)
+    sid = stack.socket()
+    assert stack.connect(sid, "198.18.0.1", 80) == ERRNO["EINPROGRESS"]
+    (syn,) = stack.expect({"flags": "S", "opts": {"Timestamp": None}})
+    assert tcp_options(syn)["Timestamp"][1] == 0
+    peer.sport, peer.dport = 80, syn.sport
+    peer.rcv = syn.seq + 1
+    peer.seg("SA", ack=peer.rcv, options=[("MSS", 1460), ("Timestamp", (3000, tcp_options(syn)["Timestamp"][0]))])
+    (a,) = stack.expect({"flags": "A", "ack": peer.nxt})
+    assert tcp_options(a)["Timestamp"][1] == 3000
+    assert stack.info(sid)["ts_ok"] == 1
+    assert stack.counters()["tcp_active_opens"] == 1

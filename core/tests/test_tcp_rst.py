@@ -2,7 +2,7 @@
 resets a closed port sends (RFC 9293 3.10.7.1)."""
 import pytest
 
-from harness import ERRNO, PEER_IP, Peer, Stack, active_open, passive_open
+from harness import ERRNO, PEER_IP, Peer, Stack, passive_open
 from preload.engine import lib
 
 
@@ -125,6 +125,9 @@ def test_rst_in_syn_received_removes_half_open(stack, listener):
     peer.seg("A")
     stack.expect({"flags": "R", "seq": peer.rcv})
     assert stack.accept(listener) == ERRNO["EAGAIN"]
+    c = stack.counters()
+    assert c["tcp_rst_rx"] == 1
+    assert c["tcp_rst_tx"] == 1
 
 
 # ---------------------------------------------------------------------------
@@ -310,6 +313,7 @@ def test_ack_to_listener_gets_rst(stack, listener):
     peer.seg("A", ack=777)
     stack.expect({"flags": "R", "seq": 777})
     assert stack.accept(listener) == ERRNO["EAGAIN"]
+    assert stack.counters()["tcp_rst_tx"] == 1
 
 
 # ---------------------------------------------------------------------------
@@ -367,6 +371,9 @@ def test_reset_connection_rst_in_answer_to_later_segment(passive):
     assert stack.read(sid) == ERRNO["ECONNRESET"]
     peer.seg("PA", b"late")
     stack.expect({"flags": "R", "seq": peer.rcv})
+    c = stack.counters()
+    assert c["tcp_rst_tx"] == 1
+    assert c["drop_tcp_no_socket"] == 1
 
 
 def test_syn_outside_window_is_subject_to_challenge_ack_limit(mkstack):
@@ -384,3 +391,12 @@ def test_syn_outside_window_is_subject_to_challenge_ack_limit(mkstack):
     assert c["tcp_challenge_acks"] == 1
     assert c["tcp_challenge_ack_limited"] == 1
     assert stack.state(sid) == "ESTABLISHED"
+
+
+def test_bound_but_not_listening_port_gets_rst(stack):
+    sid = stack.socket()
+    assert lib.ss_tcp_bind(stack.e, sid, 0, 81) == 0
+    peer = Peer(stack, dport=81, isn=777)
+    peer.seg("S", options=[("MSS", 1460)])
+    stack.expect({"flags": "RA", "seq": 0, "ack": 778})
+    assert stack.counters()["drop_tcp_no_socket"] == 1

@@ -1,6 +1,7 @@
-"""Network namespaces for tests that need a real kernel peer.
+"""Network namespaces and veth pairs for tests and benchmarks that need a
+real kernel peer.
 
-A test creates a namespace, runs ``shardsock`` and its clients inside it
+A caller creates a namespace, runs ``shardsock`` and its clients inside it
 (``ip netns exec``), and removes everything it made, whatever happens."""
 import itertools
 import json
@@ -8,7 +9,7 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _seq = itertools.count()
 
 
@@ -43,13 +44,16 @@ class VethPair:
     side, as on a real wire: the stack sees MTU-sized frames with complete
     checksums."""
 
-    def __init__(self):
+    def __init__(self, stack_kernel_address=None):
         self.client, self.stack = Netns(), Netns()
         subprocess.run(["ip", "link", "add", "vc", "netns", self.client.name, "type", "veth", "peer", "name",
                         "vs", "netns", self.stack.name], check=True)
         self.client.run(["ip", "addr", "add", "198.18.1.1/24", "dev", "vc"], check=True)
         self.client.run(["ethtool", "-K", "vc", "tx", "off", "tso", "off", "gso", "off", "gro", "off"], check=True)
         self.stack.run(["ethtool", "-K", "vs", "tx", "off", "tso", "off", "gso", "off", "gro", "off"], check=True)
+        if stack_kernel_address:
+            # the kernel itself serves this side (the baseline of a benchmark)
+            self.stack.run(["ip", "addr", "add", stack_kernel_address, "dev", "vs"], check=True)
         self.client.run(["ip", "link", "set", "vc", "up"], check=True)
         self.stack.run(["ip", "link", "set", "vs", "up"], check=True)
 
