@@ -11,8 +11,11 @@ int ss_ip_parse(const uint8_t *buf, size_t len, struct ss_ip_repr *r)
     if (r->hdr_len < SS_IP_HLEN || r->hdr_len > len)
         return SS_IP_HDRLEN;
     r->total_len = ss_rd16(buf + 2);
-    if (r->total_len < r->hdr_len || r->total_len > len)
+    if (r->total_len < SS_IP_HLEN || r->total_len > len)
         return SS_IP_LEN;
+    /* The header runs past the packet: a header error, as Linux counts it. */
+    if (r->hdr_len > r->total_len)
+        return SS_IP_HDRLEN;
     if (ss_csum_fold(ss_csum_add(0, buf, r->hdr_len)) != 0)
         return SS_IP_CHECKSUM;
     r->tos = buf[1];
