@@ -15,7 +15,11 @@ ENGINE_SRC := $(sort $(wildcard core/*.c) $(wildcard core/wire/*.c))
 ENGINE_HDR := $(wildcard core/*.h core/wire/*.h core/include/shardsock/*.h)
 ENGINE_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(ENGINE_SRC))
 ENGINE_SAN := $(patsubst %.c,$(BUILD)/san/%.o,$(ENGINE_SRC))
-DAEMON_SRC := $(sort $(wildcard core/daemon/*.c) $(wildcard core/netdev/*.c))
+DAEMON_SRC := $(sort $(wildcard core/daemon/*.c) $(filter-out %.bpf.c,$(wildcard core/netdev/*.c)))
+DAEMON_LIB := -lxdp -lbpf
+# The afxdp backend's XDP program; shardsockd loads it from its own directory.
+XDP_OBJ    := $(BUILD)/xdp_redirect.bpf.o
+BPF_CFLAGS := -O2 -g -target bpf -Wall -Werror -I/usr/include/$(shell $(CC) -print-multiarch 2>/dev/null)
 DAEMON_HDR := $(wildcard core/netdev/*.h)
 ASAN_MOD    = $(BUILD)/asan/_engine.so
 PYTEST      = $(PY) -m pytest -q -p no:cacheprovider
@@ -28,7 +32,7 @@ help: ## list the targets
 setup: ## install Debian packages and `pip install -e .[test]` (idempotent)
 	PY=$(PY) scripts/setup.sh
 
-build: $(BUILD)/libssengine.a $(BUILD)/shardsockd $(BUILD)/shardsockd-san $(BUILD)/echo_server $(BUILD)/echo_bench $(BUILD)/pair $(BUILD)/pair-san $(BUILD)/wheel_test $(BUILD)/wheel_test-san preload/.engine-built ## build every C part
+build: $(BUILD)/libssengine.a $(XDP_OBJ) $(BUILD)/shardsockd $(BUILD)/shardsockd-san $(BUILD)/echo_server $(BUILD)/echo_bench $(BUILD)/pair $(BUILD)/pair-san $(BUILD)/wheel_test $(BUILD)/wheel_test-san preload/.engine-built ## build every C part
 
 $(BUILD)/obj/%.o: %.c $(ENGINE_HDR)
 	@mkdir -p $(dir $@)
@@ -44,13 +48,18 @@ $(BUILD)/libssengine.a: $(ENGINE_OBJ)
 	@echo "  AR      $@"
 	@ar rcs $@ $^
 
+$(XDP_OBJ): core/netdev/xdp_redirect.bpf.c
+	@mkdir -p $(dir $@)
+	@echo "  CC-BPF  $<"
+	@clang $(BPF_CFLAGS) -c $< -o $@
+
 $(BUILD)/shardsockd: $(DAEMON_SRC) $(DAEMON_HDR) $(ENGINE_OBJ)
 	@echo "  LD      $@"
-	@$(CC) $(CSTD) $(WARN) $(CFLAGS) $(INC) $(DAEMON_SRC) $(ENGINE_OBJ) -o $@
+	@$(CC) $(CSTD) $(WARN) $(CFLAGS) $(INC) $(DAEMON_SRC) $(ENGINE_OBJ) -o $@ $(DAEMON_LIB)
 
 $(BUILD)/shardsockd-san: $(DAEMON_SRC) $(DAEMON_HDR) $(ENGINE_SAN)
 	@echo "  LD-SAN  $@"
-	@$(CC) $(CSTD) $(WARN) $(SAN) $(INC) $(DAEMON_SRC) $(ENGINE_SAN) -o $@
+	@$(CC) $(CSTD) $(WARN) $(SAN) $(INC) $(DAEMON_SRC) $(ENGINE_SAN) -o $@ $(DAEMON_LIB)
 
 # Demo and benchmark programs on the kernel's sockets.
 $(BUILD)/echo_server: apps/echo_server.c

@@ -12,6 +12,23 @@
 
 static uint32_t ts_now(const struct ss_tcb *t) { return (uint32_t)(t->e->now_us / 1000) + t->ts_offset; }
 
+static uint32_t sack_blocks(const struct ss_tcb *t)
+{
+    if (!t->sack_ok || !t->nooo)
+        return 0;
+    return SS_MIN(t->nooo, t->ts_ok ? 3u : 4u);
+}
+
+/* RFC 9293 3.7.1: the options a segment carries come out of its payload.
+ * smss already leaves room for timestamps; SACK blocks, present while
+ * out-of-order data waits, take 4 + 8 bytes each on top. */
+static uint32_t mss_now(const struct ss_tcb *t)
+{
+    uint32_t n = sack_blocks(t);
+    uint32_t opt = n ? 4 + 8 * n : 0;
+    return t->smss > opt + 64 ? t->smss - opt : 64;
+}
+
 /* The window field for an outgoing segment.  RFC 9293 3.8.6.2.2: the right
  * edge never moves left, and (receiver SWS avoidance) moves right only in
  * steps of at least min(buffer / 2, MSS). */
@@ -80,9 +97,9 @@ static void emit(struct ss_tcb *t, uint8_t flags, uint32_t seq, uint32_t len)
         }
         /* RFC 2018 4: the first block reports the most recent arrival; room
          * for three beside timestamps, four without. */
-        if (t->sack_ok && t->nooo && (flags & SS_TH_ACK)) {
-            uint32_t max = t->ts_ok ? 3 : 4;
-            for (uint32_t i = 0; i < t->nooo && r.nsack < max; i++) {
+        if (flags & SS_TH_ACK) {
+            uint32_t max = sack_blocks(t);
+            for (uint32_t i = 0; i < max; i++) {
                 r.sack[r.nsack][0] = t->ooo[i][0];
                 r.sack[r.nsack][1] = t->ooo[i][1];
                 r.nsack++;
@@ -107,6 +124,7 @@ static void emit(struct ss_tcb *t, uint8_t flags, uint32_t seq, uint32_t len)
 }
 
 static uint32_t data_end(const struct ss_tcb *t) { return t->buf_seq + t->sndbuf.len; }
+
 
 /* Sends a data and/or FIN segment at seq, at most max bytes, and updates the
  * send sequence space.  Returns the sequence space it consumed. */
@@ -159,9 +177,10 @@ void ss_tcp_output(struct ss_tcb *t)
         uint32_t flight = t->snd_nxt - t->snd_una;
         uint32_t wnd = SS_MIN(t->snd_wnd, t->cwnd);
         uint32_t usable = wnd > flight ? wnd - flight : 0;
-        uint32_t len = SS_MIN(avail, SS_MIN(usable, t->smss));
+        uint32_t mss = mss_now(t);
+        uint32_t len = SS_MIN(avail, SS_MIN(usable, mss));
         if (avail) {
-            bool ok = len == t->smss ||
+            bool ok = len == mss ||
                       (len == avail && (t->nodelay || flight == 0 || t->wr_shut)) ||
                       (len && t->max_snd_wnd && len >= t->max_snd_wnd / 2);
             if (!len || !ok)
@@ -246,7 +265,7 @@ void ss_tcp_send_probe(struct ss_tcb *t)
     uint32_t flight = t->snd_nxt - t->snd_una;
     uint32_t usable = t->snd_wnd > flight ? t->snd_wnd - flight : 0;
     if (usable) {
-        t->snd_nxt += send_data(t, t->snd_nxt, SS_MIN(usable, t->smss));
+        t->snd_nxt += send_data(t, t->snd_nxt, SS_MIN(usable, mss_now(t)));
         if (SEQ_GT(t->snd_nxt, t->snd_max))
             t->snd_max = t->snd_nxt;
         ss_tcp_arm_rtx(t);
@@ -264,7 +283,7 @@ void ss_tcp_retransmit_first(struct ss_tcb *t)
         ss_tcp_send_syn(t);
         return;
     }
-    uint32_t used = send_data(t, t->snd_una, t->smss);
+    uint32_t used = send_data(t, t->snd_una, mss_now(t));
     if (SEQ_LT(t->snd_nxt, t->snd_una + used))
         t->snd_nxt = t->snd_una + used;
     if (SEQ_GT(t->snd_nxt, t->snd_max))

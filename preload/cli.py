@@ -33,7 +33,7 @@ def build_parser():
 
     u = sub.add_parser("up", help="create the device and start one pinned instance per core")
     group_opts(u)
-    u.add_argument("--backend", help="packet I/O backend: tap (default) or afpacket")
+    u.add_argument("--backend", help="packet I/O backend: tap (default), afpacket or afxdp")
     u.add_argument("--interface", help="device name (default: ss0)")
     u.add_argument("--address", help="the stack's address, CIDR (default: 198.18.0.2/24)")
     u.add_argument("--host-address", dest="host_address",

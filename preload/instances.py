@@ -95,8 +95,8 @@ def stack_mac(group):
 
 def up(cfg):
     """Creates the device, starts the instances and waits for them."""
-    if cfg["backend"] not in ("tap", "afpacket"):
-        raise GroupError("backend %r is not available in this build: use --backend tap or afpacket"
+    if cfg["backend"] not in ("tap", "afpacket", "afxdp"):
+        raise GroupError("backend %r is not available in this build: use --backend tap, afpacket or afxdp"
                          % cfg["backend"])
     if not os.path.exists(DAEMON):
         raise GroupError("%s is missing: run 'make build'" % DAEMON)
@@ -131,6 +131,21 @@ def up(cfg):
         if tap:
             host_mac = netsetup.configure_host_side(cfg["interface"], str(host.ip), host.network.prefixlen)
             peer = ["--peer", str(host.ip), "--peer-mac", host_mac]
+        deadline = time.monotonic() + cfg["ready_timeout_s"]
+
+        def wait_ready(k, core, r):
+            left = max(0.0, deadline - time.monotonic())
+            ready = select.select([r], [], [], left)[0] and os.read(r, 16) == b"ready\n"
+            os.close(r)
+            if not ready:
+                with open(os.path.join(group_dir(cfg), "instance-%d.log" % k)) as f:
+                    why = f.read().strip() or "no answer within %ss" % cfg["ready_timeout_s"]
+                raise GroupError("instance %d (core %d) did not become ready: %s" % (k, core, why))
+
+        # A fanout group numbers its members in the order they join, and the
+        # steering rule names instances by number: afpacket instances start
+        # one after another.  The others start together.
+        in_order = cfg["backend"] == "afpacket"
         for k, core in enumerate(cores):
             args = [DAEMON, "--group", cfg["group"], "--instance", str(k), "--instances", str(len(cores)),
                     "--core", str(core), "--backend", cfg["backend"], "--interface", cfg["interface"],
@@ -150,15 +165,11 @@ def up(cfg):
             os.close(w)
             log.close()
             procs.append((k, core, p, r))
-        deadline = time.monotonic() + cfg["ready_timeout_s"]
+            if in_order:
+                wait_ready(k, core, r)
         for k, core, p, r in procs:
-            left = max(0.0, deadline - time.monotonic())
-            ready = select.select([r], [], [], left)[0] and os.read(r, 16) == b"ready\n"
-            os.close(r)
-            if not ready:
-                with open(os.path.join(group_dir(cfg), "instance-%d.log" % k)) as f:
-                    why = f.read().strip() or "no answer within %ss" % cfg["ready_timeout_s"]
-                raise GroupError("instance %d (core %d) did not become ready: %s" % (k, core, why))
+            if not in_order:
+                wait_ready(k, core, r)
             state["instances"].append({"instance": k, "core": core, "pid": p.pid})
     except BaseException:
         for _, _, p, _ in procs:

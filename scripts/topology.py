@@ -42,12 +42,19 @@ class VethPair:
     addressed 198.18.1.1/24 on ``vc``) and ``stack`` (``vs``, no kernel
     address: the stack's backend owns it).  Offloads are off on the kernel's
     side, as on a real wire: the stack sees MTU-sized frames with complete
-    checksums."""
+    checksums.  ``queues`` > 1 gives both ends that many transmit and receive
+    queues (an AF_XDP socket per queue; native XDP on veth needs at least
+    as many receive queues as the peer has transmit queues)."""
 
-    def __init__(self, stack_kernel_address=None):
+    def __init__(self, stack_kernel_address=None, queues=None):
         self.client, self.stack = Netns(), Netns()
-        subprocess.run(["ip", "link", "add", "vc", "netns", self.client.name, "type", "veth", "peer", "name",
-                        "vs", "netns", self.stack.name], check=True)
+        q = ["numtxqueues", str(queues), "numrxqueues", str(queues)] if queues else []
+        subprocess.run(["ip", "link", "add", "vc", *q, "netns", self.client.name, "type", "veth", "peer", "name",
+                        "vs", *q, "netns", self.stack.name], check=True)
+        # IPv4 only on the link: no IPv6 duplicate-address checks or
+        # multicast reports that a frame count would have to explain
+        self.client.run(["sysctl", "-qw", "net.ipv6.conf.vc.disable_ipv6=1"], check=True)
+        self.stack.run(["sysctl", "-qw", "net.ipv6.conf.vs.disable_ipv6=1"], check=True)
         self.client.run(["ip", "addr", "add", "198.18.1.1/24", "dev", "vc"], check=True)
         self.client.run(["ethtool", "-K", "vc", "tx", "off", "tso", "off", "gso", "off", "gro", "off"], check=True)
         self.stack.run(["ethtool", "-K", "vs", "tx", "off", "tso", "off", "gso", "off", "gro", "off"], check=True)

@@ -239,6 +239,29 @@ static void run_services(struct instance *in)
 
 /* ---- control socket ---- */
 
+/* One line per socket of the services: the connection's TCP state, as
+ * `shardsock netstat` will show it. */
+static void control_netstat(struct instance *in, int c)
+{
+    char line[512];
+    for (uint32_t sid = 0; sid < in->max_sockets; sid++) {
+        struct ss_tcp_info ti;
+        if (in->role[sid] == ROLE_NONE || ss_tcp_info(in->e, (int)sid, &ti) < 0)
+            continue;
+        int n = snprintf(line, sizeof line,
+                         "sid=%u state=%s local=%u.%u.%u.%u:%u remote=%u.%u.%u.%u:%u snd_una=%u snd_nxt=%u "
+                         "snd_wnd=%u cwnd=%u ssthresh=%u rto_us=%u srtt_us=%u retransmits=%u snd_queued=%u "
+                         "rcv_nxt=%u rcv_wnd=%u rcv_queued=%u\n",
+                         sid, ss_tcp_state_name(ti.state), ti.local_ip >> 24, ti.local_ip >> 16 & 255,
+                         ti.local_ip >> 8 & 255, ti.local_ip & 255, ti.local_port, ti.remote_ip >> 24,
+                         ti.remote_ip >> 16 & 255, ti.remote_ip >> 8 & 255, ti.remote_ip & 255, ti.remote_port,
+                         ti.snd_una, ti.snd_nxt, ti.snd_wnd, ti.cwnd, ti.ssthresh, ti.rto_us, ti.srtt_us,
+                         ti.retransmits, ti.snd_queued, ti.rcv_nxt, ti.rcv_wnd, ti.rcv_queued);
+        if (send(c, line, (size_t)n, MSG_NOSIGNAL) < 0)
+            return;
+    }
+}
+
 static void control_request(struct instance *in)
 {
     int c = accept4(in->ctl, NULL, NULL, SOCK_CLOEXEC);
@@ -257,13 +280,18 @@ static void control_request(struct instance *in)
     ssize_t n = recv(c, req, sizeof req - 1, 0);
     if (n > 0) {
         req[n] = 0;
+        if (strncmp(req, "netstat", 7) == 0) {
+            control_netstat(in, c);
+            close(c);
+            return;
+        }
         if (strncmp(req, "ping", 4) == 0)
             snprintf(rep, sizeof rep, "pong %d %d\n", (int)getpid(), in->opt.instance);
         else if (strncmp(req, "stop", 4) == 0) {
             in->stopping = true;
             snprintf(rep, sizeof rep, "stopping\n");
         } else
-            snprintf(rep, sizeof rep, "error: unknown request (ping, stop)\n");
+            snprintf(rep, sizeof rep, "error: unknown request (ping, stop, netstat)\n");
         send(c, rep, strlen(rep), MSG_NOSIGNAL);
     }
     close(c);
@@ -411,7 +439,7 @@ static void setup(struct instance *in)
     /* the device queue */
     in->dev.ops = ss_netdev_find(o->backend);
     if (!in->dev.ops)
-        die("unknown backend (this build has: tap, afpacket)");
+        die("unknown backend (this build has: tap, afpacket, afxdp)");
     struct ss_engine_config cfg;
     ss_engine_config_init(&cfg);
     struct ss_netdev_conf dc = {.ifname = o->ifname, .queue = (uint32_t)o->instance,

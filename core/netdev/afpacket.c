@@ -121,7 +121,11 @@ static int afp_open(struct ss_netdev *d, const struct ss_netdev_conf *c, char *e
     struct tpacket_req req = {.tp_block_size = FRAME_SIZE * 16, .tp_block_nr = FRAMES / 16,
                               .tp_frame_size = FRAME_SIZE, .tp_frame_nr = FRAMES};
     struct sockaddr_ll sll = {.sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ALL), .sll_ifindex = (int)idx};
-    if (setsockopt(fd, SOL_PACKET, PACKET_VERSION, &v, sizeof v) < 0 ||
+    /* A frame the kernel refuses is skipped, not left as a wall: without
+     * PACKET_LOSS its slot turns WRONG_FORMAT and the kernel's ring head
+     * stops there, silencing every later frame.  It must precede the rings. */
+    if (setsockopt(fd, SOL_PACKET, PACKET_LOSS, &one, sizeof one) < 0 ||
+        setsockopt(fd, SOL_PACKET, PACKET_VERSION, &v, sizeof v) < 0 ||
         setsockopt(fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof req) < 0 ||
         setsockopt(fd, SOL_PACKET, PACKET_TX_RING, &req, sizeof req) < 0) {
         snprintf(err, errlen, "afpacket: cannot set up TPACKET_V2 rings: %s", strerror(errno));

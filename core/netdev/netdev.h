@@ -18,7 +18,7 @@ struct ss_netdev_conf {
     uint32_t nqueues;       /* queues in the group (instances) */
     uint16_t port_lo, port_hi; /* ephemeral ports, for the steering rule */
     uint32_t stack_ip;      /* host order */
-    uint16_t fanout_id;     /* afpacket: the group's fanout group */
+    uint16_t fanout_id;     /* afpacket: the group's fanout group; afxdp: names the pinned XSKMAP */
 };
 
 struct ss_netdev {
@@ -48,6 +48,7 @@ struct ss_netdev_ops {
 
 extern const struct ss_netdev_ops ss_netdev_tap;
 extern const struct ss_netdev_ops ss_netdev_afpacket;
+extern const struct ss_netdev_ops ss_netdev_afxdp;
 
 const struct ss_netdev_ops *ss_netdev_find(const char *name);
 

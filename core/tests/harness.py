@@ -63,6 +63,7 @@ class Stack:
             if k in ("gateway", "netmask") and isinstance(v, str):
                 v = ip2int(v)
             setattr(c, k, v)
+        self.mtu = c.mtu
         self._handle = ffi.new_handle(self)
         c.tx = lib.ss_py_tx
         c.tx_ctx = self._handle
@@ -111,6 +112,7 @@ class Stack:
         frame to the peer, with correct checksums.  Returns the TCP layers."""
         segs = []
         for f in self.take():
+            assert len(f) <= self.mtu + 14, "frame of %d bytes exceeds the %d-byte MTU" % (len(f), self.mtu)
             assert f.type == 0x0800, "expected IPv4, got %r" % f
             assert f.dst == PEER_MAC and f.src == STACK_MAC
             ip = f[IP]

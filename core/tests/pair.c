@@ -124,6 +124,11 @@ static int tx(void *ctx, const uint8_t *frame, size_t len)
     struct side *s = ctx;
     struct link *l = s->link;
     l->sent++;
+    if (len > 1514) {
+        /* A real link refuses a frame above the MTU: so does this one. */
+        fprintf(stderr, "pair: frame of %zu bytes exceeds the 1500-byte MTU\n", len);
+        exit(4);
+    }
     if (rng_unit(&l->rng) < l->loss) {
         l->lost++;
         return 0;

@@ -3,6 +3,7 @@ and timestamps / PAWS (RFC 7323), as packet scripts against the engine."""
 import pytest
 
 from harness import ERRNO, Peer, Stack, passive_open, active_open, tcp_options
+from scapy.layers.inet import IP
 
 # A recognisable byte stream: byte i of the peer's stream is STREAM[i].
 STREAM = bytes((i * 7 + i // 256) % 251 for i in range(20000))
@@ -458,3 +459,29 @@ def test_timestamps_negotiated_on_active_open(stack):
     assert tcp_options(a)["Timestamp"][1] == 3000
     assert stack.info(sid)["ts_ok"] == 1
     assert stack.counters()["tcp_active_opens"] == 1
+
+
+# ---------------------------------------------------------------------------
+# Segment size with SACK blocks (RFC 9293 3.7.1: options come out of the MSS)
+# ---------------------------------------------------------------------------
+
+def test_data_segments_make_room_for_sack_blocks(stack, listener):
+    """While out-of-order data waits, every segment carries SACK blocks; a
+    data segment shrinks by their size so the packet stays within the MTU."""
+    peer = Peer(stack, sack=True, ts=100)
+    sid = passive_open(stack, listener, peer)
+    # one hole: the peer's bytes 100..199 arrive before 0..99
+    o = peer.ts_option(peer.stack_ts)
+    peer.seg("PA", b"y" * 100, seq=(peer.nxt + 100) % 2**32, options=o, advance=False)
+    (dup,) = stack.expect({"flags": "A", "ack": peer.nxt})
+    assert "SAck" in tcp_options(dup)
+    assert stack.write(sid, bytes(4000)) == 4000
+    segs = stack.take_tcp()
+    assert segs, "nothing sent"
+    for s in segs:
+        opts = tcp_options(s)
+        assert "SAck" in opts and "Timestamp" in opts
+        # 1460 - 12 (timestamps) - 12 (one SACK block with its NOPs and header)
+        assert len(bytes(s.payload)) <= 1460 - 12 - 12
+        assert len(bytes(s.underlayer)) <= 1500
+    assert len(bytes(segs[0].payload)) == 1460 - 12 - 12
