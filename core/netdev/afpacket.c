@@ -43,21 +43,6 @@ struct pkt {
     uint32_t tx_pending;
 };
 
-/* Refuses an interface on which the kernel holds the stack's address. */
-static int kernel_holds(const char *ifname, uint32_t ip)
-{
-    struct ifaddrs *all, *a;
-    int found = 0;
-    if (getifaddrs(&all) < 0)
-        return 0;
-    for (a = all; a; a = a->ifa_next)
-        if (a->ifa_addr && a->ifa_addr->sa_family == AF_INET && strcmp(a->ifa_name, ifname) == 0 &&
-            ntohl(((struct sockaddr_in *)a->ifa_addr)->sin_addr.s_addr) == ip)
-            found = 1;
-    freeifaddrs(all);
-    return found;
-}
-
 static int attach_fanout(int fd, const struct ss_netdev_conf *c)
 {
     /* The steering rule of tap.c in classic BPF, offsets from the IP header.
@@ -100,7 +85,7 @@ static int attach_fanout(int fd, const struct ss_netdev_conf *c)
 
 static int afp_open(struct ss_netdev *d, const struct ss_netdev_conf *c, char *err, size_t errlen)
 {
-    if (kernel_holds(c->ifname, c->stack_ip)) {
+    if (ss_netdev_kernel_holds(c->ifname, c->stack_ip)) {
         snprintf(err, errlen, "afpacket: the kernel holds the stack's address on %s: remove it "
                  "(ip addr del ... dev %s) or give the stack another address; both would answer", c->ifname,
                  c->ifname);

@@ -51,5 +51,6 @@ extern const struct ss_netdev_ops ss_netdev_afpacket;
 extern const struct ss_netdev_ops ss_netdev_afxdp;
 
 const struct ss_netdev_ops *ss_netdev_find(const char *name);
+int ss_netdev_kernel_holds(const char *ifname, uint32_t ip);
 
 #endif

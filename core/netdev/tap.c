@@ -159,12 +159,3 @@ const struct ss_netdev_ops ss_netdev_tap = {
     .tx = tap_tx,
     .close = tap_close,
 };
-
-const struct ss_netdev_ops *ss_netdev_find(const char *name)
-{
-    static const struct ss_netdev_ops *const all[] = {&ss_netdev_tap, &ss_netdev_afpacket, &ss_netdev_afxdp};
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-        if (strcmp(all[i]->name, name) == 0)
-            return all[i];
-    return NULL;
-}

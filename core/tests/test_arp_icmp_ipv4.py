@@ -8,7 +8,7 @@ from scapy.layers.inet import IPOption
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
-from harness import (ERRNO, PEER_IP, PEER_MAC, STACK_IP, STACK_MAC, Peer, Stack, check_checksums,
+from harness import (ERRNO, PEER_IP, PEER_MAC, STACK_IP, STACK_MAC, Peer, check_checksums,
                      ip2int, mac2bytes)
 from preload.engine import ffi, lib
 
@@ -19,20 +19,6 @@ GW_MAC = "02:00:00:00:00:fe"
 OTHER_IP = "198.18.0.77"
 OTHER_MAC = "02:00:00:00:00:77"
 FAR_IP = "203.0.113.7"  # TEST-NET-3, off-link
-
-
-@pytest.fixture
-def mkstack():
-    made = []
-
-    def make(**cfg):
-        s = Stack(**cfg)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.destroy()
 
 
 def arp_frame(op, hwsrc, psrc, pdst, hwdst=ZERO_MAC, eth_dst=BCAST, eth_src=None):
@@ -125,8 +111,8 @@ def test_requester_is_learned(stack):
     assert stack.counters()["arp_cache_updates"] == 1
 
 
-def test_connect_to_learned_requester_needs_no_request(mkstack):
-    stack = mkstack(static_peer=False)
+def test_connect_to_learned_requester_needs_no_request(make_stack):
+    stack = make_stack(static_peer=False)
     stack.inject(arp_frame(1, PEER_MAC, PEER_IP, STACK_IP))
     (rep,) = stack.take()
     assert rep[ARP].op == 2
@@ -135,8 +121,8 @@ def test_connect_to_learned_requester_needs_no_request(mkstack):
     assert stack.counters()["arp_tx_requests"] == 1  # the gratuitous one only
 
 
-def test_learned_entry_is_updated_by_newer_packet(mkstack):
-    stack = mkstack(static_peer=False)
+def test_learned_entry_is_updated_by_newer_packet(make_stack):
+    stack = make_stack(static_peer=False)
     stack.inject(arp_frame(1, OTHER_MAC, PEER_IP, STACK_IP))
     stack.take()
     stack.advance(2000)  # past Linux's locktime (1 s)
@@ -147,8 +133,8 @@ def test_learned_entry_is_updated_by_newer_packet(mkstack):
     assert stack.counters()["arp_cache_updates"] == 2
 
 
-def test_unknown_next_hop_broadcast_request_retries_then_gives_up(mkstack):
-    stack = mkstack(static_peer=False, arp_retry_ms=300, arp_retries=3)
+def test_unknown_next_hop_broadcast_request_retries_then_gives_up(make_stack):
+    stack = make_stack(static_peer=False, arp_retry_ms=300, arp_retries=3)
     connect(stack)
     f = expect_arp_request(stack, PEER_IP)
     assert f[ARP].hwdst == ZERO_MAC
@@ -169,8 +155,8 @@ def test_unknown_next_hop_broadcast_request_retries_then_gives_up(mkstack):
     stack.expect_nothing()
 
 
-def test_reply_flushes_queued_packets_in_order(mkstack):
-    stack = mkstack(static_peer=False)
+def test_reply_flushes_queued_packets_in_order(make_stack):
+    stack = make_stack(static_peer=False)
     s1 = connect(stack)
     expect_arp_request(stack, PEER_IP)
     s2 = connect(stack, port=81)
@@ -188,8 +174,8 @@ def test_reply_flushes_queued_packets_in_order(mkstack):
     assert c["arp_cache_updates"] == 1
 
 
-def test_arp_queue_is_bounded(mkstack):
-    stack = mkstack(static_peer=False, arp_queue_max=2)
+def test_arp_queue_is_bounded(make_stack):
+    stack = make_stack(static_peer=False, arp_queue_max=2)
     connect(stack, port=80)
     expect_arp_request(stack, PEER_IP)
     connect(stack, port=81)
@@ -200,8 +186,8 @@ def test_arp_queue_is_bounded(mkstack):
     stack.expect({"flags": "S", "dport": 80}, {"flags": "S", "dport": 81})
 
 
-def test_learned_entry_expires(mkstack):
-    stack = mkstack(static_peer=False, arp_timeout_ms=5000)
+def test_learned_entry_expires(make_stack):
+    stack = make_stack(static_peer=False, arp_timeout_ms=5000)
     stack.inject(arp_frame(1, PEER_MAC, PEER_IP, STACK_IP))
     stack.take()
     stack.advance(4999)
@@ -227,8 +213,8 @@ def test_static_entry_not_changed_by_spoofed_packet(stack, op):
     assert stack.counters()["arp_cache_updates"] == 0
 
 
-def test_off_link_destination_goes_to_gateway_mac(mkstack):
-    stack = mkstack(gateway=GW_IP)
+def test_off_link_destination_goes_to_gateway_mac(make_stack):
+    stack = make_stack(gateway=GW_IP)
     connect(stack, FAR_IP)
     # The next hop is the gateway: it is what ARP resolves.
     expect_arp_request(stack, GW_IP)

@@ -3,7 +3,6 @@ frames in both directions (scripts/impair.py: an eBPF program on the link's
 clsact hook; this kernel has no netem, so delay and reordering cannot be
 made in the kernel here — the engine's own tests cover them in simulation,
 core/tests/test_pair.py).  The kernel's TCP is the peer."""
-import json
 import os
 import time
 
@@ -11,7 +10,7 @@ import pytest
 
 from impair import Impairment
 from topology import Netns, VethPair
-from test_instances import ECHO, RUN_DIR, Group, assert_clean
+from test_instances import ECHO, Group, assert_clean
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and tap devices")
 

@@ -2,27 +2,13 @@
 statelessly, and rebuilds the connection from a valid final ACK."""
 import pytest
 
-from harness import ERRNO, Peer, Stack, tcp_options
+from harness import ERRNO, Peer, tcp_options
 
 
 @pytest.fixture
-def mkstack():
-    made = []
-
-    def make(**cfg):
-        s = Stack(**cfg)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.destroy()
-
-
-@pytest.fixture
-def cstack(mkstack):
+def cstack(make_stack):
     """A stack whose listeners keep at most two half-open connections."""
-    return mkstack(syn_backlog=2)
+    return make_stack(syn_backlog=2)
 
 
 def full_options_peer(stack, sport, mss=1460):
@@ -181,8 +167,8 @@ def test_cookie_without_peer_mss_uses_536(cstack):
     assert stack.counters()["tcp_syncookies_ok"] == 1
 
 
-def test_cookie_still_valid_after_seventy_seconds(mkstack):
-    stack = mkstack(syn_backlog=2)
+def test_cookie_still_valid_after_seventy_seconds(make_stack):
+    stack = make_stack(syn_backlog=2)
     lsid = stack.listen(80)
     fill_syn_queue(stack)
     peer = full_options_peer(stack, 42000)
@@ -244,10 +230,10 @@ def test_cookie_from_another_port_is_refused(cstack):
     assert stack.counters()["tcp_syncookies_failed"] == 1
 
 
-def test_cookie_older_than_two_minutes_is_refused(mkstack):
+def test_cookie_older_than_two_minutes_is_refused(make_stack):
     # SYN-ACK retries high enough that the queue stays full, so cookies are
     # still being sent when the old one comes back.
-    stack = mkstack(syn_backlog=2, synack_retries=12)
+    stack = make_stack(syn_backlog=2, synack_retries=12)
     lsid = stack.listen(80)
     fill_syn_queue(stack)
     peer = full_options_peer(stack, 42000)

@@ -6,7 +6,7 @@ Each test also states which segments go out, and where silence is right.
 """
 import pytest
 
-from harness import ERRNO, PEER_IP, STACK_IP, Peer, Stack, active_open, ip2int, passive_open
+from harness import ERRNO, PEER_IP, STACK_IP, Peer, active_open, ip2int, passive_open
 from preload.engine import ffi, lib
 
 IN, OUT, ERR, HUP, RDHUP = lib.SS_EV_IN, lib.SS_EV_OUT, lib.SS_EV_ERR, lib.SS_EV_HUP, lib.SS_EV_RDHUP
@@ -16,20 +16,6 @@ FIN_ACK_MS = 100  # see test_tcp_states.py: the ACK of a FIN may be delayed
 
 def add(a, b):
     return (a + b) % M32
-
-
-@pytest.fixture
-def make_stack():
-    made = []
-
-    def make(**cfg):
-        s = Stack(**cfg)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.destroy()
 
 
 def connections(stack):

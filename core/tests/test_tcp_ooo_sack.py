@@ -1,26 +1,10 @@
 """Out-of-order reception, SACK (RFC 2018), reassembly (RFC 9293 3.10.7.4),
 and timestamps / PAWS (RFC 7323), as packet scripts against the engine."""
-import pytest
 
-from harness import ERRNO, Peer, Stack, passive_open, active_open, tcp_options
-from scapy.layers.inet import IP
+from harness import ERRNO, Peer, passive_open, active_open, tcp_options
 
 # A recognisable byte stream: byte i of the peer's stream is STREAM[i].
 STREAM = bytes((i * 7 + i // 256) % 251 for i in range(20000))
-
-
-@pytest.fixture
-def mkstack():
-    made = []
-
-    def make(**cfg):
-        s = Stack(**cfg)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.destroy()
 
 
 def sack_conn(stack, listener, ts=None, **kw):
@@ -232,8 +216,8 @@ def test_out_of_order_fin_is_held_until_gap_fills(passive):
     assert stack.counters()["tcp_ooo_segments"] == 1
 
 
-def test_data_beyond_the_window_is_trimmed(mkstack):
-    stack = mkstack(rcvbuf=4096)
+def test_data_beyond_the_window_is_trimmed(make_stack):
+    stack = make_stack(rcvbuf=4096)
     lsid = stack.listen(80)
     peer = Peer(stack)
     sid = passive_open(stack, lsid, peer)
@@ -247,8 +231,8 @@ def test_data_beyond_the_window_is_trimmed(mkstack):
     assert stack.counters()["drop_tcp_out_of_window"] == 0
 
 
-def test_out_of_order_data_beyond_window_is_trimmed(mkstack):
-    stack = mkstack(rcvbuf=4096)
+def test_out_of_order_data_beyond_window_is_trimmed(make_stack):
+    stack = make_stack(rcvbuf=4096)
     lsid = stack.listen(80)
     peer = Peer(stack, sack=True)
     sid = passive_open(stack, lsid, peer)
@@ -263,8 +247,8 @@ def test_out_of_order_data_beyond_window_is_trimmed(mkstack):
     assert stack.read(sid) == STREAM[:4096]
 
 
-def test_segment_starting_beyond_window_is_dropped_with_ack(mkstack):
-    stack = mkstack(rcvbuf=4096)
+def test_segment_starting_beyond_window_is_dropped_with_ack(make_stack):
+    stack = make_stack(rcvbuf=4096)
     lsid = stack.listen(80)
     peer = Peer(stack, sack=True)
     sid = passive_open(stack, lsid, peer)
@@ -430,8 +414,8 @@ def test_paws_accepts_equal_timestamp(stack, listener):
     assert stack.counters()["drop_tcp_paws"] == 0
 
 
-def test_fin_beyond_the_window_is_not_processed(mkstack):
-    stack = mkstack(rcvbuf=4096)
+def test_fin_beyond_the_window_is_not_processed(make_stack):
+    stack = make_stack(rcvbuf=4096)
     lsid = stack.listen(80)
     peer = Peer(stack)
     sid = passive_open(stack, lsid, peer)

@@ -2,22 +2,8 @@
 resets a closed port sends (RFC 9293 3.10.7.1)."""
 import pytest
 
-from harness import ERRNO, PEER_IP, Peer, Stack, passive_open
+from harness import ERRNO, PEER_IP, Peer, passive_open
 from preload.engine import lib
-
-
-@pytest.fixture
-def mkstack():
-    made = []
-
-    def make(**cfg):
-        s = Stack(**cfg)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.destroy()
 
 
 def challenge_ack(peer):
@@ -214,8 +200,8 @@ def test_segment_without_ack_flag_is_dropped(passive):
 # Challenge ACK rate limit (RFC 5961 7)
 # ---------------------------------------------------------------------------
 
-def test_challenge_ack_rate_limit(mkstack):
-    stack = mkstack(challenge_ack_limit=2)
+def test_challenge_ack_rate_limit(make_stack):
+    stack = make_stack(challenge_ack_limit=2)
     lsid = stack.listen(80)
     peer = Peer(stack)
     sid = passive_open(stack, lsid, peer)
@@ -231,8 +217,8 @@ def test_challenge_ack_rate_limit(mkstack):
     assert stack.state(sid) == "ESTABLISHED"
 
 
-def test_challenge_ack_limit_window_is_one_second(mkstack):
-    stack = mkstack(challenge_ack_limit=2)
+def test_challenge_ack_limit_window_is_one_second(make_stack):
+    stack = make_stack(challenge_ack_limit=2)
     lsid = stack.listen(80)
     peer = Peer(stack)
     sid = passive_open(stack, lsid, peer)
@@ -253,8 +239,8 @@ def test_challenge_ack_limit_window_is_one_second(mkstack):
     assert stack.state(sid) == "ESTABLISHED"
 
 
-def test_challenge_ack_limit_is_shared_by_kinds(mkstack):
-    stack = mkstack(challenge_ack_limit=2)
+def test_challenge_ack_limit_is_shared_by_kinds(make_stack):
+    stack = make_stack(challenge_ack_limit=2)
     lsid = stack.listen(80)
     peer = Peer(stack, win=1000)
     sid = passive_open(stack, lsid, peer)
@@ -376,10 +362,10 @@ def test_reset_connection_rst_in_answer_to_later_segment(passive):
     assert c["drop_tcp_no_socket"] == 1
 
 
-def test_syn_outside_window_is_subject_to_challenge_ack_limit(mkstack):
+def test_syn_outside_window_is_subject_to_challenge_ack_limit(make_stack):
     # RFC 5961 4.2 and 7: the ACK answering an out-of-window SYN is a
     # challenge ACK, so it counts against the rate limit like any other.
-    stack = mkstack(challenge_ack_limit=1)
+    stack = make_stack(challenge_ack_limit=1)
     lsid = stack.listen(80)
     peer = Peer(stack)
     sid = passive_open(stack, lsid, peer)

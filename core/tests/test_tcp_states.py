@@ -7,7 +7,7 @@ kernel's.
 """
 import pytest
 
-from harness import ERRNO, Peer, Stack, match, passive_open, tcp_options
+from harness import ERRNO, Peer, match, passive_open, tcp_options
 from preload.engine import lib
 
 M32 = 2**32
@@ -25,21 +25,6 @@ def add(a, b):
 
 def seq_gt(a, b):
     return 0 < (a - b) % M32 < 2**31
-
-
-@pytest.fixture
-def make_stack():
-    """Builds Stacks with configuration overrides; destroys them afterwards."""
-    made = []
-
-    def make(**cfg):
-        s = Stack(**cfg)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.destroy()
 
 
 def gauge(stack, state):
