@@ -8,14 +8,16 @@ namespace or on the host side):
              the kernel's TCP, across a veth pair between two namespaces
   afpacket   shardsock instances (built-in echo/discard) on the same kind of
              veth pair, through the afpacket backend
+  afxdp      the same through AF_XDP sockets (copy mode, native XDP on veth)
   tap        shardsock instances on a tap device, the client on its kernel side
 Scenarios: 64-byte echo round trips with 1 and 64 connections, and one
 connection writing to the discard service (Gbit/s one way).
 
 CPU: busy time of the whole machine over the scenario (/proc/stat, client
 included, both cores), divided by round trips; the servers' own CPU time is
-reported beside it.  The machine is shared and has 2 cores: compare the
-ratio, not the absolute numbers.
+reported beside it.  The machine is shared and has 2 cores, and a single run
+swings widely: the targets take turns for BENCH_ROUNDS rounds (default 3)
+and the table gives the median of each, with the range of the ratio.
 
     $ make bench-instances
 """
@@ -31,6 +33,8 @@ from topology import Netns, VethPair  # noqa: E402
 
 BUILD = os.path.join(ROOT, "build")
 SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+TARGETS = ("kernel", "afpacket", "afxdp", "tap")
 SCENARIOS = [("rr-1", ["--mode", "rr", "--conns", "1", "--size", "64"]),
              ("rr-64", ["--mode", "rr", "--conns", "64", "--size", "64"]),
              ("bulk-1", ["--mode", "bulk", "--conns", "1", "--port", "9"])]
@@ -91,10 +95,10 @@ def kernel():
 def shardsock(backend):
     group = "bench%d" % os.getpid()
     args = ["--group", group, "--run-dir", "/run/shardsock-bench"]
-    if backend == "afpacket":
-        pair = VethPair()
+    if backend in ("afpacket", "afxdp"):
+        pair = VethPair(queues=os.cpu_count() if backend == "afxdp" else None)
         stack_ns, client_ns, host = pair.stack, pair.client, "198.18.1.2"
-        extra = ["--backend", "afpacket", "--interface", "vs", "--address", "198.18.1.2/24"]
+        extra = ["--backend", backend, "--interface", "vs", "--address", "198.18.1.2/24"]
     else:
         pair = None
         stack_ns = client_ns = Netns()
@@ -115,26 +119,38 @@ def shardsock(backend):
             stack_ns.delete()
 
 
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
 def main():
     if os.geteuid() != 0:
         sys.exit("bench: needs root (namespaces, devices)")
-    results = {"kernel": kernel(), "afpacket": shardsock("afpacket"), "tap": shardsock("tap")}
-    print("echo benchmark, %.0f s per scenario, %d cores; CPU = whole machine per round trip "
-          "(per 1460-byte segment for bulk)" % (SECONDS, os.cpu_count()))
-    print("%-10s %-9s %16s %9s %12s %14s" % ("scenario", "target", "result", "vs kernel", "CPU us/unit",
-                                          "server us/unit"))
+    runs = {t: [] for t in TARGETS}
+    for _ in range(ROUNDS):
+        for t in TARGETS:
+            runs[t].append(kernel() if t == "kernel" else shardsock(t))
+    print("echo benchmark: %d rounds of %.0f s per scenario, targets in turn, %d cores; medians.  CPU = whole "
+          "machine per round trip (per 1460-byte segment for bulk)" % (ROUNDS, SECONDS, os.cpu_count()))
+    print("%-8s %-9s %16s %9s %15s %12s %14s" % ("scenario", "target", "result", "vs kernel", "ratio range",
+                                             "CPU us/unit", "server us/unit"))
+    summary = {}
     for name, _ in SCENARIOS:
-        base = results["kernel"][name]
-        for target in ("kernel", "afpacket", "tap"):
-            r = results[target][name]
-            if r["mode"] == "rr":
-                val, ratio = "%.0f rt/s" % r["round_trips_per_s"], r["round_trips_per_s"] / base["round_trips_per_s"]
-            else:
-                val, ratio = "%.2f Gbit/s" % r["gbit_per_s"], r["gbit_per_s"] / base["gbit_per_s"]
-            print("%-10s %-9s %16s %8.2fx %12.2f %14.2f" % (name, target, val, ratio, r["cpu_us_per_unit"],
-                                                          r["server_cpu_us_per_unit"]))
+        metric = "round_trips_per_s" if name.startswith("rr") else "gbit_per_s"
+        for t in TARGETS:
+            vals = [r[name][metric] for r in runs[t]]
+            ratios = [r[name][metric] / k[name][metric] for r, k in zip(runs[t], runs["kernel"])]
+            row = {"median": median(vals), "ratio_median": median(ratios), "ratio_min": min(ratios),
+                   "ratio_max": max(ratios), "cpu_us_per_unit": median([r[name]["cpu_us_per_unit"] for r in runs[t]]),
+                   "server_cpu_us_per_unit": median([r[name]["server_cpu_us_per_unit"] for r in runs[t]])}
+            summary.setdefault(name, {})[t] = row
+            val = "%.0f rt/s" % row["median"] if metric == "round_trips_per_s" else "%.2f Gbit/s" % row["median"]
+            print("%-8s %-9s %16s %8.2fx %15s %12.2f %14.2f" % (
+                name, t, val, row["ratio_median"], "%.2f-%.2fx" % (row["ratio_min"], row["ratio_max"]),
+                row["cpu_us_per_unit"], row["server_cpu_us_per_unit"]))
     with open(os.path.join(BUILD, "bench-instances.json"), "w") as f:
-        json.dump(results, f, indent=2)
+        json.dump({"runs": runs, "summary": summary}, f, indent=2)
     print("(JSON: build/bench-instances.json)")
 
 

@@ -17,10 +17,10 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namesp
 LOSS, DUP = 0.02, 0.02
 
 
-@pytest.fixture(params=["tap", "afpacket"])
+@pytest.fixture(params=["tap", "afpacket", "afxdp"])
 def lossy_group(request):
     backend = request.param
-    pair = VethPair() if backend == "afpacket" else None
+    pair = VethPair(queues=os.cpu_count() if backend == "afxdp" else None) if backend != "tap" else None
     ns = pair.stack if pair else Netns()
     g = None
     links = []
@@ -34,8 +34,10 @@ def lossy_group(request):
             # the kernel side of the tap: what it sends out, and what it receives
             links = [Impairment(ns.name, "ss0", "egress", LOSS, DUP), Impairment(ns.name, "ss0", "ingress", LOSS, DUP)]
         else:
+            # both directions on the client's side: what the stack's backend
+            # transmits (packet socket, XSK) skips tc egress on vs
             links = [Impairment(pair.client.name, "vc", "egress", LOSS, DUP),
-                     Impairment(pair.client.name, "vc", "ingress", LOSS, DUP)]  # packet-socket TX skips tc egress
+                     Impairment(pair.client.name, "vc", "ingress", LOSS, DUP)]
         for link in links:
             link.__enter__()
         yield g
