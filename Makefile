@@ -106,8 +106,8 @@ test-preload: build ## the management layer's tests
 
 test: setup build check-engine-symbols test-engine test-engine-sanitized test-preload ## setup, build, then every test
 
-demo: setup build ## what runs today: the engine moving 100 MB each way over a lossy link
-	$(BUILD)/pair --bytes 100000000 --loss 0.05 --reorder 0.05 --dup 0.05 --seed 1
+demo: setup build ## what runs today: the lossy 100 MB transfer, then instances on a tap serving the kernel
+	$(PY) scripts/demo.py
 
 bench: build bench-engine bench-instances ## benchmarks (not tests); numbers go in the README
 
