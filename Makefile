@@ -114,7 +114,7 @@ bench: build bench-engine bench-instances ## benchmarks (not tests); numbers go 
 bench-engine: build ## engine cost per segment and per connection (callgrind), memory per connection
 	$(PY) scripts/bench_engine.py
 
-bench-instances: build ## echo round trips and bulk Gbit/s: kernel vs shardsock (tap, afpacket), one run
+bench-instances: build ## echo round trips and bulk Gbit/s: kernel vs shardsock (tap, afpacket, afxdp), in rounds
 	$(PY) scripts/bench_instances.py
 
 clean: ## remove build products

@@ -67,3 +67,29 @@ class VethPair:
     def delete(self):
         self.client.delete()
         self.stack.delete()
+
+
+# A kernel client for an echo service: sends N random bytes to ADDR port 7,
+# half-closes, reads everything back; prints {"sent", "received", "same"}.
+# Run as: python3 -c ECHO ADDR N
+ECHO = r"""
+import hashlib, json, os, socket, sys, threading
+addr, n = sys.argv[1], int(sys.argv[2])
+data = os.urandom(n)
+s = socket.create_connection((addr, 7), timeout=30)
+got = bytearray()
+def reader():
+    while True:
+        b = s.recv(1 << 20)
+        if not b:
+            break
+        got.extend(b)
+t = threading.Thread(target=reader)
+t.start()
+s.sendall(data)
+s.shutdown(socket.SHUT_WR)   # half-close: the service finishes echoing, then closes
+t.join(60)
+s.close()
+print(json.dumps({"sent": n, "received": len(got),
+                  "same": hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest()}))
+"""

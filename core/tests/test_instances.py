@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from topology import Netns, VethPair
+from topology import ECHO, Netns, VethPair
 from preload.stats import read_page
 
 RUN_DIR = "/run/shardsock-test"
@@ -87,27 +87,6 @@ def assert_clean(g):
         assert "ss0" not in g.ns.run(["ip", "-o", "link"]).stdout
 
 
-ECHO = r"""
-import hashlib, json, os, socket, sys, threading
-addr, n = sys.argv[1], int(sys.argv[2])
-data = os.urandom(n)
-s = socket.create_connection((addr, 7), timeout=30)
-got = bytearray()
-def reader():
-    while True:
-        b = s.recv(1 << 20)
-        if not b:
-            break
-        got.extend(b)
-t = threading.Thread(target=reader)
-t.start()
-s.sendall(data)
-s.shutdown(socket.SHUT_WR)   # half-close: the service finishes echoing, then closes
-t.join(60)
-s.close()
-print(json.dumps({"sent": n, "received": len(got),
-                  "same": hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest()}))
-"""
 
 
 def test_up_reports_every_instance_ready(group):

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from impair import Impairment
-from topology import Netns, VethPair
-from test_instances import ECHO, Group, assert_clean
+from topology import ECHO, Netns, VethPair
+from test_instances import Group, assert_clean
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and tap devices")
 
