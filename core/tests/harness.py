@@ -136,6 +136,13 @@ class Stack:
             match(s, w, i)
         return segs
 
+    def expect_at(self, ms, *wanted):
+        """Silence for ms - 1 milliseconds, then exactly these segments at ms."""
+        self.advance(ms - 1)
+        self.expect_nothing()
+        self.advance(1)
+        return self.expect(*wanted)
+
     def expect_nothing(self):
         frames = self.take()
         assert not frames, "expected silence, got %s" % [f.summary() for f in frames]
@@ -421,6 +428,13 @@ class Conn:
 
     def expect(self, *w):
         return expect_segs(self.s, *w)
+
+    def expect_at(self, ms, *w):
+        """Silence for ms - 1 milliseconds, then exactly these segments at ms."""
+        self.s.advance(ms - 1)
+        self.s.expect_nothing()
+        self.s.advance(1)
+        return self.expect(*w)
 
     def info(self):
         return self.s.info(self.sid)

@@ -19,15 +19,9 @@ def test_syn_first_rto_is_rto_initial(make_stack):
     sid = st.socket()
     assert st.connect(sid, PEER_IP, 80) == ERRNO["EINPROGRESS"]
     (syn,) = st.expect({"flags": "S"})
-    st.advance(999)
-    st.expect_nothing()
-    st.advance(1)
-    st.expect({"flags": "S", "seq": syn.seq, "len": 0})
+    st.expect_at(1000, {"flags": "S", "seq": syn.seq, "len": 0})
     # 5.5: backed off to 2 s
-    st.advance(1999)
-    st.expect_nothing()
-    st.advance(1)
-    st.expect({"flags": "S", "seq": syn.seq})
+    st.expect_at(2000, {"flags": "S", "seq": syn.seq})
     c = st.counters()
     assert c["tcp_rto_expired"] == 2 and c["tcp_retransmits"] == 2
 
@@ -38,10 +32,7 @@ def test_synack_first_rto_is_rto_initial(make_stack):
     peer = Peer(st)
     peer.seg("S", options=peer.syn_options())
     (sa,) = st.expect({"flags": "SA", "ack": peer.nxt})
-    st.advance(999)
-    st.expect_nothing()
-    st.advance(1)
-    st.expect({"flags": "SA", "seq": sa.seq, "ack": peer.nxt})
+    st.expect_at(1000, {"flags": "SA", "seq": sa.seq, "ack": peer.nxt})
 
 
 def test_rto_initial_is_configurable(make_stack):
@@ -49,10 +40,7 @@ def test_rto_initial_is_configurable(make_stack):
     sid = st.socket()
     st.connect(sid, PEER_IP, 80)
     (syn,) = st.expect({"flags": "S"})
-    st.advance(2999)
-    st.expect_nothing()
-    st.advance(1)
-    st.expect({"flags": "S", "seq": syn.seq})
+    st.expect_at(3000, {"flags": "S", "seq": syn.seq})
 
 
 def test_rto_from_first_sample(make_stack):
@@ -65,10 +53,7 @@ def test_rto_from_first_sample(make_stack):
     assert i["rto_us"] == 120000
     c.write(100)
     c.expect(c.d(0, 100))
-    st.advance(119)
-    st.expect_nothing()
-    st.advance(1)
-    c.expect(c.d(0, 100))
+    c.expect_at(120, c.d(0, 100))
     k = st.counters()
     assert k["tcp_retransmits"] == 1 and k["tcp_rto_expired"] == 1
 
@@ -89,10 +74,7 @@ def test_rto_from_subsequent_sample(make_stack):
     assert i["rto_us"] == 145000
     c.write(100)
     c.expect(c.d(100, 100))
-    st.advance(144)
-    st.expect_nothing()
-    st.advance(1)
-    c.expect(c.d(100, 100))
+    c.expect_at(145, c.d(100, 100))
 
 
 def test_rto_clamped_to_rto_min_default(make_stack):
@@ -102,10 +84,7 @@ def test_rto_clamped_to_rto_min_default(make_stack):
     assert c.info()["rto_us"] == 200000
     c.write(100)
     c.expect(c.d(0, 100))
-    st.advance(199)
-    st.expect_nothing()
-    st.advance(1)
-    c.expect(c.d(0, 100))
+    c.expect_at(200, c.d(0, 100))
 
 
 def test_rto_clamped_to_configured_rto_min(make_stack):
@@ -115,10 +94,7 @@ def test_rto_clamped_to_configured_rto_min(make_stack):
     assert c.info()["rto_us"] == 100000
     c.write(100)
     c.expect(c.d(0, 100))
-    st.advance(99)
-    st.expect_nothing()
-    st.advance(1)
-    c.expect(c.d(0, 100))
+    c.expect_at(100, c.d(0, 100))
 
 
 def test_zero_rtt_sample_is_a_measurement(make_stack):
@@ -137,10 +113,7 @@ def test_zero_rtt_sample_is_a_measurement(make_stack):
     assert i["rto_us"] == 10000
     c.write(100)
     c.expect(c.d(100, 100))
-    st.advance(9)
-    st.expect_nothing()
-    st.advance(1)
-    c.expect(c.d(100, 100))
+    c.expect_at(10, c.d(100, 100))
 
 
 def test_backoff_doubles_up_to_rto_max(make_stack):
@@ -189,10 +162,7 @@ def test_backed_off_rto_kept_until_valid_sample(make_stack):
     # new data: RTO is still 240 ms
     c.write(100)
     c.expect(c.d(100, 100))
-    st.advance(239)
-    st.expect_nothing()
-    st.advance(1)
-    c.expect(c.d(100, 100))  # RTO now 480 ms
+    c.expect_at(240, c.d(100, 100))  # RTO now 480 ms
     c.ack(200)
     c.write(100)
     c.expect(c.d(200, 100))
@@ -268,10 +238,7 @@ def test_rto_after_retransmitted_syn_is_three_seconds(make_stack):
     assert c.info()["rto_us"] == 3000000
     c.write(100)
     c.expect(c.d(0, 100))
-    st.advance(2999)
-    st.expect_nothing()
-    st.advance(1)
-    c.expect(c.d(0, 100))
+    c.expect_at(3000, c.d(0, 100))
 
 
 def test_rto_collapses_cwnd_and_goes_back_n(make_stack):

@@ -19,10 +19,7 @@ def test_small_segment_acked_after_delack_ms(make_stack):
     c = open_passive(st)
     peer_data(c, 100)
     st.expect_nothing()
-    st.advance(39)
-    st.expect_nothing()
-    st.advance(1)
-    st.expect(ack_of(c))
+    st.expect_at(40, ack_of(c))
     assert st.counters()["tcp_delayed_acks"] == 1
     st.advance(1000)
     st.expect_nothing()
@@ -32,10 +29,7 @@ def test_delack_ms_is_configurable(make_stack):
     st = make_stack(delack_ms=100)
     c = open_passive(st)
     peer_data(c, 100)
-    st.advance(99)
-    st.expect_nothing()
-    st.advance(1)
-    st.expect(ack_of(c))
+    st.expect_at(100, ack_of(c))
 
 
 def test_delack_timer_not_extended_by_second_small_segment(make_stack):
@@ -47,10 +41,7 @@ def test_delack_timer_not_extended_by_second_small_segment(make_stack):
     st.advance(20)
     peer_data(c, 100, 100)
     st.expect_nothing()
-    st.advance(19)
-    st.expect_nothing()
-    st.advance(1)
-    st.expect(ack_of(c))
+    st.expect_at(20, ack_of(c))
     assert st.counters()["tcp_delayed_acks"] == 1
 
 
@@ -72,10 +63,7 @@ def test_one_full_segment_is_delayed(make_stack):
     st = make_stack()
     c = open_passive(st)
     c.p.seg("A", pattern(0, MSS))
-    st.advance(39)
-    st.expect_nothing()
-    st.advance(1)
-    st.expect(ack_of(c))
+    st.expect_at(40, ack_of(c))
 
 
 def test_out_of_order_segment_acked_immediately(make_stack):
@@ -148,10 +136,7 @@ def test_keepalive_probe_after_idle(make_stack):
     st = make_stack()
     c = open_passive(st)
     keepalive(st, c.sid)
-    st.advance(9999)
-    st.expect_nothing()
-    st.advance(1)
-    st.expect(ka_probe(c))
+    st.expect_at(10000, ka_probe(c))
     assert st.counters()["tcp_keepalive_probes"] == 1
 
 
@@ -166,10 +151,7 @@ def test_keepalive_answered_probe_postpones_next(make_stack):
     st.expect(ka_probe(c))
     c.ack(0)  # the peer's answer
     st.expect_nothing()
-    st.advance(9999)
-    st.expect_nothing()
-    st.advance(1)
-    st.expect(ka_probe(c))
+    st.expect_at(10000, ka_probe(c))
     assert c.info()["state"] == "ESTABLISHED"
 
 
@@ -186,10 +168,7 @@ def test_keepalive_unanswered_probes_reset(make_stack):
         st.expect_nothing()
         st.advance(1)
         st.expect(ka_probe(c))
-    st.advance(1999)
-    st.expect_nothing()
-    st.advance(1)
-    st.expect({"flags": "RA", "seq": c.seq(0), "ack": c.p.nxt, "len": 0})
+    st.expect_at(2000, {"flags": "RA", "seq": c.seq(0), "ack": c.p.nxt, "len": 0})
     assert c.info()["state"] == "CLOSED"
     assert st.read(c.sid) == ERRNO["ETIMEDOUT"]
     k = st.counters()
@@ -218,10 +197,7 @@ def test_keepidle_set_after_keepalive_takes_effect(make_stack):
     st = make_stack()
     c = open_passive(st)
     keepalive(st, c.sid, first="keepalive")
-    st.advance(9999)
-    st.expect_nothing()
-    st.advance(1)
-    st.expect(ka_probe(c))
+    st.expect_at(10000, ka_probe(c))
 
 
 def test_keepalive_inherited_from_listener(make_stack):
@@ -238,10 +214,7 @@ def test_keepalive_inherited_from_listener(make_stack):
     assert sid >= 0
     c = Conn(st, sid, peer)
     assert st.getopt(sid, lib.SS_OPT_KEEPALIVE) == 1
-    st.advance(9999)
-    st.expect_nothing()
-    st.advance(1)
-    st.expect(ka_probe(c))
+    st.expect_at(10000, ka_probe(c))
 
 
 def test_keepalive_disabled_sends_nothing(make_stack):

@@ -363,10 +363,7 @@ def test_sender_sws_override_timeout_fills_small_window(make_stack):
     c.ack(0, win=100)
     c.write(1000)
     st.expect_nothing()
-    st.advance(199)
-    st.expect_nothing()
-    st.advance(1)
-    c.expect(c.d(0, 100))
+    c.expect_at(200, c.d(0, 100))
 
 
 # ===========================================================================
@@ -391,10 +388,7 @@ def test_zero_window_sends_nothing_then_probes(make_stack):
     """A zero window lets no data out; after the persist timeout (RTO) a
     probe of one new byte at SND.NXT."""
     st, c = zero_window_conn(make_stack)
-    st.advance(199)
-    st.expect_nothing()
-    st.advance(1)
-    c.expect(probe(c))
+    c.expect_at(200, probe(c))
     assert st.counters()["tcp_zero_window_probes"] == 1
 
 
