@@ -330,3 +330,57 @@ def test_errors_are_clear():
         assert_clean(g)
     finally:
         ns.delete()
+
+
+def control(group, k, request):
+    """One request on instance k's control socket; the replies, as text."""
+    import socket as so
+    s = so.socket(so.AF_UNIX, so.SOCK_SEQPACKET)
+    try:
+        s.settimeout(5)
+        s.connect(os.path.join(RUN_DIR, group.name, "instance-%d.sock" % k))
+        s.send(request)
+        out = []
+        while True:
+            m = s.recv(4096)
+            if not m:
+                return "".join(out)
+            out.append(m.decode())
+    finally:
+        s.close()
+
+
+def test_control_socket(group):
+    path = os.path.join(RUN_DIR, group.name, "instance-0.sock")
+    assert os.stat(path).st_mode & 0o777 == 0o660
+    assert control(group, 0, b"ping") == "pong %d 0\n" % group.pids[0]
+    assert control(group, 0, b"frobnicate").startswith("error: unknown request")
+    # netstat lists the service sockets with their TCP state, a held
+    # connection included
+    import subprocess
+    import sys
+    holder = subprocess.Popen(["ip", "netns", "exec", group.client.name, sys.executable, "-c", r"""
+import socket, sys, time
+c = socket.create_connection((sys.argv[1], 9), timeout=10)
+c.sendall(b"x")
+print("connected", flush=True)
+time.sleep(5)
+""", group.addr], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "connected"
+        time.sleep(0.2)
+        lines = "".join(control(group, k, b"netstat") for k in range(len(group.pids))).splitlines()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert any("state=LISTEN" in ln and ":9 " in ln for ln in lines), lines
+    peer = group.addr.rsplit(".", 1)[0] + ".1"
+    assert any("state=ESTABLISHED" in ln and ":9 remote=%s:" % peer in ln for ln in lines), lines
+    # stop: the instance ends, and status reports it unhealthy
+    assert control(group, 0, b"stop") == "stopping\n"
+    for _ in range(100):
+        if read_page(group.name, 0) is None:
+            break
+        time.sleep(0.05)
+    st = json.loads(group.cli("status", "--json").stdout)
+    assert st["instances"][0]["healthy"] is False and st["instances"][0]["state"] == "dead"
