@@ -20,7 +20,7 @@ DAEMON_LIB := -lxdp -lbpf
 # The afxdp backend's XDP program; shardsockd loads it from its own directory.
 XDP_OBJ    := $(BUILD)/xdp_redirect.bpf.o
 BPF_CFLAGS := -O2 -g -target bpf -Wall -Werror -I/usr/include/$(shell $(CC) -print-multiarch 2>/dev/null)
-DAEMON_HDR := $(wildcard core/netdev/*.h)
+DAEMON_HDR := $(wildcard core/netdev/*.h core/daemon/*.h core/include/shardsock/*.h)
 ASAN_MOD    = $(BUILD)/asan/_engine.so
 PYTEST      = $(PY) -m pytest -q -p no:cacheprovider
 

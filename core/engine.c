@@ -75,6 +75,8 @@ const char *ss_engine_config_check(const struct ss_engine_config *c)
         return "arp_retries/arp_retry_ms/arp_queue_max: must be > 0";
     if (!c->tx)
         return "tx: a transmit callback is required";
+    if (!c->flow_owner != !c->forward)
+        return "flow_owner/forward: set both (forwarding to a flow's owner) or neither";
     return NULL;
 }
 
@@ -152,13 +154,13 @@ void ss_engine_tx(struct ss_engine *e, const uint8_t *frame, size_t len)
     e->cfg.tx(e->cfg.tx_ctx, frame, len);
 }
 
-void ss_engine_input(struct ss_engine *e, const uint8_t *frame, size_t len, uint64_t now_us)
+static void input(struct ss_engine *e, const uint8_t *frame, size_t len, uint64_t now_us)
 {
     static const uint8_t bcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
     struct ss_eth_repr eth;
     e->now_us = now_us;
-    e->ctr->eth_rx_frames++;
-    e->ctr->eth_rx_bytes += len;
+    e->in_frame = frame;
+    e->in_len = len;
     if (ss_eth_parse(frame, len, &eth) < 0) {
         e->ctr->drop_eth_short++;
         return;
@@ -178,6 +180,38 @@ void ss_engine_input(struct ss_engine *e, const uint8_t *frame, size_t len, uint
     default:
         e->ctr->drop_eth_type++;
     }
+    e->in_frame = NULL;
+}
+
+void ss_engine_input(struct ss_engine *e, const uint8_t *frame, size_t len, uint64_t now_us)
+{
+    e->ctr->eth_rx_frames++;
+    e->ctr->eth_rx_bytes += len;
+    e->in_forwarded = false;
+    input(e, frame, len, now_us);
+}
+
+void ss_engine_input_forwarded(struct ss_engine *e, const uint8_t *frame, size_t len, uint64_t now_us)
+{
+    /* Counted once on the device, by the instance that received it. */
+    e->ctr->fwd_rx_frames++;
+    e->in_forwarded = true;
+    input(e, frame, len, now_us);
+    e->in_forwarded = false;
+}
+
+bool ss_engine_forward(struct ss_engine *e, uint32_t rip, uint16_t rport, uint16_t lport)
+{
+    if (!e->cfg.flow_owner || e->in_forwarded || !e->in_frame)
+        return false;
+    int owner = e->cfg.flow_owner(e->cfg.flow_ctx, rip, rport, lport);
+    if (owner < 0)
+        return false;
+    if (e->cfg.forward(e->cfg.flow_ctx, owner, e->in_frame, e->in_len) == 0)
+        e->ctr->fwd_frames++;
+    else
+        e->ctr->drop_fwd_full++;
+    return true;
 }
 
 void ss_engine_poll(struct ss_engine *e, uint64_t now_us)

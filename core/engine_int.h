@@ -225,6 +225,10 @@ struct ss_engine {
     struct ss_counters *ctr; /* cfg.counters, or own_ctr */
     struct ss_counters own_ctr;
     uint64_t now_us;  /* time of the call being served */
+    /* the received frame being served, for forwarding to its flow's owner */
+    const uint8_t *in_frame;
+    size_t in_len;
+    bool in_forwarded; /* it came from another instance: never forward it */
     uint16_t ip_id;
     /* ARP */
     struct ss_arp_entry arp[SS_ARP_ENTRIES];
@@ -255,6 +259,10 @@ struct ss_engine {
 /* engine.c */
 void ss_engine_tx(struct ss_engine *e, const uint8_t *frame, size_t len);
 void ss_tcb_notify(struct ss_tcb *t);
+/* For a TCP segment that matches no connection here: true when another
+ * instance owns the flow and the frame being served went to it (or was
+ * dropped because its ring was full; counted either way). */
+bool ss_engine_forward(struct ss_engine *e, uint32_t rip, uint16_t rport, uint16_t lport);
 /* Frees the orphans that ended during the current call. */
 void ss_engine_reap(struct ss_engine *e);
 

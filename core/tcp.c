@@ -55,6 +55,8 @@ static void unhash(struct ss_tcb *t)
     if (t->hashed) {
         ss_list_del(&t->flow_link);
         t->hashed = false;
+        if (t->e->cfg.flow_publish)
+            t->e->cfg.flow_publish(t->e->cfg.flow_ctx, t->rip, t->rport, t->lport, 0);
     }
 }
 
@@ -186,6 +188,8 @@ void ss_flow_insert(struct ss_tcb *t)
     struct ss_engine *e = t->e;
     ss_list_add_tail(&e->flows[flow_hash(e, t->lip, t->lport, t->rip, t->rport)], &t->flow_link);
     t->hashed = true;
+    if (e->cfg.flow_publish)
+        e->cfg.flow_publish(e->cfg.flow_ctx, t->rip, t->rport, t->lport, 1);
 }
 
 /* ---- bind table, which is also the listen table ---- */

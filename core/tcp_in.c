@@ -741,6 +741,10 @@ void ss_tcp_input(struct ss_engine *e, const struct ss_ip_repr *ip, struct ss_tc
         }
     }
     if (!t) {
+        /* Another instance of the group may own it (the device steered one
+         * of its segments here): then it goes there, unanswered. */
+        if (ss_engine_forward(e, ip->src, s->sport, s->dport))
+            return;
         struct ss_tcb *l = ss_listener_lookup(e, ip->dst, s->dport);
         if (l) {
             ss_tcp_listen_input(l, ip, s, 0);

@@ -33,6 +33,9 @@ SANITIZE_CFLAGS = ["-std=c11", "-D_GNU_SOURCE", "-O1", "-g", "-fno-omit-frame-po
 PY_CALLBACKS = """extern "Python" int ss_py_tx(void *, const uint8_t *, size_t);
 extern "Python" void ss_py_neigh_learn(void *, uint32_t, const uint8_t *);
 extern "Python" int ss_py_neigh_lookup(void *, uint32_t, uint8_t *);
+extern "Python" void ss_py_flow_publish(void *, uint32_t, uint16_t, uint16_t, int);
+extern "Python" int ss_py_flow_owner(void *, uint32_t, uint16_t, uint16_t);
+extern "Python" int ss_py_forward(void *, int, const uint8_t *, size_t);
 """
 
 

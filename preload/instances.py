@@ -15,7 +15,7 @@ import time
 import zlib
 
 from preload import netsetup
-from preload.stats import page_path, read_page
+from preload.stats import create_fwd_region, fwd_path, page_path, read_page
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DAEMON = os.environ.get("SHARDSOCKD", os.path.join(ROOT, "build", "shardsockd"))
@@ -126,7 +126,13 @@ def up(cfg):
              "mac": stack_mac(cfg["group"]), "run_dir": cfg["run_dir"], "instances": [],
              "started": time.time()}
     procs = []
+    doorbells = []
     try:
+        if len(cores) > 1:
+            # frames one instance receives for another's flow go there
+            # (core/daemon/fwd.c); each instance sleeps on its own doorbell
+            create_fwd_region(cfg["group"], len(cores))
+            doorbells = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in cores]
         peer = []
         if tap:
             host_mac = netsetup.configure_host_side(cfg["interface"], str(host.ip), host.network.prefixlen)
@@ -158,9 +164,11 @@ def up(cfg):
                 args += ["--echo", str(cfg["echo"])]
             if cfg["discard"]:
                 args += ["--discard", str(cfg["discard"])]
+            if doorbells:
+                args += ["--doorbells", ",".join(map(str, doorbells))]
             r, w = os.pipe()
             log = open(os.path.join(group_dir(cfg), "instance-%d.log" % k), "w")
-            p = subprocess.Popen(args + ["--ready-fd", str(w)], pass_fds=(w,), stdin=subprocess.DEVNULL,
+            p = subprocess.Popen(args + ["--ready-fd", str(w)], pass_fds=(w, *doorbells), stdin=subprocess.DEVNULL,
                                  stdout=log, stderr=log, start_new_session=True)
             os.close(w)
             log.close()
@@ -179,6 +187,9 @@ def up(cfg):
             netsetup.delete_link(cfg["interface"])
         remove_files(cfg, len(procs))
         raise
+    finally:
+        for fd in doorbells:
+            os.close(fd)
     with open(state_path(cfg), "w") as f:
         json.dump(state, f, indent=2)
     return state
@@ -191,10 +202,11 @@ def remove_files(cfg, n):
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-    try:
-        os.unlink("/dev/shm/shardsock-%s-neigh" % cfg["group"])
-    except FileNotFoundError:
-        pass
+    for path in ("/dev/shm/shardsock-%s-neigh" % cfg["group"], fwd_path(cfg["group"])):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 def down(cfg, timeout_s=5.0):

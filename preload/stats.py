@@ -47,3 +47,27 @@ def read_page(group, instance):
             return page
     finally:
         os.close(fd)
+
+
+def fwd_path(group):
+    return "/dev/shm/shardsock-%s-fwd" % group
+
+
+def create_fwd_region(group, ninstances):
+    """Creates the group's forwarding region (``struct ss_fwd_region``: the
+    flow directory and the rings between instances) before the instances
+    start, with a fresh secret for the directory's hash.  The file is sized
+    for the rings but tmpfs allocates only the pages that are touched."""
+    size = ffi.sizeof("struct ss_fwd_region") + ninstances * ninstances * ffi.sizeof("struct ss_fwd_ring")
+    fd = os.open(fwd_path(group), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        with mmap.mmap(fd, ffi.sizeof("struct ss_fwd_region")) as mm:
+            p = ffi.cast("struct ss_fwd_region *", ffi.from_buffer(mm))
+            p.version = lib.SS_FWD_VERSION
+            p.ninstances = ninstances
+            p.secret = list(int.from_bytes(os.urandom(8), "little") for _ in range(2))
+            p.magic = lib.SS_FWD_MAGIC  # last: instances check it
+            del p
+    finally:
+        os.close(fd)

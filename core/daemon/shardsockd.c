@@ -3,8 +3,10 @@
  * device.  Started by `shardsock up`, one per core.
  *
  * The loop is one list of phases:
- *   receive burst -> timers -> application command rings (the preload
- *   library's; none yet) -> services -> transmit flush -> adaptive wait
+ *   receive burst (the device's, then frames other instances forwarded for
+ *   flows this one owns, fwd.c) -> timers -> application command rings (the
+ *   preload library's; none yet) -> services -> transmit flush -> adaptive
+ *   wait
  * The engine hands each frame to the backend as it is made; a backend with
  * a transmit ring queues it and the flush phase kicks the device once per
  * pass (the tap backend writes at once).  The wait spins for --spin-us after the last
@@ -41,12 +43,13 @@
 #include <shardsock/engine.h>
 #include <shardsock/stats.h>
 
+#include "fwd.h"
 #include "netdev/netdev.h"
 
 enum role { ROLE_NONE, ROLE_ECHO_LISTEN, ROLE_DISCARD_LISTEN, ROLE_ECHO, ROLE_DISCARD };
 
 struct options {
-    const char *group, *backend, *ifname, *run_dir;
+    const char *group, *backend, *ifname, *run_dir, *doorbells;
     int core, instance, ninstances, ready_fd;
     uint32_t ip, netmask, gateway, peer_ip;
     uint8_t mac[6], peer_mac[6];
@@ -61,6 +64,8 @@ struct instance {
     struct ss_netdev dev;
     struct ss_instance_stats *stats;
     struct ss_neigh_table *neigh;
+    struct ss_fwd fwd;  /* forwarding to the owners of flows; with two instances or more */
+    bool fwd_on;
     char stats_path[128], neigh_path[128], sock_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     int epfd, tfd, sfd, ctl;
     bool stopping;
@@ -347,7 +352,7 @@ static void usage(void)
     fprintf(stderr, "usage: shardsockd --group NAME --instance K --instances N --core C --backend tap\n"
                     "       --interface IF --address A.B.C.D --netmask M --mac MAC [--gateway G]\n"
                     "       [--peer A.B.C.D --peer-mac MAC] [--echo PORT] [--discard PORT]\n"
-                    "       [--spin-us US] [--run-dir DIR] [--ready-fd FD]\n");
+                    "       [--spin-us US] [--run-dir DIR] [--ready-fd FD] [--doorbells FD,FD,...]\n");
     exit(2);
 }
 
@@ -358,7 +363,7 @@ static void parse_args(int argc, char **argv, struct options *o)
         {"backend", 1, 0, 'b'}, {"interface", 1, 0, 'i'}, {"address", 1, 0, 'a'}, {"netmask", 1, 0, 'm'},
         {"mac", 1, 0, 'M'}, {"gateway", 1, 0, 'G'}, {"peer", 1, 0, 'p'}, {"peer-mac", 1, 0, 'P'},
         {"echo", 1, 0, 'e'}, {"discard", 1, 0, 'd'}, {"spin-us", 1, 0, 's'}, {"run-dir", 1, 0, 'r'},
-        {"ready-fd", 1, 0, 'R'}, {0, 0, 0, 0}};
+        {"ready-fd", 1, 0, 'R'}, {"doorbells", 1, 0, 'D'}, {0, 0, 0, 0}};
     memset(o, 0, sizeof *o);
     o->group = "default";
     o->backend = "tap";
@@ -390,6 +395,7 @@ static void parse_args(int argc, char **argv, struct options *o)
         case 's': o->spin_us = (uint32_t)atoi(optarg); break;
         case 'r': o->run_dir = optarg; break;
         case 'R': o->ready_fd = atoi(optarg); break;
+        case 'D': o->doorbells = optarg; break;
         default: usage();
         }
     }
@@ -463,6 +469,20 @@ static void setup(struct instance *in)
     cfg.neigh_learn = neigh_learn;
     cfg.neigh_lookup = neigh_lookup;
     cfg.neigh_ctx = in;
+    if (o->ninstances > 1) {
+        /* Any backend may deliver a segment to the wrong instance (see
+         * fwd.c); the directory and the rings make that harmless. */
+        char path[128];
+        snprintf(path, sizeof path, "/dev/shm/shardsock-%s-fwd", o->group);
+        if (ss_fwd_open(&in->fwd, path, o->instance, o->ninstances, o->doorbells, &in->stats->counters, err,
+                        sizeof err) < 0)
+            die(err);
+        in->fwd_on = true;
+        cfg.flow_publish = ss_fwd_publish;
+        cfg.flow_owner = ss_fwd_owner;
+        cfg.forward = ss_fwd_send;
+        cfg.flow_ctx = &in->fwd;
+    }
     const char *bad = ss_engine_config_check(&cfg);
     if (bad)
         die(bad);
@@ -491,8 +511,10 @@ static void setup(struct instance *in)
     in->ctl = control_listen(in);
     if (in->sfd < 0 || in->tfd < 0 || in->epfd < 0 || in->ctl < 0)
         die("cannot set up the control socket, signalfd, timerfd or epoll");
-    int fds[] = {in->dev.fd, in->sfd, in->tfd, in->ctl};
+    int fds[] = {in->dev.fd, in->sfd, in->tfd, in->ctl, in->fwd_on ? in->fwd.doorbell[o->instance] : -1};
     for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++) {
+        if (fds[i] < 0)
+            continue;
         struct epoll_event ev = {.events = EPOLLIN, .data.fd = fds[i]};
         if (epoll_ctl(in->epfd, EPOLL_CTL_ADD, fds[i], &ev) < 0)
             die("epoll_ctl failed");
@@ -517,8 +539,12 @@ static void sleep_until_work(struct instance *in)
     }
     timerfd_settime(in->tfd, TFD_TIMER_ABSTIME, &its, NULL);
     struct epoll_event evs[8];
+    if (in->fwd_on && !ss_fwd_may_sleep(&in->fwd))
+        return; /* a forwarded frame came in meanwhile */
     in->stats->sleeps++;
     int n = epoll_wait(in->epfd, evs, 8, -1);
+    if (in->fwd_on)
+        ss_fwd_awake(&in->fwd);
     for (int i = 0; i < n; i++) {
         int fd = evs[i].data.fd;
         if (fd == in->tfd) {
@@ -548,6 +574,9 @@ static void run(struct instance *in)
         for (int i = 0; i < n; i++)
             ss_engine_input(in->e, in->dev.rx[i], in->dev.rx_len[i], t);
         work |= n > 0;
+        /*    and the frames other instances received for this one's flows */
+        if (in->fwd_on)
+            work |= ss_fwd_drain(&in->fwd, in->e, t, 64) > 0;
         /* 2. timers */
         ss_engine_poll(in->e, t);
         /* 3. application command rings: the preload library's (issue 4) */
@@ -582,7 +611,9 @@ static void stop(struct instance *in)
         ss_tcp_close(in->e, (int)sid, t);
         in->role[sid] = ROLE_NONE;
     }
-    ss_engine_destroy(in->e);
+    ss_engine_destroy(in->e); /* withdraws its flows from the directory */
+    if (in->fwd_on)
+        ss_fwd_close(&in->fwd);
     in->dev.ops->close(&in->dev);
     close(in->ctl);
     unlink(in->sock_path);

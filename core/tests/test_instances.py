@@ -263,7 +263,58 @@ def test_counters_account_for_every_frame(group):
     for i in st:
         c = i["counters"]
         handled = sum(v for k, v in c.items() if k.startswith("drop_eth") or k == "arp_rx" or k == "ip_rx_packets")
-        assert handled == c["eth_rx_frames"], "frames not accounted for on core %d" % i["core"]
+        # a frame forwarded here by another instance is handled, not received
+        assert handled == c["eth_rx_frames"] + c["fwd_rx_frames"], "frames not accounted for on core %d" % i["core"]
+    assert sum(i["counters"]["fwd_rx_frames"] for i in st) == sum(i["counters"]["fwd_frames"] for i in st)
+
+
+@pytest.mark.skipif(os.cpu_count() < 2, reason="needs two cores for two instances")
+def test_afxdp_segments_on_another_queue_reach_the_owner():
+    """Linux may move a connection to another transmit queue whenever it has
+    nothing in flight (netdev_pick_tx re-picks on skb->ooo_okay); on veth
+    the queue is the receive queue, so the stack's other instance gets the
+    flow's segments.  XPS ties the client's queue to its CPU here, and the
+    client moves to the other CPU mid-connection: the second instance must
+    forward, not reset."""
+    pair = VethPair(queues=2)
+    g = None
+    try:
+        pair.client.run(["sh", "-c", "echo 1 > /sys/class/net/vc/queues/tx-0/xps_cpus && "
+                                     "echo 2 > /sys/class/net/vc/queues/tx-1/xps_cpus"], check=True)
+        g = Group(pair.stack, "f%d%d" % (os.getpid(), int(time.time() * 1000) % 100000), "--cores", "0,1",
+                  backend="afxdp", client=pair.client)
+        out = g.client.python(r"""
+import json, os, socket, sys, time
+def echo(s, n):
+    data = os.urandom(n)
+    s.sendall(data)
+    got = b""
+    while len(got) < n:
+        got += s.recv(65536)
+    return got == data
+os.sched_setaffinity(0, {0})
+s = socket.create_connection((sys.argv[1], 7), timeout=10)
+ok = [echo(s, 5000)]
+for cpu in (1, 0, 1):
+    time.sleep(0.1)                      # nothing in flight: the queue may change
+    os.sched_setaffinity(0, {cpu})
+    ok.append(echo(s, 200000))
+s.close()
+print(json.dumps({"ok": ok}))
+""", g.addr)
+        assert out["ok"] == [True] * 4
+        time.sleep(0.3)
+        c = [i["counters"] for i in g.stat()]
+        assert c[0]["tcp_passive_opens"] == 1 and c[1]["tcp_passive_opens"] == 0
+        assert c[1]["fwd_frames"] > 0, "the client's second CPU never reached instance 1"
+        assert c[0]["fwd_rx_frames"] == c[1]["fwd_frames"]
+        assert c[0]["drop_fwd_full"] == c[1]["drop_fwd_full"] == 0
+        assert c[1]["drop_tcp_no_socket"] == 0 and c[1]["tcp_rst_tx"] == 0
+    finally:
+        if g is not None:
+            assert g.down().returncode == 0
+            assert_clean(g)
+        pair.delete()
 
 
 def test_idle_instances_use_no_cpu(group):

@@ -25,13 +25,7 @@ def lossy_group(request):
     g = None
     links = []
     try:
-        # afxdp runs one instance here.  After a timeout Linux moves a flow
-        # to another transmit queue (sk_rethink_txhash); on veth that is
-        # another XSK, so another instance would get the flow's segments and
-        # reset it.  Forwarding between instances (issue 3, open) fixes that;
-        # tap and afpacket steer with our own programs and are not affected.
-        extra = ["--cores", "0"] if backend == "afxdp" else []
-        g = Group(ns, "l%d%d" % (os.getpid(), int(time.time() * 1000) % 100000), *extra, backend=backend,
+        g = Group(ns, "l%d%d" % (os.getpid(), int(time.time() * 1000) % 100000), backend=backend,
                   client=pair.client if pair else None)
         if backend == "tap":
             # tc sees the kernel's GSO bursts before segmentation: without

@@ -106,6 +106,8 @@
     X(dev_tx_errors, "device write errors (frame lost)")                            \
     X(fwd_frames, "frames forwarded to the instance that owns the flow")            \
     X(drop_fwd_full, "frames dropped: forwarding ring to the owner full")           \
+    X(fwd_rx_frames, "frames received from another instance that owns their flow")  \
+    X(fwd_dir_full, "connections not published: the group's flow directory full")   \
     X(neigh_shared_hits, "next hops resolved from the group's shared ARP table")
 
 /* TCP states, RFC 9293 section 3.3.2, in the order of its diagram. */

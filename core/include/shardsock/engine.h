@@ -84,6 +84,21 @@ struct ss_engine_config {
     void (*neigh_learn)(void *ctx, uint32_t ip, const uint8_t mac[6]);
     int (*neigh_lookup)(void *ctx, uint32_t ip, uint8_t mac_out[6]);
     void *neigh_ctx;
+    /* Optional: flow ownership across the instances of a group, for
+     * backends that cannot promise every segment of a flow reaches the
+     * instance that owns it (DESIGN.md, Flow ownership).  The engine
+     * publishes each connection it holds (add 1 when it enters the flow
+     * table, 0 when it leaves); for a TCP segment that matches no
+     * connection of its own it asks flow_owner, and when another instance
+     * owns the flow (a return >= 0) hands the whole frame to forward
+     * instead of answering it.  forward returns 0 when the frame was
+     * queued, non-zero when the ring to the owner was full (counted as
+     * drop_fwd_full, never waited for).  Frames arriving through
+     * ss_engine_input_forwarded are never forwarded again. */
+    void (*flow_publish)(void *ctx, uint32_t rip, uint16_t rport, uint16_t lport, int add);
+    int (*flow_owner)(void *ctx, uint32_t rip, uint16_t rport, uint16_t lport);
+    int (*forward)(void *ctx, int owner, const uint8_t *frame, size_t len);
+    void *flow_ctx;
 };
 
 struct ss_engine;
@@ -99,6 +114,9 @@ void ss_engine_destroy(struct ss_engine *e);
 
 /* One received frame, starting at the ethernet header. */
 void ss_engine_input(struct ss_engine *e, const uint8_t *frame, size_t len, uint64_t now_us);
+/* A frame another instance forwarded here because this one owns its flow;
+ * handled as received, but never forwarded again. */
+void ss_engine_input_forwarded(struct ss_engine *e, const uint8_t *frame, size_t len, uint64_t now_us);
 /* Runs the timers that are due. */
 void ss_engine_poll(struct ss_engine *e, uint64_t now_us);
 /* When the engine next needs ss_engine_poll(); UINT64_MAX: no timer armed. */

@@ -76,4 +76,70 @@ struct ss_neigh_table {
     struct ss_neigh_entry e[SS_NEIGH_ENTRIES];
 };
 
+/*
+ * The group's forwarding region, /dev/shm/shardsock-<group>-fwd, created by
+ * `shardsock up` before the instances start (DESIGN.md, Flow ownership).
+ *
+ * The flow directory says which instance owns each connection, keyed by the
+ * remote address and port and the local port (the group has one address).
+ * Open addressing with at most SS_FLOW_PROBE probes; key 0 is a free entry,
+ * SS_FLOW_TOMBSTONE a withdrawn one that an insert may reuse.  An instance
+ * writes only the entries of its own connections: it claims an entry by
+ * compare-and-swap of the key, then stores owner (instance + 1; 0 while
+ * being written or withdrawn).
+ *
+ * Forwarding rings: one single-producer single-consumer ring of frames from
+ * each instance to each other, ring[src * ninstances + dst].  The producer
+ * fills slot[head % SS_FWD_SLOTS] and then publishes head; the consumer
+ * reads up to head and then publishes tail.  A full ring drops the frame.
+ * inbox[k].sleeping is set by instance k just before it sleeps; a producer
+ * that clears it writes k's doorbell (an eventfd), so a sleeping owner
+ * wakes once per sleep, and a busy one is never signalled.
+ */
+#define SS_FWD_MAGIC 0x53534657 /* "SSFW" */
+#define SS_FWD_VERSION 1
+#define SS_FWD_MAX_INSTANCES 64
+#define SS_FWD_SLOTS 256
+#define SS_FWD_FRAME_MAX 2040   /* an MTU of 1500 and its ethernet header fit */
+#define SS_FLOW_ENTRIES 262144  /* a power of two */
+#define SS_FLOW_PROBE 32
+#define SS_FLOW_TOMBSTONE 1
+
+struct ss_flow_entry {
+    uint64_t key;      /* rip << 32 | rport << 16 | lport */
+    uint32_t owner;    /* instance + 1; 0: not (yet) valid */
+    uint32_t _pad;
+};
+
+struct ss_fwd_slot {
+    uint32_t len;
+    uint32_t _pad;
+    uint8_t frame[SS_FWD_FRAME_MAX];
+};
+
+struct ss_fwd_ring {
+    uint32_t head;     /* written by the producer */
+    uint8_t _pad0[60];
+    uint32_t tail;     /* written by the consumer */
+    uint8_t _pad1[60];
+    struct ss_fwd_slot slot[SS_FWD_SLOTS];
+};
+
+struct ss_fwd_inbox {
+    uint32_t sleeping;
+    uint8_t _pad[60];
+};
+
+struct ss_fwd_region {
+    uint32_t magic;        /* SS_FWD_MAGIC once initialised */
+    uint32_t version;
+    uint32_t ninstances;
+    uint32_t _pad;
+    uint64_t secret[2];    /* keys the directory's hash: peers cannot aim at one chain */
+    uint8_t _pad1[32];
+    struct ss_fwd_inbox inbox[SS_FWD_MAX_INSTANCES];
+    struct ss_flow_entry flows[SS_FLOW_ENTRIES];
+    struct ss_fwd_ring ring[]; /* ninstances * ninstances */
+};
+
 #endif

@@ -1,0 +1,196 @@
+"""Flow ownership across the instances of a group (engine.h flow_publish,
+flow_owner, forward): a segment that reaches an instance which does not hold
+its connection goes, whole and unanswered, to the instance that does.
+
+Two engines share a directory kept in Python here; shardsockd keeps the same
+directory in shared memory (core/daemon/fwd.c) and its tests run it on a real
+device (test_instances.py)."""
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from harness import ERRNO, PEER_IP, PEER_MAC, STACK_IP, STACK_MAC, Peer, Stack, ip2int, passive_open
+from preload.engine import ffi, lib
+
+
+class Group:
+    """A directory of flows -> owning instance, and the forwarding rings."""
+
+    def __init__(self, n=2, ring_full=False):
+        self.owner = {}            # (rip, rport, lport) -> instance
+        self.log = []              # (instance, add, key) in publish order
+        self.rings = [[] for _ in range(n)]
+        self.ring_full = ring_full
+        self.ctx = [ffi.new_handle((self, k)) for k in range(n)]
+        self.stacks = [Stack(flow_publish=lib.ss_py_flow_publish, flow_owner=lib.ss_py_flow_owner,
+                             forward=lib.ss_py_forward, flow_ctx=self.ctx[k]) for k in range(n)]
+
+    def deliver(self, k):
+        """Hands instance k the frames forwarded to it."""
+        frames, self.rings[k] = self.rings[k], []
+        s = self.stacks[k]
+        for f in frames:
+            lib.ss_engine_input_forwarded(s.e, f, len(f), s.now)
+        return len(frames)
+
+    def destroy(self):
+        for s in self.stacks:
+            s.destroy()
+
+
+@ffi.def_extern()
+def ss_py_flow_publish(ctx, rip, rport, lport, add):
+    g, k = ffi.from_handle(ctx)
+    key = (rip, rport, lport)
+    g.log.append((k, add, key))
+    if add:
+        assert key not in g.owner, "a flow published twice"
+        g.owner[key] = k
+    else:
+        assert g.owner.pop(key) == k, "a flow withdrawn by an instance that did not own it"
+
+
+@ffi.def_extern()
+def ss_py_flow_owner(ctx, rip, rport, lport):
+    g, k = ffi.from_handle(ctx)
+    o = g.owner.get((rip, rport, lport), -1)
+    return -1 if o == k else o
+
+
+@ffi.def_extern()
+def ss_py_forward(ctx, owner, frame, length):
+    g, k = ffi.from_handle(ctx)
+    assert owner != k
+    if g.ring_full:
+        return -1
+    g.rings[owner].append(bytes(ffi.buffer(frame, length)))
+    return 0
+
+
+@pytest.fixture
+def group():
+    g = Group()
+    yield g
+    g.destroy()
+
+
+def key(peer):
+    return (ip2int(PEER_IP), peer.sport, peer.dport)
+
+
+def test_segment_at_another_instance_reaches_the_owner(group):
+    a, b = group.stacks
+    lsid = a.listen(80)
+    b.listen(80)                      # every instance listens, as the services do
+    peer = Peer(a)
+    sid = passive_open(a, lsid, peer)
+    assert group.owner == {key(peer): 0}
+    # The device steers the peer's next segment to b: b neither answers nor
+    # resets it, and passes it on.
+    peer.stack = b
+    peer.seg("PA", b"hello")
+    b.expect_nothing()
+    assert b.counters()["fwd_frames"] == 1
+    assert b.counters()["drop_tcp_no_socket"] == 0
+    assert group.deliver(0) == 1
+    assert a.read(sid) == b"hello"
+    assert a.counters()["fwd_rx_frames"] == 1
+    # counted once on the device: by b, which received it
+    assert a.counters()["eth_rx_frames"] == 2 and b.counters()["eth_rx_frames"] == 1
+    a.advance(40)
+    a.expect({"flags": "A", "ack": peer.nxt})
+
+
+def test_retransmitted_syn_at_another_instance_goes_to_the_half_open_owner(group):
+    a, b = group.stacks
+    a.listen(80)
+    b.listen(80)
+    peer = Peer(a)
+    peer.seg("S", options=peer.syn_options())
+    (sa,) = a.expect({"flags": "SA", "ack": peer.nxt})
+    assert group.owner == {key(peer): 0}      # published while half-open
+    peer.stack = b
+    peer.seg("S", seq=peer.isn, options=peer.syn_options(), advance=False)
+    b.expect_nothing()                        # no second connection at b
+    assert b.counters()["tcp_passive_opens"] == 0
+    group.deliver(0)
+    (again,) = a.expect({"flags": "SA", "ack": peer.nxt})
+    assert again.seq == sa.seq
+
+
+def test_active_open_return_traffic_forwarded(group):
+    a, b = group.stacks
+    sid = a.socket()
+    assert a.connect(sid, PEER_IP, 80) == ERRNO["EINPROGRESS"]
+    (syn,) = a.expect({"flags": "S", "dport": 80})
+    assert group.owner == {(ip2int(PEER_IP), 80, syn.sport): 0}
+    peer = Peer(b, sport=80, dport=syn.sport, isn=5000)
+    peer.rcv = syn.seq + 1
+    peer.seg("SA", options=[("MSS", 1460)])
+    b.expect_nothing()
+    group.deliver(0)
+    a.expect({"flags": "A", "ack": 5001})
+    assert a.state(sid) == "ESTABLISHED"
+
+
+def test_unowned_segment_still_reset(group):
+    a, b = group.stacks
+    peer = Peer(b, sport=41000)
+    peer.seg("A", b"x", ack=77)
+    b.expect({"flags": "R", "seq": 77})
+    assert b.counters()["fwd_frames"] == 0
+
+
+def test_full_ring_drops_and_counts_never_resets(group):
+    a, b = group.stacks
+    lsid = a.listen(80)
+    peer = Peer(a)
+    passive_open(a, lsid, peer)
+    group.ring_full = True
+    peer.stack = b
+    peer.seg("PA", b"lost")
+    b.expect_nothing()
+    c = b.counters()
+    assert c["drop_fwd_full"] == 1 and c["fwd_frames"] == 0
+
+
+def test_forwarded_frame_is_never_forwarded_again(group):
+    # The directory says b owns the flow, but a's copy of the frame arrived
+    # by forwarding: a answers it as a host would (a reset), no ping-pong.
+    a, b = group.stacks
+    group.owner[(ip2int(PEER_IP), 42000, 80)] = 1
+    frame = bytes(Ether(src=PEER_MAC, dst=STACK_MAC) / IP(src=PEER_IP, dst=STACK_IP) /
+                  TCP(sport=42000, dport=80, flags="A", seq=1, ack=9))
+    lib.ss_engine_input_forwarded(a.e, frame, len(frame), a.now)
+    a.expect({"flags": "R", "seq": 9})
+    assert a.counters()["fwd_frames"] == 0 and a.counters()["fwd_rx_frames"] == 1
+    del group.owner[(ip2int(PEER_IP), 42000, 80)]
+
+
+def test_withdrawn_when_the_connection_ends(group):
+    a, b = group.stacks
+    lsid = a.listen(80)
+    peer = Peer(a)
+    passive_open(a, lsid, peer)
+    peer.seg("R")
+    assert group.owner == {}
+    assert [(k, add) for k, add, _ in group.log] == [(0, 1), (0, 0)]
+
+
+def test_time_wait_stays_published_until_it_ends(group):
+    a, b = group.stacks
+    lsid = a.listen(80)
+    peer = Peer(a)
+    sid = passive_open(a, lsid, peer)
+    a.close(sid)
+    (fin,) = a.expect({"flags": "FA"})
+    peer.seg("FA", ack=fin.seq + 1)
+    a.expect({"flags": "A"})
+    assert key(peer) in group.owner           # TIME-WAIT still owns the pair
+    a.advance(60_000 + 10)
+    assert group.owner == {}
+
+
+def test_config_needs_both_owner_and_forward():
+    with pytest.raises(ValueError):
+        Stack(flow_owner=lib.ss_py_flow_owner)
