@@ -135,6 +135,7 @@ struct ss_arp_entry {
 
 /* ---- TCP control block ---- */
 #define SS_OOO_MAX 8 /* out-of-order ranges kept per connection */
+#define SS_SACK_MAX 8 /* SACKed ranges the sender keeps (tcp_sack.c) */
 
 enum ss_tcb_timer { SS_T_RTX, SS_T_PERSIST, SS_T_DELACK, SS_T_KEEP, SS_T_2MSL, SS_T_COUNT };
 
@@ -200,7 +201,14 @@ struct ss_tcb {
     uint32_t backoff;     /* consecutive timeouts */
     /* congestion control (RFC 5681, NewReno RFC 6582) */
     uint32_t cwnd, ssthresh, recover, dupacks;
+    uint32_t bytes_acked;  /* RFC 3465 congestion avoidance: acked since cwnd last grew */
     bool in_recovery;
+    bool sack_recovery;   /* the recovery is RFC 6675's, not NewReno's */
+    /* SACK scoreboard (tcp_sack.c): ranges the peer holds above SND.UNA,
+     * ascending and disjoint; HighRxt of RFC 6675 */
+    uint32_t sacked[SS_SACK_MAX][2];
+    uint32_t nsacked;
+    uint32_t high_rxt;
     /* delayed ACK */
     uint32_t unacked_segs; /* full-sized segments received since our last ACK */
     uint32_t rcv_mss;      /* largest segment seen, our "full-sized" (RFC 5681 4.2) */
@@ -315,9 +323,23 @@ void ss_tcp_send_rst_for(struct ss_engine *e, const struct ss_ip_repr *ip, const
 void ss_tcp_send_rst(struct ss_tcb *t);
 void ss_tcp_send_keepalive(struct ss_tcb *t);
 void ss_tcp_send_probe(struct ss_tcb *t);
-void ss_tcp_retransmit_first(struct ss_tcb *t);
+/* Returns the sequence space it resent. */
+uint32_t ss_tcp_retransmit_first(struct ss_tcb *t);
 void ss_tcp_send_cookie_synack(struct ss_engine *e, const struct ss_ip_repr *ip, const struct ss_tcp_repr *seg,
                                uint32_t cookie, uint16_t mss);
+
+/* tcp_sack.c */
+void ss_sack_prune(struct ss_tcb *t);
+/* Takes the segment's SACK blocks; returns how many bytes are newly SACKed. */
+uint32_t ss_sack_update(struct ss_tcb *t, const struct ss_tcp_repr *s);
+bool ss_sack_is_lost(const struct ss_tcb *t, uint32_t seq);
+/* SACKed bytes below upto. */
+uint32_t ss_sack_bytes(const struct ss_tcb *t, uint32_t upto);
+/* Resending from *seq after a timeout: moves *seq past a SACKed range it is
+ * in, and returns how many bytes may go before the next one. */
+uint32_t ss_sack_resend_span(const struct ss_tcb *t, uint32_t *seq);
+uint32_t ss_sack_pipe(const struct ss_tcb *t);
+uint32_t ss_sack_next_hole(const struct ss_tcb *t, uint32_t mss, bool lost_only, uint32_t *seq);
 
 /* tcp_timer.c */
 void ss_tcp_timer_set(struct ss_tcb *t, int which, uint64_t at_us);

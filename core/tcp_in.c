@@ -319,13 +319,20 @@ static void new_ack(struct ss_tcb *t, uint32_t ack)
     t->snd_una = ack;
     if (SEQ_LT(t->snd_nxt, ack))
         t->snd_nxt = ack;
+    if (SEQ_LT(t->high_rxt, ack))
+        t->high_rxt = ack;
+    ss_sack_prune(t);
     t->backoff = 0;
     if (t->in_recovery) {
         if (SEQ_GEQ(ack, t->recover)) {
-            /* RFC 6582 3.2 step 3, full acknowledgment. */
+            /* RFC 6582 3.2 step 3, full acknowledgment (RFC 6675 leaves
+             * the exit to it too). */
             t->cwnd = SS_MIN(t->ssthresh, SS_MAX(flight_size(t), t->smss) + t->smss);
             t->in_recovery = false;
+            t->sack_recovery = false;
             t->dupacks = 0;
+        } else if (t->sack_recovery) {
+            /* RFC 6675: the holes are resent by ss_tcp_output, by NextSeg */
         } else {
             /* Step 3, partial acknowledgment: resend the next hole, deflate. */
             e->ctr->tcp_partial_acks++;
@@ -341,19 +348,58 @@ static void new_ack(struct ss_tcb *t, uint32_t ack)
         }
     } else {
         t->dupacks = 0;
-        if (t->cwnd < t->ssthresh)
-            t->cwnd += SS_MIN(acked, t->smss); /* RFC 5681 3.1 (2) */
-        else
-            t->cwnd += SS_MAX(1u, t->smss * t->smss / t->cwnd); /* (3) */
+        /* Appropriate byte counting (RFC 3465): growth follows the bytes
+         * acknowledged, not the number of ACKs, so a peer's delayed ACKs
+         * (one per two segments) do not halve it.  Slow start takes up to
+         * L = 2 SMSS per ACK (3465 2.2); congestion avoidance one SMSS per
+         * cwnd of bytes acknowledged (RFC 5681 3.1 (3)'s other form). */
+        if (t->cwnd < t->ssthresh) {
+            t->cwnd += SS_MIN(acked, 2 * t->smss);
+        } else {
+            t->bytes_acked += acked;
+            if (t->bytes_acked >= t->cwnd) {
+                t->bytes_acked -= t->cwnd;
+                t->cwnd += t->smss;
+            }
+        }
         if (t->cwnd > (1u << 30))
             t->cwnd = 1u << 30;
     }
     /* RFC 6298 5.2 and 5.3. */
     if (t->snd_una == t->snd_max)
         ss_tcp_timer_clear(t, SS_T_RTX);
-    else if (!t->in_recovery || !t->partial_ack_seen)
+    else if (!t->in_recovery || t->sack_recovery || !t->partial_ack_seen)
         ss_tcp_arm_rtx(t);
     ss_tcb_notify(t);
+}
+
+/* RFC 6675 section 5: with SACK, a duplicate is any ACK that SACKs new
+ * data, data-carrying or not, and recovery starts at the third, or as soon
+ * as the scoreboard shows SND.UNA lost (IsLost(HighACK + 1)); never inside
+ * the window of the previous recovery or timeout (RecoveryPoint). */
+static void sack_loss_check(struct ss_tcb *t, bool dup)
+{
+    struct ss_engine *e = t->e;
+    if (dup) {
+        e->ctr->tcp_dup_acks_rx++;
+        t->dupacks++;
+    }
+    if (t->in_recovery || t->snd_una == t->snd_max || SEQ_LT(t->snd_una, t->recover) ||
+        t->snd_nxt != t->snd_max || (t->dupacks < 3 && !ss_sack_is_lost(t, t->snd_una)))
+        return;
+    e->ctr->tcp_fast_retransmits++;
+    e->ctr->tcp_sack_recoveries++;
+    t->recover = t->snd_max;
+    t->ssthresh = SS_MAX(flight_size(t) / 2, 2 * t->smss); /* RFC 6675 (4.2), RFC 5681 (4) */
+    t->cwnd = t->ssthresh;
+    t->rtt_timing = false; /* Karn */
+    t->in_recovery = true;
+    t->sack_recovery = true;
+    t->partial_ack_seen = false;
+    /* (4.3): the segment at HighACK + 1 goes now, whatever pipe says */
+    t->high_rxt = t->snd_una + ss_tcp_retransmit_first(t);
+    if (!t->deadline[SS_T_RTX])
+        ss_tcp_arm_rtx(t);
 }
 
 static void dup_ack(struct ss_tcb *t, uint32_t ack)
@@ -401,16 +447,20 @@ static bool process_ack(struct ss_tcb *t, const struct ss_tcp_repr *s)
     uint32_t wnd = (uint32_t)s->wnd << t->snd_wscale;
     /* RFC 9293: update the send window only from a newer segment. */
     bool wnd_update = SEQ_LT(t->snd_wl1, s->seq) || (t->snd_wl1 == s->seq && SEQ_LEQ(t->snd_wl2, ack));
-    if (SEQ_GT(ack, t->snd_una)) {
+    uint32_t newly_sacked = t->sack_ok && s->nsack ? ss_sack_update(t, s) : 0;
+    /* RFC 5681 2: outstanding data, no data, no SYN/FIN, same ACK and
+     * window.  Answers to zero-window probes are not duplicates: the probe
+     * byte is not in flight (SND.NXT does not cover it), and a zero window
+     * cannot take a retransmission. */
+    bool classic_dup = ack == t->snd_una && s->len == 0 && !(s->flags & (SS_TH_SYN | SS_TH_FIN)) &&
+                       wnd == old_wnd && wnd != 0 && t->snd_nxt != t->snd_una;
+    bool sack_dup = ack == t->snd_una && t->snd_nxt != t->snd_una && (classic_dup || newly_sacked);
+    if (SEQ_GT(ack, t->snd_una))
         new_ack(t, ack);
-    } else if (ack == t->snd_una && s->len == 0 && !(s->flags & (SS_TH_SYN | SS_TH_FIN)) && wnd == old_wnd &&
-               wnd != 0 && t->snd_nxt != t->snd_una) {
-        /* RFC 5681 2: outstanding data, no data, no SYN/FIN, same ACK and
-         * window.  Answers to zero-window probes are not duplicates: the
-         * probe byte is not in flight (SND.NXT does not cover it), and a
-         * zero window cannot take a retransmission. */
+    if (t->sack_ok)
+        sack_loss_check(t, sack_dup);
+    else if (classic_dup)
         dup_ack(t, ack);
-    }
     if (wnd_update) {
         t->snd_wnd = wnd;
         t->snd_wl1 = s->seq;

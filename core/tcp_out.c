@@ -153,6 +153,43 @@ static uint32_t send_data(struct ss_tcb *t, uint32_t seq, uint32_t max)
     return len + ((flags & SS_TH_FIN) ? 1 : 0);
 }
 
+/* SACK-based loss recovery, RFC 6675 section 5 step (C): while the window
+ * has room beside what is still in the network, send by NextSeg(): a lost
+ * hole (rule 1), else new data (rule 2), else any hole below the highest
+ * SACK (rule 3).  Returns whether anything was sent. */
+static bool send_recovery(struct ss_tcb *t)
+{
+    bool sent = false;
+    uint32_t mss = mss_now(t);
+    uint32_t pipe = ss_sack_pipe(t);
+    while (pipe + t->smss <= t->cwnd) {
+        uint32_t seq, len = ss_sack_next_hole(t, mss, true, &seq);
+        if (!len) {
+            uint32_t end = data_end(t);
+            uint32_t avail = SEQ_LT(t->snd_max, end) ? end - t->snd_max : 0;
+            uint32_t right = t->snd_una + t->snd_wnd;
+            uint32_t room = SEQ_LT(t->snd_max, right) ? right - t->snd_max : 0;
+            bool fin_due = t->wr_shut && !t->fin_sent && t->snd_max == end;
+            if ((avail && room) || fin_due) {
+                uint32_t used = send_data(t, t->snd_max, SS_MIN(avail, SS_MIN(room, mss)));
+                t->snd_max += used;
+                t->snd_nxt = t->snd_max;
+                pipe += used;
+                sent = true;
+                continue;
+            }
+            len = ss_sack_next_hole(t, mss, false, &seq);
+            if (!len)
+                break;
+        }
+        send_data(t, seq, len);
+        t->high_rxt = seq + len;
+        pipe += len;
+        sent = true;
+    }
+    return sent;
+}
+
 /* Sends what the windows, Nagle and SWS avoidance allow (RFC 9293 3.8.6.2.1,
  * RFC 1122 4.2.3.4, RFC 896, RFC 5681). */
 void ss_tcp_output(struct ss_tcb *t)
@@ -168,19 +205,36 @@ void ss_tcp_output(struct ss_tcb *t)
         return;
     }
     bool sent = false;
-    for (;;) {
+    if (t->in_recovery && t->sack_recovery)
+        sent = send_recovery(t);
+    else for (;;) {
         uint32_t end = data_end(t);
         bool fin_due = t->wr_shut && (!t->fin_sent || SEQ_LEQ(t->snd_nxt, t->snd_fin));
         uint32_t avail = SEQ_LT(t->snd_nxt, end) ? end - t->snd_nxt : 0;
         if (!avail && !(fin_due && t->snd_nxt == end))
             break;
+        uint32_t span = UINT32_MAX;
+        if (SEQ_LT(t->snd_nxt, t->snd_max) && t->nsacked) {
+            /* going back after a timeout: what the peer SACKed is skipped */
+            span = ss_sack_resend_span(t, &t->snd_nxt);
+            if (SEQ_GT(t->snd_nxt, t->snd_max))
+                t->snd_nxt = t->snd_max;
+            avail = SEQ_LT(t->snd_nxt, end) ? end - t->snd_nxt : 0;
+            if (!avail && !(fin_due && t->snd_nxt == end))
+                break;
+        }
         uint32_t flight = t->snd_nxt - t->snd_una;
-        uint32_t wnd = SS_MIN(t->snd_wnd, t->cwnd);
-        uint32_t usable = wnd > flight ? wnd - flight : 0;
+        /* What the peer SACKed has left the network: the congestion window
+         * counts only what may still be in it, as Linux's packets in flight
+         * do.  New data then goes out on each SACK around a loss (RFC
+         * 3042's limited transmit, generalised), and those segments bring
+         * the SACKs that let RFC 6675 see the loss, even in a small window. */
+        uint32_t in_net = flight - SS_MIN(flight, ss_sack_bytes(t, t->snd_nxt));
+        uint32_t usable = SS_MIN(t->cwnd > in_net ? t->cwnd - in_net : 0, t->snd_wnd > flight ? t->snd_wnd - flight : 0);
         uint32_t mss = mss_now(t);
-        uint32_t len = SS_MIN(avail, SS_MIN(usable, mss));
+        uint32_t len = SS_MIN(SS_MIN(avail, span), SS_MIN(usable, mss));
         if (avail) {
-            bool ok = len == mss ||
+            bool ok = len == mss || SEQ_LT(t->snd_nxt, t->snd_max) ||
                       (len == avail && (t->nodelay || flight == 0 || t->wr_shut)) ||
                       (len && t->max_snd_wnd && len >= t->max_snd_wnd / 2);
             if (!len || !ok)
@@ -277,17 +331,18 @@ void ss_tcp_send_probe(struct ss_tcb *t)
 }
 
 /* Resends the first unacknowledged segment (fast retransmit, partial ACK). */
-void ss_tcp_retransmit_first(struct ss_tcb *t)
+uint32_t ss_tcp_retransmit_first(struct ss_tcb *t)
 {
     if (t->state == SS_TCP_SYN_SENT || t->state == SS_TCP_SYN_RECEIVED) {
         ss_tcp_send_syn(t);
-        return;
+        return 1;
     }
     uint32_t used = send_data(t, t->snd_una, mss_now(t));
     if (SEQ_LT(t->snd_nxt, t->snd_una + used))
         t->snd_nxt = t->snd_una + used;
     if (SEQ_GT(t->snd_nxt, t->snd_max))
         t->snd_max = t->snd_nxt;
+    return used;
 }
 
 /* RFC 9293 3.10.7.1: the reset answering a segment for no connection.

@@ -114,6 +114,10 @@ static void on_rtx(struct ss_tcb *t)
         t->ssthresh = SS_MAX((t->snd_max - t->snd_una) / 2, 2 * t->smss);
     t->cwnd = t->smss;
     t->in_recovery = false;
+    t->sack_recovery = false;
+    /* The scoreboard stays: go-back-N skips what the peer holds, as Linux
+     * does after a timeout.  RFC 2018 8 would forget it in case the
+     * receiver discarded SACKed data; ss_sack_prune notices that instead. */
     t->dupacks = 0;
     t->recover = t->snd_max; /* RFC 6582 3.2 step 4 */
     t->rtt_timing = false;

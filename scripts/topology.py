@@ -37,27 +37,32 @@ class Netns:
         subprocess.run(["ip", "netns", "del", self.name], check=False)
 
 
+def _veth(a, a_ns, b, b_ns, queues=None):
+    """A veth pair a (in namespace a_ns) -- b (in b_ns), IPv4 only, with the
+    kernel's offloads off as on a real wire: MTU-sized frames with complete
+    checksums cross it."""
+    q = ["numtxqueues", str(queues), "numrxqueues", str(queues)] if queues else []
+    subprocess.run(["ip", "link", "add", a, *q, "netns", a_ns.name, "type", "veth", "peer", "name",
+                    b, *q, "netns", b_ns.name], check=True)
+    for ns, dev in ((a_ns, a), (b_ns, b)):
+        # no IPv6 duplicate-address checks or multicast reports that a frame
+        # count would have to explain
+        ns.run(["sysctl", "-qw", "net.ipv6.conf.%s.disable_ipv6=1" % dev], check=True)
+        ns.run(["ethtool", "-K", dev, "tx", "off", "tso", "off", "gso", "off", "gro", "off"], check=True)
+
+
 class VethPair:
     """Two namespaces joined by a veth pair: ``client`` (the kernel peer,
     addressed 198.18.1.1/24 on ``vc``) and ``stack`` (``vs``, no kernel
-    address: the stack's backend owns it).  Offloads are off on the kernel's
-    side, as on a real wire: the stack sees MTU-sized frames with complete
-    checksums.  ``queues`` > 1 gives both ends that many transmit and receive
-    queues (an AF_XDP socket per queue; native XDP on veth needs at least
-    as many receive queues as the peer has transmit queues)."""
+    address: the stack's backend owns it).  ``queues`` > 1 gives both ends
+    that many transmit and receive queues (an AF_XDP socket per queue;
+    native XDP on veth needs at least as many receive queues as the peer has
+    transmit queues)."""
 
     def __init__(self, stack_kernel_address=None, queues=None):
         self.client, self.stack = Netns(), Netns()
-        q = ["numtxqueues", str(queues), "numrxqueues", str(queues)] if queues else []
-        subprocess.run(["ip", "link", "add", "vc", *q, "netns", self.client.name, "type", "veth", "peer", "name",
-                        "vs", *q, "netns", self.stack.name], check=True)
-        # IPv4 only on the link: no IPv6 duplicate-address checks or
-        # multicast reports that a frame count would have to explain
-        self.client.run(["sysctl", "-qw", "net.ipv6.conf.vc.disable_ipv6=1"], check=True)
-        self.stack.run(["sysctl", "-qw", "net.ipv6.conf.vs.disable_ipv6=1"], check=True)
+        _veth("vc", self.client, "vs", self.stack, queues)
         self.client.run(["ip", "addr", "add", "198.18.1.1/24", "dev", "vc"], check=True)
-        self.client.run(["ethtool", "-K", "vc", "tx", "off", "tso", "off", "gso", "off", "gro", "off"], check=True)
-        self.stack.run(["ethtool", "-K", "vs", "tx", "off", "tso", "off", "gso", "off", "gro", "off"], check=True)
         if stack_kernel_address:
             # the kernel itself serves this side (the baseline of a benchmark)
             self.stack.run(["ip", "addr", "add", stack_kernel_address, "dev", "vs"], check=True)
@@ -67,6 +72,64 @@ class VethPair:
     def delete(self):
         self.client.delete()
         self.stack.delete()
+
+
+LINKEM = os.path.join(ROOT, "build", "linkem")
+
+
+class ImpairedPath:
+    """``client`` (vc, 198.18.1.1/24) -- ``mid`` -- ``stack`` (vs): the mid
+    namespace bridges its two veth ends (ma, mb) through linkem, a netem in
+    user space (apps/linkem.c; this kernel has no netem), which delays,
+    reorders, loses and duplicates frames in both directions.
+
+    ``routed``: the stack namespace's kernel holds 198.18.1.254 on vs and
+    routes to 198.18.0.0/24 (a tap device there), so a tap group is reached
+    across the impaired link; the stack then needs --gateway 198.18.0.1.
+    ``impair`` are linkem's options: delay_ms=5, loss=0.02, ..."""
+
+    def __init__(self, queues=None, routed=False, **impair):
+        self.client, self.mid, self.stack = Netns(), Netns(), Netns()
+        self.link = None
+        try:
+            _veth("vc", self.client, "ma", self.mid, queues)
+            _veth("mb", self.mid, "vs", self.stack, queues)
+            self.client.run(["ip", "addr", "add", "198.18.1.1/24", "dev", "vc"], check=True)
+            for ns, dev in ((self.client, "vc"), (self.mid, "ma"), (self.mid, "mb"), (self.stack, "vs")):
+                ns.run(["ip", "link", "set", "dev", dev, "up"], check=True)
+            if routed:
+                self.stack.run(["ip", "addr", "add", "198.18.1.254/24", "dev", "vs"], check=True)
+                self.stack.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+                self.client.run(["ip", "route", "add", "198.18.0.0/24", "via", "198.18.1.254"], check=True)
+            args = []
+            for k, v in impair.items():
+                args += ["--" + k.replace("_", "-"), str(v)]
+            self.link = subprocess.Popen(["ip", "netns", "exec", self.mid.name, LINKEM, "ma", "mb", *args],
+                                         stdout=subprocess.PIPE, text=True)
+            if self.link.stdout.readline().strip() != "ready":
+                raise RuntimeError("linkem did not start (is build/linkem built?)")
+        except BaseException:
+            self.delete()
+            raise
+
+    def stop_link(self):
+        """Stops linkem (by its pid) and returns what it did to each
+        direction: {"a_to_b": {"frames", "lost", "duplicated", ...},
+        "b_to_a": {...}}; a_to_b is client to stack."""
+        if self.link is None:
+            return None
+        self.link.terminate()
+        out, _ = self.link.communicate(timeout=10)
+        self.link = None
+        return json.loads(out.strip().splitlines()[-1])
+
+    def delete(self):
+        if self.link is not None:
+            self.link.kill()
+            self.link.wait()
+            self.link = None
+        for ns in (self.client, self.mid, self.stack):
+            ns.delete()
 
 
 # A kernel client for an echo service: sends N random bytes to ADDR port 7,

@@ -424,11 +424,11 @@ static int transfer(uint64_t bytes, uint64_t seed, double loss, double reorder, 
            ", \"virtual_s\": %.3f, \"wall_s\": %.3f, \"frames\": %" PRIu64 ", \"lost\": %" PRIu64
            ", \"reordered\": %" PRIu64 ", \"duplicated\": %" PRIu64 ", \"tcp_segments\": %" PRIu64
            ", \"retransmits\": %" PRIu64 ", \"fast_retransmits\": %" PRIu64 ", \"rto_expired\": %" PRIu64
-           ", \"ooo_segments\": %" PRIu64 ", \"seed\": %" PRIu64 "}\n",
+           ", \"ooo_segments\": %" PRIu64 ", \"sack_recoveries\": %" PRIu64 ", \"seed\": %" PRIu64 "}\n",
            ok ? "true" : "false", bytes, w.b.received, w.a.received, w.a.error, w.b.error, w.a.hash_sent,
            w.b.hash_rcvd, (double)(w.now - start) / 1e6, secs, w.link.sent, w.link.lost, w.link.reordered,
            w.link.duplicated, CTR(&w, tcp_tx_segments), CTR(&w, tcp_retransmits), CTR(&w, tcp_fast_retransmits),
-           CTR(&w, tcp_rto_expired), CTR(&w, tcp_ooo_segments), seed);
+           CTR(&w, tcp_rto_expired), CTR(&w, tcp_ooo_segments), CTR(&w, tcp_sack_recoveries), seed);
     world_free(&w);
     return ok ? 0 : 1;
 }

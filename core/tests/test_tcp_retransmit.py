@@ -526,8 +526,9 @@ def test_slow_start_adds_one_segment_per_ack(make_stack):
 
 
 def test_congestion_avoidance_about_one_segment_per_rtt(make_stack):
-    """RFC 5681 3.1: above ssthresh cwnd grows by at most one SMSS per RTT
-    (eq. 3: SMSS*SMSS/cwnd per ACK)."""
+    """RFC 5681 3.1: above ssthresh cwnd grows by one SMSS per RTT, counted
+    in bytes acknowledged (RFC 3465 3.1): one SMSS once a cwnd of bytes is
+    acknowledged."""
     st = make_stack()
     c = open_passive(st)
     c.write(40 * MSS)
@@ -553,5 +554,17 @@ def test_congestion_avoidance_about_one_segment_per_rtt(make_stack):
         st.take_tcp()
         per_ack.append(c.info()["cwnd"] - before)
     grown = c.info()["cwnd"] - start
-    assert all(0 <= g < MSS for g in per_ack), per_ack
-    assert MSS // 2 <= grown <= MSS, grown
+    assert sorted(per_ack) == [0] * (len(per_ack) - 1) + [MSS], per_ack
+    assert grown == MSS, grown
+
+
+def test_delayed_acks_do_not_slow_the_growth(make_stack):
+    """RFC 3465: an ACK of two segments grows slow start by two SMSS (L =
+    2 SMSS), and congestion avoidance by bytes, so a peer that ACKs every
+    other segment sees the same growth per round trip."""
+    st = make_stack()
+    c = ten_in_flight(st, total_segs=40)
+    w0 = c.info()["cwnd"]
+    c.ack_seg(2)
+    assert c.info()["cwnd"] == w0 + 2 * MSS
+    c.expect(*(c.seg(i) for i in range(10, 14)))

@@ -91,6 +91,10 @@
     X(tcp_rto_expired, "retransmission timer expiries")                             \
     X(tcp_fast_retransmits, "fast retransmits (RFC 5681)")                          \
     X(tcp_partial_acks, "NewReno partial ACKs (RFC 6582)")                          \
+    X(tcp_sack_recoveries, "loss recoveries driven by SACK (RFC 6675)")             \
+    X(tcp_dsack_rx, "D-SACK blocks received: the peer got a segment twice (RFC 2883)") \
+    X(drop_tcp_bad_sack, "SACK blocks ignored: empty or beyond what was sent")       \
+    X(tcp_sack_reneging, "scoreboards dropped: the peer discarded data it had SACKed") \
     X(tcp_dup_acks_rx, "duplicate ACKs received")                                   \
     X(tcp_ooo_segments, "out-of-order segments queued")                             \
     X(tcp_delayed_acks, "ACKs sent by the delayed-ACK timer")                       \
