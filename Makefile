@@ -111,6 +111,9 @@ test-preload: build ## the management layer's tests
 
 test: setup build check-engine-symbols test-engine test-engine-sanitized test-preload ## setup, build, then every test
 
+soak: build ## long runs: 100 MB each way across the impaired link (loss, duplication, reordering, delay), every backend
+	SHARDSOCK_IMPAIRED_MB=100 $(PYTEST) core/tests/test_instances_impaired.py -k echo
+
 demo: setup build ## what runs today: the lossy 100 MB transfer, then instances on a tap serving the kernel
 	$(PY) scripts/demo.py
 

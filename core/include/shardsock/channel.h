@@ -1,0 +1,149 @@
+/*
+ * The channel between an application process (libshardsock.so) and one
+ * instance: a shared-memory region the instance creates and hands over, by
+ * SCM_RIGHTS on its control socket, with two eventfds.
+ *
+ * Attach: the library connects to <run_dir>/<group>/instance-K.sock and
+ * sends "attach"; the instance checks SO_PEERCRED (same uid or root) and
+ * answers "ok <region size>" with three descriptors: the region (a memfd),
+ * the application's doorbell (the instance writes it to wake the process)
+ * and the instance's doorbell (the process writes it to wake the
+ * instance).  The control connection stays open: when it closes (the
+ * process exited or crashed) the instance closes every socket of the
+ * channel, as the kernel does for a dying process.
+ *
+ * Requests (socket, bind, listen, accept, connect, shutdown, close, options)
+ * go through a mailbox: one request at a time, serialised by the library;
+ * the instance answers it in its next loop pass and never blocks on it.
+ * Blocking calls are the library's: it waits for readiness.
+ *
+ * Data goes through each socket's two byte rings with no request: the
+ * library writes tx and reads rx; the instance moves bytes between them and
+ * the engine, told by a kick (the socket's number on the kick ring) when the
+ * library has written data or made room.  Readiness is a word per socket
+ * the instance keeps current; a change is also posted on the event ring,
+ * once until the library takes it, so epoll costs O(ready).
+ *
+ * Everything in the region is an index or an offset, never a pointer, and
+ * the instance checks every index and length the library wrote before it
+ * uses one: a corrupt application can crash itself, never the instance.
+ * Rings: free-running 32-bit head and tail, release store on publish,
+ * acquire load on consume, producer and consumer words on separate lines.
+ */
+#ifndef SHARDSOCK_CHANNEL_H
+#define SHARDSOCK_CHANNEL_H
+
+#ifndef SS_CDEF
+#include <stdint.h>
+#endif
+
+#define SS_CHAN_MAGIC 0x53534348 /* "SSCH" */
+#define SS_CHAN_VERSION 1
+#define SS_CHAN_SOCKETS 1024     /* stack sockets per process */
+#define SS_CHAN_RXBUF 65536      /* bytes, each a power of two */
+#define SS_CHAN_TXBUF 65536
+#define SS_CHAN_KICKS 4096       /* > SS_CHAN_SOCKETS: a kick is queued once */
+#define SS_CHAN_EVENTS 4096
+
+/* Requests */
+enum ss_chan_op {
+    SS_OP_NONE = 0,
+    SS_OP_SOCKET,      /* -> slot */
+    SS_OP_BIND,        /* a0 ip (host order), a1 port */
+    SS_OP_LISTEN,      /* a0 backlog */
+    SS_OP_ACCEPT,      /* -> new slot; a0 peer ip, a1 peer port out */
+    SS_OP_CONNECT,     /* a0 ip, a1 port -> -EINPROGRESS or an error */
+    SS_OP_SHUTDOWN,    /* a0 how */
+    SS_OP_CLOSE,
+    SS_OP_SETOPT,      /* a0 enum ss_tcp_opt, a1 value */
+    SS_OP_GETOPT,      /* a0 enum ss_tcp_opt -> a1 value */
+    SS_OP_INFO,        /* -> struct ss_tcp_info in reply.info */
+    SS_OP_DUP,         /* one more holder of the slot (dup, fork) */
+};
+
+/* Readiness word bits: the engine's SS_EV_* (engine.h), plus */
+#define SS_CHAN_EV_EOF 0x10000    /* the rx ring ends with the peer's FIN */
+#define SS_CHAN_EV_CONNECTED 0x20000
+
+struct ss_chan_request {
+    uint32_t seq;          /* the library's: a new request when it changes */
+    uint32_t op;
+    uint32_t slot;
+    uint32_t _pad;
+    int64_t a0, a1;
+};
+
+struct ss_chan_reply {
+    uint32_t seq;          /* the request's seq once answered */
+    int32_t result;        /* >= 0, or a negative errno */
+    int64_t a0, a1;
+    uint8_t info[160];     /* SS_OP_INFO: a struct ss_tcp_info */
+};
+
+struct ss_chan_bytes {
+    uint32_t head;         /* the producer's: bytes written, free-running */
+    uint8_t _pad0[60];
+    uint32_t tail;         /* the consumer's: bytes read */
+    uint8_t _pad1[60];
+};
+
+struct ss_chan_socket {
+    uint32_t ready;        /* SS_EV_* | SS_CHAN_EV_*, kept by the instance */
+    int32_t error;         /* pending SO_ERROR (negative errno), by the instance */
+    uint32_t kicked;       /* 1 while a kick for it waits on the kick ring */
+    uint32_t evq;          /* 1 while an event for it waits on the event ring */
+    uint32_t in_use;       /* 1 from SS_OP_SOCKET/ACCEPT until SS_OP_CLOSE */
+    uint32_t local_ip, remote_ip;
+    uint16_t local_port, remote_port;
+    uint8_t _pad[32];
+    struct ss_chan_bytes rx; /* instance -> application */
+    struct ss_chan_bytes tx; /* application -> instance */
+};
+
+struct ss_chan_ring32 {
+    uint32_t head;
+    uint8_t _pad0[60];
+    uint32_t tail;
+    uint8_t _pad1[60];
+};
+
+struct ss_chan_region {
+    uint32_t magic, version;
+    uint32_t size;             /* of the whole region */
+    uint32_t nsockets;         /* SS_CHAN_SOCKETS */
+    uint32_t instance;         /* which instance of the group */
+    uint32_t stack_ip;         /* host order */
+    uint8_t _pad0[40];
+    /* sleeping flags: a side wakes the other only when it sleeps */
+    uint32_t app_sleeping;     /* written by the library */
+    uint8_t _pad1[60];
+    uint32_t inst_sleeping;    /* written by the instance */
+    uint8_t _pad2[60];
+    uint32_t app_wake_seq;     /* bumped by the instance on every wake (a futex word) */
+    uint8_t _pad3[60];
+    struct ss_chan_request req;    /* 32 bytes */
+    uint8_t _pad4[32];
+    struct ss_chan_reply rep;      /* 184 bytes */
+    uint8_t _pad5[8];
+    struct ss_chan_ring32 kick;    /* socket slots, application -> instance */
+    uint32_t kicks[SS_CHAN_KICKS];
+    struct ss_chan_ring32 event;   /* socket slots whose readiness changed */
+    uint32_t events[SS_CHAN_EVENTS];
+    struct ss_chan_socket sock[SS_CHAN_SOCKETS];
+    /* then the byte rings' data: socket k's rx at SS_CHAN_RX_OFF(k), tx
+     * at SS_CHAN_TX_OFF(k) from the start of the region */
+};
+
+#define SS_CHAN_RX_OFF(k) (sizeof(struct ss_chan_region) + (uint64_t)(k) * (SS_CHAN_RXBUF + SS_CHAN_TXBUF))
+#define SS_CHAN_TX_OFF(k) (SS_CHAN_RX_OFF(k) + SS_CHAN_RXBUF)
+#define SS_CHAN_SIZE SS_CHAN_RX_OFF(SS_CHAN_SOCKETS)
+
+#ifndef SS_CDEF
+_Static_assert(sizeof(struct ss_chan_request) == 32, "request layout");
+_Static_assert(sizeof(struct ss_chan_reply) == 184, "reply layout");
+_Static_assert(sizeof(struct ss_chan_region) % 64 == 0, "sockets on cache lines");
+_Static_assert((SS_CHAN_RXBUF & (SS_CHAN_RXBUF - 1)) == 0 && (SS_CHAN_TXBUF & (SS_CHAN_TXBUF - 1)) == 0,
+               "byte rings are powers of two");
+#endif
+
+#endif
