@@ -32,7 +32,7 @@ help: ## list the targets
 setup: ## install Debian packages and `pip install -e .[test]` (idempotent)
 	PY=$(PY) scripts/setup.sh
 
-build: $(BUILD)/libssengine.a $(XDP_OBJ) $(BUILD)/shardsockd $(BUILD)/shardsockd-san $(BUILD)/echo_server $(BUILD)/echo_bench $(BUILD)/linkem $(BUILD)/pair $(BUILD)/pair-san $(BUILD)/wheel_test $(BUILD)/wheel_test-san preload/.engine-built ## build every C part
+build: $(BUILD)/libssengine.a $(XDP_OBJ) $(BUILD)/shardsockd $(BUILD)/shardsockd-san $(BUILD)/echo_server $(BUILD)/echo_bench $(BUILD)/linkem $(BUILD)/libshardsock.so $(BUILD)/pair $(BUILD)/pair-san $(BUILD)/wheel_test $(BUILD)/wheel_test-san preload/.engine-built ## build every C part
 
 $(BUILD)/obj/%.o: %.c $(ENGINE_HDR)
 	@mkdir -p $(dir $@)
@@ -69,6 +69,13 @@ $(BUILD)/echo_server: apps/echo_server.c
 $(BUILD)/echo_bench: apps/echo_bench.c
 	@echo "  LD      $@"
 	@$(CC) $(CSTD) $(WARN) $(CFLAGS) $< -o $@
+
+# The preload library: the shim's sources, built position-independent, with
+# only the intercepted calls exported.
+SHIM_SRC := $(sort $(wildcard shim/*.c))
+$(BUILD)/libshardsock.so: $(SHIM_SRC) $(wildcard shim/*.h) core/include/shardsock/channel.h core/include/shardsock/engine.h
+	@echo "  LD      $@"
+	@$(CC) $(CSTD) $(WARN) $(CFLAGS) $(INC) -fPIC -shared -fvisibility=hidden $(SHIM_SRC) -o $@ -ldl -lpthread
 
 # The link emulator the impaired tests put between the kernel and the stack.
 $(BUILD)/linkem: apps/linkem.c

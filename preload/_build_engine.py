@@ -40,7 +40,7 @@ extern "Python" int ss_py_forward(void *, int, const uint8_t *, size_t);
 
 
 # Every public header, in the order they may include each other.
-PUBLIC_HEADERS = ["engine.h", "stats.h"]
+PUBLIC_HEADERS = ["engine.h", "stats.h", "channel.h"]
 INCLUDES = "".join("#include <shardsock/%s>\n" % h for h in PUBLIC_HEADERS)
 
 

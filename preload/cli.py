@@ -14,6 +14,7 @@ failed and what to do; --debug shows the Python traceback.
 """
 import argparse
 import json
+import os
 import sys
 
 from preload import __version__
@@ -51,6 +52,12 @@ def build_parser():
     st = sub.add_parser("stat", help="counters per instance, read from shared memory")
     group_opts(st)
     st.add_argument("--json", action="store_true", help="print JSON")
+    r = sub.add_parser("run", help="run a program with its TCP sockets served by the instances: run -- CMD ARGS")
+    group_opts(r)
+    r.add_argument("--instance", type=int, default=0, help="the instance to attach to (default: 0)")
+    r.add_argument("--verbose", action="store_true", help="the library says on stderr why a socket stays on "
+                   "the kernel")
+    r.add_argument("cmd", nargs=argparse.REMAINDER, help="the program and its arguments, after --")
     c = sub.add_parser("counters", help="list every counter an instance keeps, with its meaning")
     c.add_argument("--json", action="store_true", help="print a JSON object name -> description")
     return p
@@ -148,7 +155,19 @@ def cmd_counters(args):
     return 0
 
 
-COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "stat": cmd_stat, "counters": cmd_counters}
+def cmd_run(args):
+    from preload.instances import GroupError, run_env
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        raise GroupError("name the program to run: shardsock run -- CMD ARGS")
+    env = run_env(settings(args), args.instance, args.verbose)
+    try:
+        os.execvpe(cmd[0], cmd, env)
+    except OSError as e:
+        raise GroupError("cannot run %s: %s" % (cmd[0], e.strerror))
+
+
+COMMANDS = {"run": cmd_run, "up": cmd_up, "down": cmd_down, "status": cmd_status, "stat": cmd_stat, "counters": cmd_counters}
 
 
 def main(argv=None):

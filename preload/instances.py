@@ -195,6 +195,26 @@ def up(cfg):
     return state
 
 
+LIBRARY = os.environ.get("SHARDSOCK_LIBRARY", os.path.join(ROOT, "build", "libshardsock.so"))
+
+
+def run_env(cfg, instance=0, verbose=False):
+    """The environment of a program run under the library: preloaded, and
+    pointed at the group's run directory.  A group that is not up is no
+    error: the program runs on the kernel (the library says so when
+    verbose)."""
+    if not os.path.exists(LIBRARY):
+        raise GroupError("%s is missing: run 'make build'" % LIBRARY)
+    env = dict(os.environ)
+    pre = [p for p in env.get("LD_PRELOAD", "").replace(":", " ").split() if p != LIBRARY]
+    env["LD_PRELOAD"] = " ".join([LIBRARY] + pre)
+    env["SHARDSOCK_RUN_DIR"] = group_dir(cfg)
+    env["SHARDSOCK_INSTANCE"] = str(instance)
+    if verbose:
+        env["SHARDSOCK_VERBOSE"] = "1"
+    return env
+
+
 def remove_files(cfg, n):
     for k in range(n):
         for path in (page_path(cfg["group"], k), os.path.join(group_dir(cfg), "instance-%d.sock" % k)):

@@ -4,8 +4,9 @@
  *
  * The loop is one list of phases:
  *   receive burst (the device's, then frames other instances forwarded for
- *   flows this one owns, fwd.c) -> timers -> application command rings (the
- *   preload library's; none yet) -> services -> transmit flush -> adaptive
+ *   flows this one owns, fwd.c) -> timers -> the applications' requests and
+ *   kicks (chan.c) -> engine events to the applications' sockets and the
+ *   services -> wake sleeping applications -> transmit flush -> adaptive
  *   wait
  * The engine hands each frame to the backend as it is made; a backend with
  * a transmit ring queues it and the flush phase kicks the device once per
@@ -43,6 +44,7 @@
 #include <shardsock/engine.h>
 #include <shardsock/stats.h>
 
+#include "chan.h"
 #include "fwd.h"
 #include "netdev/netdev.h"
 
@@ -64,6 +66,7 @@ struct instance {
     struct ss_netdev dev;
     struct ss_instance_stats *stats;
     struct ss_neigh_table *neigh;
+    struct ss_chans chans; /* the attached application processes */
     struct ss_fwd fwd;  /* forwarding to the owners of flows; with two instances or more */
     bool fwd_on;
     char stats_path[128], neigh_path[128], sock_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
@@ -238,7 +241,7 @@ static void run_services(struct instance *in)
     int n;
     while ((n = ss_engine_take_events(in->e, sids, 256)) > 0)
         for (int i = 0; i < n; i++)
-            if (sids[i] >= 0 && (uint32_t)sids[i] < in->max_sockets)
+            if (sids[i] >= 0 && (uint32_t)sids[i] < in->max_sockets && !ss_chans_event(&in->chans, sids[i]))
                 service_event(in, sids[i]);
 }
 
@@ -290,13 +293,17 @@ static void control_request(struct instance *in)
             close(c);
             return;
         }
-        if (strncmp(req, "ping", 4) == 0)
+        if (strncmp(req, "attach", 6) == 0) {
+            if (ss_chans_attach(&in->chans, c) == 0)
+                return; /* the connection is the channel's now */
+            snprintf(rep, sizeof rep, "error: cannot attach (too many processes, or out of memory)\n");
+        } else if (strncmp(req, "ping", 4) == 0)
             snprintf(rep, sizeof rep, "pong %d %d\n", (int)getpid(), in->opt.instance);
         else if (strncmp(req, "stop", 4) == 0) {
             in->stopping = true;
             snprintf(rep, sizeof rep, "stopping\n");
         } else
-            snprintf(rep, sizeof rep, "error: unknown request (ping, stop, netstat)\n");
+            snprintf(rep, sizeof rep, "error: unknown request (attach, ping, stop, netstat)\n");
         send(c, rep, strlen(rep), MSG_NOSIGNAL);
     }
     close(c);
@@ -519,6 +526,9 @@ static void setup(struct instance *in)
         if (epoll_ctl(in->epfd, EPOLL_CTL_ADD, fds[i], &ev) < 0)
             die("epoll_ctl failed");
     }
+    if (ss_chans_init(&in->chans, in->e, &in->stats->counters, in->max_sockets, (uint32_t)o->instance, o->ip,
+                      o->netmask, in->epfd) < 0)
+        die("cannot create the channel tables (out of memory)");
     __atomic_store_n(&in->stats->state, SS_INSTANCE_READY, __ATOMIC_RELEASE);
     if (o->ready_fd >= 0) {
         if (write(o->ready_fd, "ready\n", 6) != 6)
@@ -541,10 +551,13 @@ static void sleep_until_work(struct instance *in)
     struct epoll_event evs[8];
     if (in->fwd_on && !ss_fwd_may_sleep(&in->fwd))
         return; /* a forwarded frame came in meanwhile */
+    if (!ss_chans_may_sleep(&in->chans))
+        return; /* an application asked for something meanwhile */
     in->stats->sleeps++;
     int n = epoll_wait(in->epfd, evs, 8, -1);
     if (in->fwd_on)
         ss_fwd_awake(&in->fwd);
+    ss_chans_awake(&in->chans);
     for (int i = 0; i < n; i++) {
         int fd = evs[i].data.fd;
         if (fd == in->tfd) {
@@ -557,6 +570,8 @@ static void sleep_until_work(struct instance *in)
                 in->stopping = true;
         } else if (fd == in->ctl) {
             control_request(in);
+        } else {
+            ss_chans_owns_fd(&in->chans, fd);
         }
     }
 }
@@ -579,9 +594,11 @@ static void run(struct instance *in)
             work |= ss_fwd_drain(&in->fwd, in->e, t, 64) > 0;
         /* 2. timers */
         ss_engine_poll(in->e, t);
-        /* 3. application command rings: the preload library's (issue 4) */
-        /* 4. services */
+        /* 3. the applications' requests and kicks */
+        work |= ss_chans_poll(&in->chans);
+        /* 4. engine events: to the applications' sockets and the services */
         run_services(in);
+        ss_chans_flush(&in->chans);
         /* 5. transmit flush: one kick for what the phases above queued */
         if (in->dev.ops->flush)
             in->dev.ops->flush(&in->dev);
@@ -611,6 +628,7 @@ static void stop(struct instance *in)
         ss_tcp_close(in->e, (int)sid, t);
         in->role[sid] = ROLE_NONE;
     }
+    ss_chans_destroy(&in->chans);
     ss_engine_destroy(in->e); /* withdraws its flows from the directory */
     if (in->fwd_on)
         ss_fwd_close(&in->fwd);

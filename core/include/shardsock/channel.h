@@ -113,7 +113,9 @@ struct ss_chan_region {
     uint32_t nsockets;         /* SS_CHAN_SOCKETS */
     uint32_t instance;         /* which instance of the group */
     uint32_t stack_ip;         /* host order */
-    uint8_t _pad0[40];
+    uint32_t stack_netmask;    /* the stack's subnet: destinations in it are the stack's */
+    uint32_t _pad;
+    uint8_t _pad0[32];
     /* sleeping flags: a side wakes the other only when it sleeps */
     uint32_t app_sleeping;     /* written by the library */
     uint8_t _pad1[60];

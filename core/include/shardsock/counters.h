@@ -112,6 +112,9 @@
     X(drop_fwd_full, "frames dropped: forwarding ring to the owner full")           \
     X(fwd_rx_frames, "frames received from another instance that owns their flow")  \
     X(fwd_dir_full, "connections not published: the group's flow directory full")   \
+    X(chan_attaches, "application processes attached")                              \
+    X(chan_detaches, "application processes detached (exited, crashed or broke the rules)") \
+    X(chan_corrupt, "channels detached because the application corrupted them")     \
     X(neigh_shared_hits, "next hops resolved from the group's shared ARP table")
 
 /* TCP states, RFC 9293 section 3.3.2, in the order of its diagram. */

@@ -1,0 +1,581 @@
+/*
+ * The instance's side of the application channels (chan.h; the layout and
+ * its rules are in shardsock/channel.h).
+ *
+ * Nothing the application writes is trusted: request fields, kick entries
+ * and ring indices are checked before use, and a channel whose indices make
+ * no sense is detached (its sockets closed) as if the process had died.
+ */
+#include "chan.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+struct slot {
+    int32_t sid;       /* engine socket id; -1: free */
+    bool listener;
+    bool connected;    /* the engine said writable once: established */
+    bool eof;          /* the peer's FIN was moved to the rx ring */
+    bool shut_pending; /* SHUT_WR once the tx ring is drained */
+    bool close_pending;
+};
+
+struct ss_chan_host {
+    int idx;
+    int ctl, app_bell, inst_bell, memfd;
+    struct ss_chan_region *r;
+    uint8_t *base;
+    uint32_t last_req;
+    bool news;
+    struct slot s[SS_CHAN_SOCKETS];
+};
+
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+int ss_chans_init(struct ss_chans *cs, struct ss_engine *e, struct ss_counters *ctr, uint32_t max_sockets,
+                  uint32_t instance, uint32_t stack_ip, uint32_t stack_netmask, int epfd)
+{
+    memset(cs, 0, sizeof *cs);
+    cs->e = e;
+    cs->ctr = ctr;
+    cs->max_sockets = max_sockets;
+    cs->instance = instance;
+    cs->stack_ip = stack_ip;
+    cs->stack_netmask = stack_netmask;
+    cs->epfd = epfd;
+    cs->sid_chan = malloc(max_sockets * sizeof *cs->sid_chan);
+    cs->sid_slot = calloc(max_sockets, sizeof *cs->sid_slot);
+    if (!cs->sid_chan || !cs->sid_slot)
+        return -1;
+    for (uint32_t i = 0; i < max_sockets; i++)
+        cs->sid_chan[i] = -1;
+    return 0;
+}
+
+/* ---- slots ---- */
+
+static void map_slot(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k, int sid)
+{
+    struct ss_chan_socket *so = &c->r->sock[k];
+    memset(&c->s[k], 0, sizeof c->s[k]);
+    c->s[k].sid = sid;
+    memset(so, 0, sizeof *so);
+    so->in_use = 1;
+    cs->sid_chan[sid] = (int16_t)c->idx;
+    cs->sid_slot[sid] = (uint16_t)k;
+}
+
+static int free_slot(const struct ss_chan_host *c)
+{
+    for (uint32_t k = 0; k < SS_CHAN_SOCKETS; k++)
+        if (c->s[k].sid < 0)
+            return (int)k;
+    return -1;
+}
+
+static void post_event(struct ss_chan_host *c, uint32_t k)
+{
+    struct ss_chan_socket *so = &c->r->sock[k];
+    c->news = true;
+    if (__atomic_exchange_n(&so->evq, 1, __ATOMIC_ACQ_REL))
+        return; /* already queued, not yet taken */
+    struct ss_chan_ring32 *q = &c->r->event;
+    uint32_t head = q->head;
+    /* never full: at most one entry per socket, and the ring is larger */
+    c->r->events[head % SS_CHAN_EVENTS] = k;
+    __atomic_store_n(&q->head, head + 1, __ATOMIC_RELEASE);
+}
+
+static void fill_names(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
+{
+    struct ss_tcp_info ti;
+    if (ss_tcp_info(cs->e, c->s[k].sid, &ti) < 0)
+        return;
+    struct ss_chan_socket *so = &c->r->sock[k];
+    so->local_ip = ti.local_ip ? ti.local_ip : 0;
+    so->local_port = ti.local_port;
+    so->remote_ip = ti.remote_ip;
+    so->remote_port = ti.remote_port;
+}
+
+static void release(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
+{
+    struct ss_chan_socket *so = &c->r->sock[k];
+    int sid = c->s[k].sid;
+    /* Unread data at close resets the connection, as on Linux. */
+    if (so->rx.head != so->rx.tail)
+        ss_tcp_setopt(cs->e, sid, SS_OPT_LINGER_ZERO, 1, now_us());
+    cs->sid_chan[sid] = -1;
+    ss_tcp_close(cs->e, sid, now_us());
+    c->s[k].sid = -1;
+    __atomic_store_n(&so->in_use, 0, __ATOMIC_RELEASE);
+    /* The buffers' pages go back to the system: a closed socket costs
+     * nothing, and the next one starts from untouched memory. */
+    fallocate(c->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)SS_CHAN_RX_OFF(k),
+              SS_CHAN_RXBUF + SS_CHAN_TXBUF);
+}
+
+/* Moves bytes between the socket's rings and the engine, then publishes
+ * its readiness.  False: the application corrupted the rings. */
+static bool pump(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
+{
+    struct slot *st = &c->s[k];
+    struct ss_chan_socket *so = &c->r->sock[k];
+    int sid = st->sid;
+    if (sid < 0)
+        return true;
+    uint64_t t = now_us();
+    /* application -> engine */
+    uint32_t head = __atomic_load_n(&so->tx.head, __ATOMIC_ACQUIRE), tail = so->tx.tail;
+    if (head - tail > SS_CHAN_TXBUF)
+        return false;
+    uint8_t *tx = c->base + SS_CHAN_TX_OFF(k);
+    while (head != tail) {
+        uint32_t off = tail & (SS_CHAN_TXBUF - 1);
+        uint32_t n = head - tail < SS_CHAN_TXBUF - off ? head - tail : SS_CHAN_TXBUF - off;
+        ssize_t w = ss_tcp_send(cs->e, sid, tx + off, n, t);
+        if (w <= 0) {
+            if (w < 0 && w != -EAGAIN) {
+                tail = head; /* the connection failed: what is left cannot go */
+                so->error = (int32_t)w;
+            }
+            break;
+        }
+        tail += (uint32_t)w;
+        if ((uint32_t)w < n)
+            break;
+    }
+    __atomic_store_n(&so->tx.tail, tail, __ATOMIC_RELEASE);
+    if (head == tail && st->shut_pending) {
+        st->shut_pending = false;
+        ss_tcp_shutdown(cs->e, sid, 1, t);
+    }
+    if (head == tail && st->close_pending) {
+        release(cs, c, k);
+        return true;
+    }
+    /* engine -> application */
+    uint32_t rh = so->rx.head, rt = __atomic_load_n(&so->rx.tail, __ATOMIC_ACQUIRE);
+    if (rh - rt > SS_CHAN_RXBUF)
+        return false;
+    uint8_t *rx = c->base + SS_CHAN_RX_OFF(k);
+    while (!st->eof && !st->listener && rh - rt < SS_CHAN_RXBUF) {
+        uint32_t off = rh & (SS_CHAN_RXBUF - 1);
+        uint32_t room = SS_CHAN_RXBUF - (rh - rt);
+        uint32_t n = room < SS_CHAN_RXBUF - off ? room : SS_CHAN_RXBUF - off;
+        ssize_t r = ss_tcp_recv(cs->e, sid, rx + off, n, t);
+        if (r > 0) {
+            rh += (uint32_t)r;
+            continue;
+        }
+        if (r == 0)
+            st->eof = true;
+        else if (r != -EAGAIN && r != -ENOTCONN) {
+            st->eof = true;
+            so->error = (int32_t)r;
+        }
+        break;
+    }
+    __atomic_store_n(&so->rx.head, rh, __ATOMIC_RELEASE);
+    /* readiness */
+    int ev = ss_tcp_poll(cs->e, sid);
+    uint32_t ready = 0;
+    if (ev < 0)
+        ev = SS_EV_ERR | SS_EV_HUP;
+    if (st->listener) {
+        ready = (uint32_t)ev & (SS_EV_IN | SS_EV_ERR);
+    } else {
+        if (ev & SS_EV_OUT)
+            st->connected = true;
+        if (rh != rt || st->eof)
+            ready |= SS_EV_IN;
+        if (st->eof)
+            ready |= SS_CHAN_EV_EOF | SS_EV_RDHUP;
+        if (st->connected && (head - tail < SS_CHAN_TXBUF) && !(ev & (SS_EV_ERR | SS_EV_HUP)))
+            ready |= SS_EV_OUT;
+        if (st->connected)
+            ready |= SS_CHAN_EV_CONNECTED;
+        ready |= (uint32_t)ev & (SS_EV_ERR | SS_EV_HUP);
+        if (ev & SS_EV_HUP)
+            ready |= SS_EV_OUT; /* as on Linux: a dead socket polls writable too */
+    }
+    if (ready != __atomic_load_n(&so->ready, __ATOMIC_RELAXED)) {
+        __atomic_store_n(&so->ready, ready, __ATOMIC_RELEASE);
+        post_event(c, k);
+    }
+    return true;
+}
+
+/* ---- requests ---- */
+
+static void handle_request(struct ss_chans *cs, struct ss_chan_host *c, uint32_t seq)
+{
+    struct ss_chan_request rq;
+    memcpy(&rq, &c->r->req, sizeof rq);
+    uint64_t t = now_us();
+    int64_t res = 0, a0 = 0, a1 = 0;
+    uint32_t k = rq.slot;
+    bool valid = rq.op == SS_OP_SOCKET || (k < SS_CHAN_SOCKETS && c->s[k].sid >= 0 && !c->s[k].close_pending);
+    int sid = valid && rq.op != SS_OP_SOCKET ? c->s[k].sid : -1;
+    if (!valid) {
+        res = -EBADF;
+        goto out;
+    }
+    switch (rq.op) {
+    case SS_OP_SOCKET: {
+        int f = free_slot(c);
+        if (f < 0) {
+            res = -EMFILE;
+            break;
+        }
+        int s = ss_tcp_socket(cs->e);
+        if (s < 0) {
+            res = s;
+            break;
+        }
+        map_slot(cs, c, (uint32_t)f, s);
+        res = f;
+        break;
+    }
+    case SS_OP_BIND:
+        if (rq.a0 < 0 || rq.a0 > UINT32_MAX || rq.a1 < 0 || rq.a1 > 65535) {
+            res = -EINVAL;
+            break;
+        }
+        res = ss_tcp_bind(cs->e, sid, (uint32_t)rq.a0, (uint16_t)rq.a1);
+        if (res == 0)
+            fill_names(cs, c, k);
+        break;
+    case SS_OP_LISTEN:
+        res = ss_tcp_listen(cs->e, sid, rq.a0 < 0 || rq.a0 > INT_MAX ? INT_MAX : (int)rq.a0);
+        if (res == 0) {
+            c->s[k].listener = true;
+            fill_names(cs, c, k);
+            pump(cs, c, k);
+        }
+        break;
+    case SS_OP_ACCEPT: {
+        int f = free_slot(c);
+        if (f < 0) {
+            res = -EMFILE;
+            break;
+        }
+        int n = ss_tcp_accept(cs->e, sid, t);
+        if (n < 0) {
+            res = n;
+            pump(cs, c, k); /* readiness: the queue may be empty now */
+            break;
+        }
+        map_slot(cs, c, (uint32_t)f, n);
+        fill_names(cs, c, (uint32_t)f);
+        a0 = c->r->sock[f].remote_ip;
+        a1 = c->r->sock[f].remote_port;
+        res = f;
+        pump(cs, c, (uint32_t)f);
+        pump(cs, c, k);
+        break;
+    }
+    case SS_OP_CONNECT:
+        if (rq.a0 < 0 || rq.a0 > UINT32_MAX || rq.a1 < 0 || rq.a1 > 65535) {
+            res = -EINVAL;
+            break;
+        }
+        res = ss_tcp_connect(cs->e, sid, (uint32_t)rq.a0, (uint16_t)rq.a1, t);
+        fill_names(cs, c, k);
+        pump(cs, c, k);
+        break;
+    case SS_OP_SHUTDOWN:
+        if (rq.a0 < 0 || rq.a0 > 2) {
+            res = -EINVAL;
+            break;
+        }
+        if (rq.a0 != 0) {
+            /* the write side closes after what the application wrote */
+            c->s[k].shut_pending = true;
+        }
+        res = rq.a0 == 1 ? 0 : ss_tcp_shutdown(cs->e, sid, 0, t);
+        if (res == -ENOTCONN)
+            c->s[k].shut_pending = false;
+        pump(cs, c, k);
+        break;
+    case SS_OP_CLOSE:
+        c->s[k].close_pending = true;
+        pump(cs, c, k);
+        break;
+    case SS_OP_SETOPT:
+        res = ss_tcp_setopt(cs->e, sid, (int)rq.a0, (int)rq.a1, t);
+        break;
+    case SS_OP_GETOPT: {
+        int v = 0;
+        res = ss_tcp_getopt(cs->e, sid, (int)rq.a0, &v);
+        a1 = v;
+        if (rq.a0 == SS_OPT_ERROR)
+            c->r->sock[k].error = 0;
+        break;
+    }
+    case SS_OP_INFO: {
+        struct ss_tcp_info ti;
+        _Static_assert(sizeof ti <= sizeof c->r->rep.info, "tcp_info fits the reply");
+        res = ss_tcp_info(cs->e, sid, &ti);
+        memcpy(c->r->rep.info, &ti, sizeof ti);
+        break;
+    }
+    default:
+        res = -EOPNOTSUPP;
+    }
+out:
+    c->r->rep.result = (int32_t)res;
+    c->r->rep.a0 = a0;
+    c->r->rep.a1 = a1;
+    __atomic_store_n(&c->r->rep.seq, seq, __ATOMIC_RELEASE);
+    c->last_req = seq;
+    c->news = true;
+}
+
+/* ---- attach and detach ---- */
+
+int ss_chans_attach(struct ss_chans *cs, int fd)
+{
+    int idx = -1;
+    for (int i = 0; i < SS_MAX_CHANNELS && idx < 0; i++)
+        if (!cs->c[i])
+            idx = i;
+    if (idx < 0)
+        return -1;
+    struct ss_chan_host *c = calloc(1, sizeof *c);
+    if (!c)
+        return -1;
+    c->idx = idx;
+    c->ctl = fd;
+    c->app_bell = c->inst_bell = -1;
+    c->memfd = memfd_create("shardsock-channel", MFD_CLOEXEC);
+    c->app_bell = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    c->inst_bell = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (c->memfd < 0 || c->app_bell < 0 || c->inst_bell < 0 || ftruncate(c->memfd, (off_t)SS_CHAN_SIZE) < 0)
+        goto fail;
+    c->base = mmap(NULL, SS_CHAN_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, c->memfd, 0);
+    if (c->base == MAP_FAILED) {
+        c->base = NULL;
+        goto fail;
+    }
+    c->r = (struct ss_chan_region *)c->base;
+    c->r->version = SS_CHAN_VERSION;
+    c->r->size = (uint32_t)SS_CHAN_SIZE;
+    c->r->nsockets = SS_CHAN_SOCKETS;
+    c->r->instance = cs->instance;
+    c->r->stack_ip = cs->stack_ip;
+    c->r->stack_netmask = cs->stack_netmask;
+    __atomic_store_n(&c->r->magic, SS_CHAN_MAGIC, __ATOMIC_RELEASE);
+    for (uint32_t k = 0; k < SS_CHAN_SOCKETS; k++)
+        c->s[k].sid = -1;
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = c->inst_bell};
+    struct epoll_event hup = {.events = EPOLLRDHUP, .data.fd = fd};
+    if (epoll_ctl(cs->epfd, EPOLL_CTL_ADD, c->inst_bell, &ev) < 0 || epoll_ctl(cs->epfd, EPOLL_CTL_ADD, fd, &hup) < 0)
+        goto fail;
+    char msg[64];
+    int n = snprintf(msg, sizeof msg, "ok %u %u\n", (unsigned)SS_CHAN_SIZE, cs->instance);
+    int fds[3] = {c->memfd, c->app_bell, c->inst_bell};
+    union {
+        char buf[CMSG_SPACE(sizeof fds)];
+        struct cmsghdr align;
+    } u;
+    struct iovec iov = {.iov_base = msg, .iov_len = (size_t)n};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof fds);
+    memcpy(CMSG_DATA(cm), fds, sizeof fds);
+    if (sendmsg(fd, &mh, MSG_NOSIGNAL) != n) {
+        epoll_ctl(cs->epfd, EPOLL_CTL_DEL, c->inst_bell, NULL);
+        epoll_ctl(cs->epfd, EPOLL_CTL_DEL, fd, NULL);
+        goto fail;
+    }
+    cs->c[idx] = c;
+    cs->ctr->chan_attaches++;
+    return 0;
+fail:
+    if (c->base)
+        munmap(c->base, SS_CHAN_SIZE);
+    int mine[3] = {c->memfd, c->app_bell, c->inst_bell};
+    for (int i = 0; i < 3; i++)
+        if (mine[i] >= 0)
+            close(mine[i]);
+    free(c);
+    return -1;
+}
+
+/* The process is gone (or broke the rules): its sockets close as the
+ * kernel closes a dead process's sockets, after what it had written. */
+static void detach(struct ss_chans *cs, struct ss_chan_host *c)
+{
+    for (uint32_t k = 0; k < SS_CHAN_SOCKETS; k++) {
+        if (c->s[k].sid < 0)
+            continue;
+        c->s[k].close_pending = true;
+        if (!pump(cs, c, k) || c->s[k].sid >= 0) {
+            /* corrupt rings, or the engine could not take all of it */
+            struct ss_chan_socket *so = &c->r->sock[k];
+            so->tx.tail = so->tx.head;
+            release(cs, c, k);
+        }
+    }
+    epoll_ctl(cs->epfd, EPOLL_CTL_DEL, c->inst_bell, NULL);
+    epoll_ctl(cs->epfd, EPOLL_CTL_DEL, c->ctl, NULL);
+    close(c->ctl);
+    close(c->app_bell);
+    close(c->inst_bell);
+    close(c->memfd);
+    munmap(c->base, SS_CHAN_SIZE);
+    cs->c[c->idx] = NULL;
+    cs->ctr->chan_detaches++;
+    free(c);
+}
+
+bool ss_chans_owns_fd(struct ss_chans *cs, int fd)
+{
+    for (int i = 0; i < SS_MAX_CHANNELS; i++) {
+        struct ss_chan_host *c = cs->c[i];
+        if (!c)
+            continue;
+        if (fd == c->inst_bell) {
+            uint64_t x;
+            if (read(fd, &x, sizeof x) < 0 && errno != EAGAIN)
+                cs->ctr->dev_rx_errors++;
+            return true;
+        }
+        if (fd == c->ctl) {
+            char b[16];
+            ssize_t n = recv(fd, b, sizeof b, MSG_DONTWAIT);
+            if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+                detach(cs, c);
+            return true;
+        }
+    }
+    return false;
+}
+
+static void corrupt(struct ss_chans *cs, struct ss_chan_host *c)
+{
+    cs->ctr->chan_corrupt++;
+    detach(cs, c);
+}
+
+bool ss_chans_poll(struct ss_chans *cs)
+{
+    bool work = false;
+    for (int i = 0; i < SS_MAX_CHANNELS; i++) {
+        struct ss_chan_host *c = cs->c[i];
+        if (!c)
+            continue;
+        uint32_t seq = __atomic_load_n(&c->r->req.seq, __ATOMIC_ACQUIRE);
+        if (seq != c->last_req) {
+            handle_request(cs, c, seq);
+            work = true;
+        }
+        struct ss_chan_ring32 *q = &c->r->kick;
+        uint32_t head = __atomic_load_n(&q->head, __ATOMIC_ACQUIRE), tail = q->tail;
+        if (head - tail > SS_CHAN_KICKS) {
+            corrupt(cs, c);
+            continue;
+        }
+        bool bad = false;
+        for (; tail != head && !bad; tail++) {
+            uint32_t k = c->r->kicks[tail % SS_CHAN_KICKS];
+            if (k >= SS_CHAN_SOCKETS) {
+                bad = true;
+                break;
+            }
+            __atomic_store_n(&c->r->sock[k].kicked, 0, __ATOMIC_RELEASE);
+            bad = !pump(cs, c, k);
+            work = true;
+        }
+        if (bad) {
+            corrupt(cs, c);
+            continue;
+        }
+        __atomic_store_n(&q->tail, tail, __ATOMIC_RELEASE);
+    }
+    return work;
+}
+
+bool ss_chans_event(struct ss_chans *cs, int sid)
+{
+    if (sid < 0 || (uint32_t)sid >= cs->max_sockets || cs->sid_chan[sid] < 0)
+        return false;
+    struct ss_chan_host *c = cs->c[cs->sid_chan[sid]];
+    if (!pump(cs, c, cs->sid_slot[sid]))
+        corrupt(cs, c);
+    return true;
+}
+
+void ss_chans_flush(struct ss_chans *cs)
+{
+    for (int i = 0; i < SS_MAX_CHANNELS; i++) {
+        struct ss_chan_host *c = cs->c[i];
+        if (!c || !c->news)
+            continue;
+        c->news = false;
+        /* Pairs with the library's fence between raising app_sleeping
+         * and its last look at the rings. */
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&c->r->app_sleeping, __ATOMIC_RELAXED)) {
+            __atomic_add_fetch(&c->r->app_wake_seq, 1, __ATOMIC_RELEASE);
+            syscall(SYS_futex, &c->r->app_wake_seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+            uint64_t one = 1;
+            if (write(c->app_bell, &one, sizeof one) < 0)
+                cs->ctr->dev_tx_errors++;
+        }
+    }
+}
+
+bool ss_chans_may_sleep(struct ss_chans *cs)
+{
+    bool ok = true;
+    for (int i = 0; i < SS_MAX_CHANNELS; i++) {
+        struct ss_chan_host *c = cs->c[i];
+        if (!c)
+            continue;
+        __atomic_store_n(&c->r->inst_sleeping, 1, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&c->r->req.seq, __ATOMIC_ACQUIRE) != c->last_req ||
+            __atomic_load_n(&c->r->kick.head, __ATOMIC_ACQUIRE) != c->r->kick.tail)
+            ok = false;
+    }
+    if (!ok)
+        ss_chans_awake(cs);
+    return ok;
+}
+
+void ss_chans_awake(struct ss_chans *cs)
+{
+    for (int i = 0; i < SS_MAX_CHANNELS; i++)
+        if (cs->c[i])
+            __atomic_store_n(&cs->c[i]->r->inst_sleeping, 0, __ATOMIC_RELAXED);
+}
+
+void ss_chans_destroy(struct ss_chans *cs)
+{
+    for (int i = 0; i < SS_MAX_CHANNELS; i++)
+        if (cs->c[i])
+            detach(cs, cs->c[i]);
+    free(cs->sid_chan);
+    free(cs->sid_slot);
+}

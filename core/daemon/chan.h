@@ -1,0 +1,50 @@
+/*
+ * The instance's side of the application channels (shardsock/channel.h):
+ * attach, requests, moving bytes between the byte rings and the engine,
+ * readiness, detach.
+ */
+#ifndef SS_DAEMON_CHAN_H
+#define SS_DAEMON_CHAN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <shardsock/channel.h>
+#include <shardsock/engine.h>
+
+#define SS_MAX_CHANNELS 64
+
+struct ss_chan_host;
+
+struct ss_chans {
+    struct ss_engine *e;
+    struct ss_counters *ctr;
+    uint32_t instance, stack_ip, stack_netmask;
+    int epfd;                  /* the instance's epoll: doorbells and control connections join it */
+    uint32_t max_sockets;
+    int16_t *sid_chan;         /* by engine socket id: channel index, -1: not a channel's */
+    uint16_t *sid_slot;
+    struct ss_chan_host *c[SS_MAX_CHANNELS];
+};
+
+int ss_chans_init(struct ss_chans *cs, struct ss_engine *e, struct ss_counters *ctr, uint32_t max_sockets,
+                  uint32_t instance, uint32_t stack_ip, uint32_t stack_netmask, int epfd);
+/* An "attach" request on control connection fd (already checked by
+ * SO_PEERCRED): creates the channel and sends it.  The connection then
+ * belongs to the channel.  0, or -1 (the caller closes fd). */
+int ss_chans_attach(struct ss_chans *cs, int fd);
+/* The epoll event was for a channel's descriptor: handles it and returns
+ * true (a doorbell, or a control connection that closed). */
+bool ss_chans_owns_fd(struct ss_chans *cs, int fd);
+/* Requests and kicks of every channel; returns whether there was work. */
+bool ss_chans_poll(struct ss_chans *cs);
+/* An engine readiness event for socket id sid; false: not a channel's. */
+bool ss_chans_event(struct ss_chans *cs, int sid);
+/* Wakes the applications that sleep and have news. */
+void ss_chans_flush(struct ss_chans *cs);
+/* Before the instance sleeps: false when a channel has work after all. */
+bool ss_chans_may_sleep(struct ss_chans *cs);
+void ss_chans_awake(struct ss_chans *cs);
+void ss_chans_destroy(struct ss_chans *cs);
+
+#endif

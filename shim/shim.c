@@ -1,0 +1,872 @@
+/*
+ * libshardsock.so: serves the IPv4 TCP sockets of an unmodified program
+ * from a shardsock instance; every other descriptor is the kernel's,
+ * untouched (DESIGN.md, The shim).
+ *
+ * Every hook does three things: make sure the library is set up, look the
+ * descriptor up, and either call libc (a kernel descriptor) or the socket's
+ * operation (sock.c).  Nothing happens at load time: the channel is made on
+ * the first IPv4 stream socket, so a program that opens none pays only the
+ * table lookup.  With no instance reachable the program runs on the kernel,
+ * and SHARDSOCK_VERBOSE=1 says why.
+ *
+ * Environment (set by `shardsock run`):
+ *   SHARDSOCK_RUN_DIR    the group's run directory, holding instance-K.sock
+ *   SHARDSOCK_INSTANCE   which instance to attach to (default 0)
+ *   SHARDSOCK_VERBOSE    1: say on stderr why a socket is not accelerated
+ */
+#include "shim.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/sendfile.h>
+#include <sys/syscall.h>
+#include <netinet/in.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define X(ret, name, params, args) ret(*ss_real_##name) params;
+SS_CALLS(X)
+#undef X
+
+struct ss_sock *ss_fds[SS_FD_MAX];
+struct ss_channel ss_ch = {.lock = PTHREAD_MUTEX_INITIALIZER, .ctl = -1, .app_bell = -1, .inst_bell = -1};
+static pthread_mutex_t fd_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* ---- start-up ---- */
+
+static pthread_once_t resolved = PTHREAD_ONCE_INIT;
+
+static void resolve_all(void)
+{
+    /* dlsym allocates with malloc, which is not intercepted: no recursion */
+#define X(ret, name, params, args) ss_real_##name = (ret(*) params)dlsym(RTLD_NEXT, #name);
+    SS_CALLS(X)
+#undef X
+}
+
+void ss_resolve(void) { pthread_once(&resolved, resolve_all); }
+
+static bool verbose(void)
+{
+    const char *v = getenv("SHARDSOCK_VERBOSE");
+    return v && *v && *v != '0';
+}
+
+void ss_verbose(const char *fmt, ...)
+{
+    if (!verbose())
+        return;
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n > sizeof buf - 2)
+        n = (int)sizeof buf - 2;
+    buf[n++] = '\n';
+    ssize_t r = REAL(write)(2, buf, (size_t)n);
+    (void)r;
+}
+
+void ss_count_fallback(const char *why) { ss_verbose("shardsock: a socket stays on the kernel: %s", why); }
+
+uint64_t ss_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* ---- the channel ---- */
+
+static bool attach_locked(void)
+{
+    const char *dir = getenv("SHARDSOCK_RUN_DIR");
+    if (!dir || !*dir) {
+        ss_verbose("shardsock: SHARDSOCK_RUN_DIR is not set; everything runs on the kernel "
+                   "(start programs with 'shardsock run -- CMD')");
+        return false;
+    }
+    const char *k = getenv("SHARDSOCK_INSTANCE");
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    int n = snprintf(a.sun_path, sizeof a.sun_path, "%s/instance-%d.sock", dir, k ? atoi(k) : 0);
+    if (n < 0 || (size_t)n >= sizeof a.sun_path)
+        return false;
+    int fd = REAL(socket)(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    if (REAL(connect)(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+        ss_verbose("shardsock: no instance at %s (%s); everything runs on the kernel", a.sun_path, strerror(errno));
+        REAL(close)(fd);
+        return false;
+    }
+    char msg[64];
+    int fds[3] = {-1, -1, -1};
+    union {
+        char buf[CMSG_SPACE(sizeof fds)];
+        struct cmsghdr align;
+    } u;
+    struct iovec iov = {.iov_base = msg, .iov_len = sizeof msg - 1};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf};
+    ssize_t got = -1;
+    if (REAL(send)(fd, "attach", 6, MSG_NOSIGNAL) == 6)
+        got = REAL(recvmsg)(fd, &mh, MSG_CMSG_CLOEXEC);
+    struct cmsghdr *cm = got > 0 ? CMSG_FIRSTHDR(&mh) : NULL;
+    if (got < 2 || memcmp(msg, "ok", 2) != 0 || !cm || cm->cmsg_type != SCM_RIGHTS ||
+        cm->cmsg_len != CMSG_LEN(sizeof fds)) {
+        if (got > 0)
+            msg[got] = 0;
+        ss_verbose("shardsock: the instance refused to attach (%s); everything runs on the kernel",
+                   got > 0 ? msg : strerror(errno));
+        REAL(close)(fd);
+        return false;
+    }
+    memcpy(fds, CMSG_DATA(cm), sizeof fds);
+    void *base = mmap(NULL, SS_CHAN_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
+    REAL(close)(fds[0]);
+    struct ss_chan_region *r = base;
+    if (base == MAP_FAILED || r->magic != SS_CHAN_MAGIC || r->version != SS_CHAN_VERSION ||
+        r->size != SS_CHAN_SIZE) {
+        ss_verbose("shardsock: the instance's channel is of another version; everything runs on the kernel");
+        if (base != MAP_FAILED)
+            munmap(base, SS_CHAN_SIZE);
+        REAL(close)(fds[1]);
+        REAL(close)(fds[2]);
+        REAL(close)(fd);
+        return false;
+    }
+    ss_ch.base = base;
+    ss_ch.r = r;
+    ss_ch.ctl = fd;
+    ss_ch.app_bell = fds[1];
+    ss_ch.inst_bell = fds[2];
+    ss_ch.seq = r->rep.seq;
+    ss_ch.pid = getpid();
+    ss_verbose("shardsock: attached to instance %u", r->instance);
+    return true;
+}
+
+bool ss_attach(void)
+{
+    if (__atomic_load_n(&ss_ch.state, __ATOMIC_ACQUIRE) != 0)
+        return ss_ch.state == 1;
+    pthread_mutex_lock(&ss_ch.lock);
+    if (ss_ch.state == 0)
+        __atomic_store_n(&ss_ch.state, attach_locked() ? 1 : -1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&ss_ch.lock);
+    return ss_ch.state == 1;
+}
+
+static void wake_instance(void)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&ss_ch.r->inst_sleeping, __ATOMIC_RELAXED)) {
+        uint64_t one = 1;
+        ssize_t r = REAL(write)(ss_ch.inst_bell, &one, sizeof one);
+        (void)r;
+    }
+}
+
+/* The instance's control connection closes when it dies: then every
+ * accelerated call fails instead of waiting forever. */
+static bool instance_alive(void)
+{
+    if (ss_ch.state == -2)
+        return false;
+    struct pollfd p = {.fd = ss_ch.ctl, .events = POLLRDHUP};
+    if (REAL(poll)(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+        ss_ch.state = -2;
+        ss_verbose("shardsock: the instance is gone; its sockets fail with ECONNRESET");
+        return false;
+    }
+    return true;
+}
+
+/* Sleeps on the wake sequence until the instance bumps it, or timeout. */
+static int sleep_on_instance(uint32_t seen, int timeout_ms)
+{
+    struct timespec ts, *tp = NULL;
+    if (timeout_ms >= 0) {
+        ts.tv_sec = timeout_ms / 1000;
+        ts.tv_nsec = (long)(timeout_ms % 1000) * 1000000;
+        tp = &ts;
+    }
+    long r = syscall(SYS_futex, &ss_ch.r->app_wake_seq, FUTEX_WAIT, seen, tp, NULL, 0);
+    return r < 0 ? -errno : 0;
+}
+
+int ss_request(uint32_t op, uint32_t slot, int64_t a0, int64_t a1, int64_t *o0, int64_t *o1)
+{
+    if (ss_ch.state != 1)
+        return -ECONNRESET;
+    pthread_mutex_lock(&ss_ch.lock);
+    struct ss_chan_region *r = ss_ch.r;
+    uint32_t seq = ++ss_ch.seq;
+    r->req.op = op;
+    r->req.slot = slot;
+    r->req.a0 = a0;
+    r->req.a1 = a1;
+    __atomic_store_n(&r->req.seq, seq, __ATOMIC_RELEASE);
+    wake_instance();
+    int res = -ECONNRESET;
+    for (int spins = 0;; spins++) {
+        if (__atomic_load_n(&r->rep.seq, __ATOMIC_ACQUIRE) == seq) {
+            res = r->rep.result;
+            if (o0)
+                *o0 = r->rep.a0;
+            if (o1)
+                *o1 = r->rep.a1;
+            break;
+        }
+        if (spins < 2000)
+            continue;
+        /* The instance may be asleep between passes: sleep until it
+         * answers, looking at whether it is alive now and then. */
+        uint32_t seen = __atomic_load_n(&r->app_wake_seq, __ATOMIC_ACQUIRE);
+        __atomic_add_fetch(&r->app_sleeping, 1, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&r->rep.seq, __ATOMIC_ACQUIRE) != seq)
+            sleep_on_instance(seen, 100);
+        __atomic_sub_fetch(&r->app_sleeping, 1, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&r->rep.seq, __ATOMIC_ACQUIRE) != seq && !instance_alive())
+            break;
+    }
+    pthread_mutex_unlock(&ss_ch.lock);
+    return res;
+}
+
+void ss_kick(uint32_t slot)
+{
+    struct ss_chan_socket *so = ss_so(slot);
+    if (__atomic_exchange_n(&so->kicked, 1, __ATOMIC_ACQ_REL))
+        return; /* one is waiting already */
+    pthread_mutex_lock(&ss_ch.lock);
+    struct ss_chan_ring32 *q = &ss_ch.r->kick;
+    uint32_t head = q->head;
+    ss_ch.r->kicks[head % SS_CHAN_KICKS] = slot;
+    __atomic_store_n(&q->head, head + 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&ss_ch.lock);
+    wake_instance();
+}
+
+int ss_wait(uint32_t slot, uint32_t mask, uint64_t deadline_ms)
+{
+    struct ss_chan_region *r = ss_ch.r;
+    struct ss_chan_socket *so = ss_so(slot);
+    for (int spins = 0;; spins++) {
+        if (__atomic_load_n(&so->ready, __ATOMIC_ACQUIRE) & mask)
+            return 0;
+        if (spins < 2000)
+            continue;
+        uint64_t now = ss_now_ms();
+        if (deadline_ms && now >= deadline_ms)
+            return -ETIMEDOUT;
+        int slice = 100;
+        if (deadline_ms && deadline_ms - now < (uint64_t)slice)
+            slice = (int)(deadline_ms - now);
+        uint32_t seen = __atomic_load_n(&r->app_wake_seq, __ATOMIC_ACQUIRE);
+        __atomic_add_fetch(&r->app_sleeping, 1, __ATOMIC_SEQ_CST);
+        int e = 0;
+        if (!(__atomic_load_n(&so->ready, __ATOMIC_ACQUIRE) & mask))
+            e = sleep_on_instance(seen, slice);
+        __atomic_sub_fetch(&r->app_sleeping, 1, __ATOMIC_SEQ_CST);
+        if (e == -EINTR)
+            return -EINTR;
+        if (!instance_alive())
+            return -ECONNRESET;
+    }
+}
+
+void ss_wait_news(int timeout_ms)
+{
+    struct ss_chan_region *r = ss_ch.r;
+    uint32_t seen = __atomic_load_n(&r->app_wake_seq, __ATOMIC_ACQUIRE);
+    __atomic_add_fetch(&r->app_sleeping, 1, __ATOMIC_SEQ_CST);
+    sleep_on_instance(seen, timeout_ms);
+    __atomic_sub_fetch(&r->app_sleeping, 1, __ATOMIC_SEQ_CST);
+}
+
+/* ---- the descriptor table ---- */
+
+static void fd_set_sock(int fd, struct ss_sock *s)
+{
+    if (fd >= 0 && fd < SS_FD_MAX)
+        __atomic_store_n(&ss_fds[fd], s, __ATOMIC_RELEASE);
+}
+
+/* The descriptor leaves the table; its socket closes with its last holder. */
+static void fd_drop(int fd)
+{
+    pthread_mutex_lock(&fd_lock);
+    struct ss_sock *s = ss_lookup(fd);
+    fd_set_sock(fd, NULL);
+    bool last = s && --s->refs == 0;
+    pthread_mutex_unlock(&fd_lock);
+    if (s) {
+        ss_epoll_forget(fd);
+        if (last) {
+            ss_sock_close(fd, s);
+            free(s);
+        }
+    }
+}
+
+static void fd_share(int from, int to)
+{
+    pthread_mutex_lock(&fd_lock);
+    struct ss_sock *s = ss_lookup(from);
+    if (s)
+        s->refs++;
+    pthread_mutex_unlock(&fd_lock);
+    if (ss_lookup(to))
+        fd_drop(to);
+    fd_set_sock(to, s);
+}
+
+/* ---- hooks ---- */
+
+static int hook_socket(int domain, int type, int protocol)
+{
+    int fd = REAL(socket)(domain, type, protocol);
+    int base = type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0 || domain != AF_INET || base != SOCK_STREAM || (protocol != 0 && protocol != IPPROTO_TCP))
+        return fd;
+    if (fd >= SS_FD_MAX || !ss_attach()) {
+        if (fd >= SS_FD_MAX)
+            ss_count_fallback("descriptor number beyond the table");
+        return fd;
+    }
+    /* Undecided until bind or connect says where it goes. */
+    struct ss_sock *s = calloc(1, sizeof *s);
+    if (!s)
+        return fd;
+    s->refs = 1;
+    s->nonblock = (type & SOCK_NONBLOCK) != 0;
+    fd_set_sock(fd, s);
+    return fd;
+}
+
+static int hook_socketpair(int domain, int type, int protocol, int sv[2])
+{
+    return REAL(socketpair)(domain, type, protocol, sv); /* AF_UNIX only on Linux: the kernel's */
+}
+
+static int hook_bind(int fd, const struct sockaddr *a, socklen_t len)
+{
+    struct ss_sock *s = ss_lookup(fd);
+    return s ? ss_sock_bind(fd, s, a, len) : REAL(bind)(fd, a, len);
+}
+
+static int hook_listen(int fd, int backlog)
+{
+    struct ss_sock *s = ss_lookup(fd);
+    return s && s->stack ? ss_sock_listen(fd, s, backlog) : REAL(listen)(fd, backlog);
+}
+
+static int hook_accept4(int fd, struct sockaddr *a, socklen_t *len, int flags)
+{
+    struct ss_sock *s = ss_lookup(fd);
+    return s && s->stack ? ss_sock_accept(fd, s, a, len, flags) : REAL(accept4)(fd, a, len, flags);
+}
+
+static int hook_accept(int fd, struct sockaddr *a, socklen_t *len) { return hook_accept4(fd, a, len, 0); }
+
+static int hook_connect(int fd, const struct sockaddr *a, socklen_t len)
+{
+    struct ss_sock *s = ss_lookup(fd);
+    return s ? ss_sock_connect(fd, s, a, len) : REAL(connect)(fd, a, len);
+}
+
+static int hook_close(int fd)
+{
+    if (ss_lookup(fd))
+        fd_drop(fd);
+    else
+        ss_epoll_close(fd);
+    return REAL(close)(fd);
+}
+
+static int hook_close_range(unsigned first, unsigned last, int flags)
+{
+    if (!(flags & CLOSE_RANGE_CLOEXEC))
+        for (unsigned fd = first; fd <= last && fd < SS_FD_MAX; fd++)
+            if (ss_lookup((int)fd))
+                fd_drop((int)fd);
+    return REAL(close_range)(first, last, flags);
+}
+
+static int hook_shutdown(int fd, int how)
+{
+    struct ss_sock *s = ss_lookup(fd);
+    return s && s->stack ? ss_sock_shutdown(fd, s, how) : REAL(shutdown)(fd, how);
+}
+
+static ssize_t hook_read(int fd, void *buf, size_t n)
+{
+    struct ss_sock *s = ss_lookup(fd);
+    if (!s || !s->stack)
+        return REAL(read)(fd, buf, n);
+    struct iovec v = {buf, n};
+    return ss_sock_recv(fd, s, &v, 1, 0);
+}
+
+static ssize_t hook_readv(int fd, const struct iovec *iov, int cnt)
+{
+    struct ss_sock *s = ss_lookup(fd);
+    return s && s->stack ? ss_sock_recv(fd, s, iov, cnt, 0) : REAL(readv)(fd, iov, cnt);
+}
+
+static ssize_t hook_write(int fd, const void *buf, size_t n)
+{
+    struct ss_sock *s = ss_lookup(fd);
+    if (!s || !s->stack)
+        return REAL(write)(fd, buf, n);
+    struct iovec v = {(void *)buf, n};
+    return ss_sock_send(fd, s, &v, 1, 0);
+}
+
+static ssize_t hook_writev(int fd, const struct iovec *iov, int cnt)
+{
+    struct ss_sock *s = ss_lookup(fd);
+    return s && s->stack ? ss_sock_send(fd, s, iov, cnt, 0) : REAL(writev)(fd, iov, cnt);
+}
+
+static ssize_t hook_recv(int fd, void *buf, size_t n, int flags)
+{
+    struct ss_sock *s = ss_lookup(fd);
+    if (!s || !s->stack)
+        return REAL(recv)(fd, buf, n, flags);
+    struct iovec v = {buf, n};
+    return ss_sock_recv(fd, s, &v, 1, flags);
+}
+
+static ssize_t hook_recvfrom(int fd, void *buf, size_t n, int flags, struct sockaddr *a, socklen_t *len)
+{
+    struct ss_sock *s = ss_lookup(fd);
+    if (!s || !s->stack)
+        return REAL(recvfrom)(fd, buf, n, flags, a, len);
+    struct iovec v = {buf, n};
+    ssize_t r = ss_sock_recv(fd, s, &v, 1, flags);
+    if (r >= 0 && a && len)
+        *len = 0; /* a connected stream: no address, as on Linux */
+    return r;
+}
+
+static ssize_t hook_recvmsg(int fd, struct msghdr *m, int flags)
+{
+    struct ss_sock *s = ss_lookup(fd);
+    if (!s || !s->stack)
+        return REAL(recvmsg)(fd, m, flags);
+    ssize_t r = ss_sock_recv(fd, s, m->msg_iov, (int)m->msg_iovlen, flags);
+    if (r >= 0) {
+        m->msg_namelen = 0;
+        m->msg_controllen = 0;
+        m->msg_flags = 0;
+    }
+    return r;
+}
+
+static int hook_recvmmsg(int fd, struct mmsghdr *v, unsigned n, int flags, struct timespec *t)
+{
+    struct ss_sock *s = ss_lookup(fd);
+    if (!s || !s->stack)
+        return REAL(recvmmsg)(fd, v, n, flags, t);
+    unsigned i = 0;
+    for (; i < n; i++) {
+        ssize_t r = hook_recvmsg(fd, &v[i].msg_hdr, i ? flags | MSG_DONTWAIT : flags);
+        if (r < 0)
+            return i ? (int)i : -1;
+        v[i].msg_len = (unsigned)r;
+        if (r == 0)
+            return (int)i + 1;
+    }
+    return (int)i;
+}
+
+static ssize_t hook_send(int fd, const void *buf, size_t n, int flags)
+{
+    struct ss_sock *s = ss_lookup(fd);
+    if (!s || !s->stack)
+        return REAL(send)(fd, buf, n, flags);
+    struct iovec v = {(void *)buf, n};
+    return ss_sock_send(fd, s, &v, 1, flags);
+}
+
+static ssize_t hook_sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *a, socklen_t len)
+{
+    struct ss_sock *s = ss_lookup(fd);
+    if (!s || !s->stack)
+        return REAL(sendto)(fd, buf, n, flags, a, len);
+    if (a && len && !s->listening) {
+        /* A connected stream ignores the address unless it is unconnected:
+         * then Linux answers EPIPE for a stream that never connected. */
+        if (!(ss_so(s->slot)->ready & SS_CHAN_EV_CONNECTED) && !s->connecting) {
+            errno = EPIPE;
+            return -1;
+        }
+    }
+    struct iovec v = {(void *)buf, n};
+    return ss_sock_send(fd, s, &v, 1, flags);
+}
+
+static ssize_t hook_sendmsg(int fd, const struct msghdr *m, int flags)
+{
+    struct ss_sock *s = ss_lookup(fd);
+    if (!s || !s->stack)
+        return REAL(sendmsg)(fd, m, flags);
+    return ss_sock_send(fd, s, m->msg_iov, (int)m->msg_iovlen, flags);
+}
+
+static int hook_sendmmsg(int fd, struct mmsghdr *v, unsigned n, int flags)
+{
+    struct ss_sock *s = ss_lookup(fd);
+    if (!s || !s->stack)
+        return REAL(sendmmsg)(fd, v, n, flags);
+    unsigned i = 0;
+    for (; i < n; i++) {
+        ssize_t r = hook_sendmsg(fd, &v[i].msg_hdr, flags);
+        if (r < 0)
+            return i ? (int)i : -1;
+        v[i].msg_len = (unsigned)r;
+    }
+    return (int)i;
+}
+
+/* sendfile to an accelerated socket: read the file, send the bytes. */
+static ssize_t file_to_sock(int out, struct ss_sock *s, int in, off64_t *off, size_t n)
+{
+    char buf[65536];
+    size_t done = 0;
+    while (done < n) {
+        size_t want = n - done < sizeof buf ? n - done : sizeof buf;
+        ssize_t r = off ? pread64(in, buf, want, *off) : REAL(read)(in, buf, want);
+        if (r <= 0) {
+            if (r < 0 && !done)
+                return -1;
+            break;
+        }
+        struct iovec v = {buf, (size_t)r};
+        ssize_t w = ss_sock_send(out, s, &v, 1, done ? MSG_DONTWAIT : 0);
+        if (w < 0) {
+            if (!done)
+                return -1;
+            break;
+        }
+        if (!off && w < r)
+            lseek(in, w - r, SEEK_CUR); /* give back what did not fit */
+        done += (size_t)w;
+        if (off)
+            *off += w;
+        if (w < r)
+            break;
+    }
+    return (ssize_t)done;
+}
+
+static ssize_t hook_sendfile(int out, int in, off_t *off, size_t n)
+{
+    struct ss_sock *s = ss_lookup(out);
+    if (!s || !s->stack)
+        return REAL(sendfile)(out, in, off, n);
+    off64_t o = off ? *off : 0;
+    ssize_t r = file_to_sock(out, s, in, off ? &o : NULL, n);
+    if (off)
+        *off = (off_t)o;
+    return r;
+}
+
+static ssize_t hook_sendfile64(int out, int in, off64_t *off, size_t n)
+{
+    struct ss_sock *s = ss_lookup(out);
+    return s && s->stack ? file_to_sock(out, s, in, off, n) : REAL(sendfile64)(out, in, off, n);
+}
+
+static ssize_t hook_splice(int in, off64_t *ioff, int out, off64_t *ooff, size_t n, unsigned flags)
+{
+    struct ss_sock *a = ss_lookup(in), *b = ss_lookup(out);
+    if ((a && a->stack) || (b && b->stack)) {
+        errno = EINVAL; /* as for a socket type splice cannot serve */
+        return -1;
+    }
+    return REAL(splice)(in, ioff, out, ooff, n, flags);
+}
+
+static int hook_getsockopt(int fd, int lvl, int opt, void *v, socklen_t *len)
+{
+    struct ss_sock *s = ss_lookup(fd);
+    return s && s->stack ? ss_sock_getsockopt(fd, s, lvl, opt, v, len) : REAL(getsockopt)(fd, lvl, opt, v, len);
+}
+
+static int hook_setsockopt(int fd, int lvl, int opt, const void *v, socklen_t len)
+{
+    struct ss_sock *s = ss_lookup(fd);
+    return s ? ss_sock_setsockopt(fd, s, lvl, opt, v, len) : REAL(setsockopt)(fd, lvl, opt, v, len);
+}
+
+static int hook_getsockname(int fd, struct sockaddr *a, socklen_t *len)
+{
+    struct ss_sock *s = ss_lookup(fd);
+    return s && s->stack ? ss_sock_name(fd, s, a, len, false) : REAL(getsockname)(fd, a, len);
+}
+
+static int hook_getpeername(int fd, struct sockaddr *a, socklen_t *len)
+{
+    struct ss_sock *s = ss_lookup(fd);
+    return s && s->stack ? ss_sock_name(fd, s, a, len, true) : REAL(getpeername)(fd, a, len);
+}
+
+static int fcntl_common(int (*real)(int, int, long), int fd, int cmd, long arg)
+{
+    struct ss_sock *s = ss_lookup(fd);
+    int r = real(fd, cmd, arg);
+    if (r < 0 || !s)
+        return r;
+    switch (cmd) {
+    case F_SETFL:
+        s->nonblock = (arg & O_NONBLOCK) != 0;
+        break;
+    case F_DUPFD:
+    case F_DUPFD_CLOEXEC:
+        fd_share(fd, r);
+        break;
+    default:
+        break;
+    }
+    return r;
+}
+
+static int hook_fcntl(int fd, int cmd, long arg) { return fcntl_common(REAL(fcntl), fd, cmd, arg); }
+static int hook_fcntl64(int fd, int cmd, long arg) { return fcntl_common(REAL(fcntl64), fd, cmd, arg); }
+
+static int hook_ioctl(int fd, unsigned long req, long arg)
+{
+    struct ss_sock *s = ss_lookup(fd);
+    if (!s || !s->stack)
+        return REAL(ioctl)(fd, req, arg);
+    switch (req) {
+    case FIONBIO: {
+        int r = REAL(ioctl)(fd, req, arg);
+        if (r == 0)
+            s->nonblock = *(int *)arg != 0;
+        return r;
+    }
+    case FIONREAD: /* also SIOCINQ */
+        if (s->listening) {
+            errno = EINVAL;
+            return -1;
+        }
+        *(int *)arg = ss_sock_fionread(s);
+        return 0;
+    case TIOCOUTQ: { /* SIOCOUTQ: bytes not yet acknowledged, ours included */
+        int64_t v = 0;
+        struct ss_chan_socket *so = ss_so(s->slot);
+        uint32_t ring = so->tx.head - so->tx.tail;
+        int r = ss_request(SS_OP_INFO, s->slot, 0, 0, NULL, NULL);
+        if (r == 0) {
+            struct ss_tcp_info ti;
+            memcpy(&ti, ss_ch.r->rep.info, sizeof ti);
+            v = ti.snd_queued;
+        }
+        *(int *)arg = (int)(v + ring);
+        return 0;
+    }
+    default:
+        return REAL(ioctl)(fd, req, arg);
+    }
+}
+
+static int hook_dup(int fd)
+{
+    int r = REAL(dup)(fd);
+    if (r >= 0 && ss_lookup(fd))
+        fd_share(fd, r);
+    return r;
+}
+
+static int hook_dup3(int fd, int to, int flags)
+{
+    if (fd != to && ss_lookup(to))
+        fd_drop(to);
+    int r = REAL(dup3)(fd, to, flags);
+    if (r >= 0 && ss_lookup(fd))
+        fd_share(fd, r);
+    return r;
+}
+
+static int hook_dup2(int fd, int to)
+{
+    if (fd == to)
+        return REAL(dup2)(fd, to);
+    if (ss_lookup(to))
+        fd_drop(to);
+    int r = REAL(dup2)(fd, to);
+    if (r >= 0 && ss_lookup(fd))
+        fd_share(fd, r);
+    return r;
+}
+
+static int ts_ms(const struct timespec *t)
+{
+    if (!t)
+        return -1;
+    int64_t ms = (int64_t)t->tv_sec * 1000 + (t->tv_nsec + 999999) / 1000000;
+    return ms > INT_MAX ? INT_MAX : (int)ms;
+}
+
+static int hook_poll(struct pollfd *p, nfds_t n, int timeout) { return ss_poll(p, n, timeout, NULL); }
+
+static int hook_ppoll(struct pollfd *p, nfds_t n, const struct timespec *t, const sigset_t *m)
+{
+    return ss_poll(p, n, ts_ms(t), m);
+}
+
+static int hook_select(int n, fd_set *r, fd_set *w, fd_set *e, struct timeval *t)
+{
+    int ms = -1;
+    if (t)
+        ms = (int)((int64_t)t->tv_sec * 1000 + (t->tv_usec + 999) / 1000);
+    return ss_select(n, r, w, e, ms, NULL);
+}
+
+static int hook_pselect(int n, fd_set *r, fd_set *w, fd_set *e, const struct timespec *t, const sigset_t *m)
+{
+    return ss_select(n, r, w, e, ts_ms(t), m);
+}
+
+static int hook_epoll_create(int size) { return REAL(epoll_create)(size); }
+static int hook_epoll_create1(int flags) { return REAL(epoll_create1)(flags); }
+static int hook_epoll_ctl(int ep, int op, int fd, struct epoll_event *ev) { return ss_epoll_ctl(ep, op, fd, ev); }
+
+static int hook_epoll_wait(int ep, struct epoll_event *ev, int max, int timeout)
+{
+    return ss_epoll_wait(ep, ev, max, timeout, NULL);
+}
+
+static int hook_epoll_pwait(int ep, struct epoll_event *ev, int max, int timeout, const sigset_t *m)
+{
+    return ss_epoll_wait(ep, ev, max, timeout, m);
+}
+
+static int hook_epoll_pwait2(int ep, struct epoll_event *ev, int max, const struct timespec *t, const sigset_t *m)
+{
+    return ss_epoll_wait(ep, ev, max, ts_ms(t), m);
+}
+
+/* fork: the child shares the parent's channel mapping but must not speak
+ * on it (one mailbox, one lock per process).  Until a child gets a channel
+ * of its own (issue 4, open), it keeps the kernel sockets it inherited and
+ * its accelerated ones fail with ECONNRESET instead of corrupting the
+ * parent's. */
+static void child_forgets_channel(void)
+{
+    if (ss_ch.state == 1 && ss_ch.pid != getpid()) {
+        ss_ch.state = -2;
+        pthread_mutex_init(&ss_ch.lock, NULL);
+    }
+}
+
+static pid_t hook_fork(void)
+{
+    pid_t p = REAL(fork)();
+    if (p == 0)
+        child_forgets_channel();
+    return p;
+}
+
+/* vfork's child shares the parent's memory and may only exec or _exit:
+ * run it as a fork, which is always correct where vfork is. */
+static pid_t hook_vfork(void) { return hook_fork(); }
+
+static int hook_execve(const char *path, char *const argv[], char *const envp[])
+{
+    return REAL(execve)(path, argv, envp);
+}
+static int hook_execv(const char *path, char *const argv[]) { return REAL(execv)(path, argv); }
+static int hook_execvp(const char *file, char *const argv[]) { return REAL(execvp)(file, argv); }
+static int hook_execvpe(const char *file, char *const argv[], char *const envp[])
+{
+    return REAL(execvpe)(file, argv, envp);
+}
+static int hook_fexecve(int fd, char *const argv[], char *const envp[]) { return REAL(fexecve)(fd, argv, envp); }
+
+static ssize_t hook___read_chk(int fd, void *buf, size_t n, size_t buflen)
+{
+    if (n > buflen)
+        return REAL(__read_chk)(fd, buf, n, buflen); /* libc reports the overflow */
+    return hook_read(fd, buf, n);
+}
+
+static ssize_t hook___recv_chk(int fd, void *buf, size_t n, size_t buflen, int flags)
+{
+    if (n > buflen)
+        return REAL(__recv_chk)(fd, buf, n, buflen, flags);
+    return hook_recv(fd, buf, n, flags);
+}
+
+static ssize_t hook___recvfrom_chk(int fd, void *buf, size_t n, size_t buflen, int flags, struct sockaddr *a,
+                                   socklen_t *len)
+{
+    if (n > buflen)
+        return REAL(__recvfrom_chk)(fd, buf, n, buflen, flags, a, len);
+    return hook_recvfrom(fd, buf, n, flags, a, len);
+}
+
+static int hook___poll_chk(struct pollfd *p, nfds_t n, int timeout, size_t plen)
+{
+    if (plen / sizeof *p < n)
+        return REAL(__poll_chk)(p, n, timeout, plen);
+    return hook_poll(p, n, timeout);
+}
+
+static int hook___ppoll_chk(struct pollfd *p, nfds_t n, const struct timespec *t, const sigset_t *m, size_t plen)
+{
+    if (plen / sizeof *p < n)
+        return REAL(__ppoll_chk)(p, n, t, m, plen);
+    return hook_ppoll(p, n, t, m);
+}
+
+/* ---- the exported definitions, one per intercepted call ---- */
+
+#define X(ret, name, params, args)                                                                                \
+    __attribute__((visibility("default"))) ret name params { return hook_##name args; }
+SS_CALLS_PLAIN(X)
+#undef X
+
+__attribute__((visibility("default"))) int fcntl(int fd, int cmd, ...)
+{
+    va_list ap;
+    va_start(ap, cmd);
+    long arg = va_arg(ap, long);
+    va_end(ap);
+    return hook_fcntl(fd, cmd, arg);
+}
+
+__attribute__((visibility("default"))) int fcntl64(int fd, int cmd, ...)
+{
+    va_list ap;
+    va_start(ap, cmd);
+    long arg = va_arg(ap, long);
+    va_end(ap);
+    return hook_fcntl64(fd, cmd, arg);
+}
+
+__attribute__((visibility("default"))) int ioctl(int fd, unsigned long req, ...)
+{
+    va_list ap;
+    va_start(ap, req);
+    long arg = va_arg(ap, long);
+    va_end(ap);
+    return hook_ioctl(fd, req, arg);
+}

@@ -1,0 +1,108 @@
+/*
+ * libshardsock.so's private declarations, shared by its files:
+ *   shim.c    interposition, start-up, the channel, the descriptor table
+ *   sock.c    the socket calls on accelerated descriptors
+ *   wait.c    poll, ppoll, select, pselect and epoll over both kinds
+ */
+#ifndef SS_SHIM_H
+#define SS_SHIM_H
+
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/epoll.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include <shardsock/channel.h>
+#include <shardsock/engine.h>
+
+#include "calls.h"
+
+/* The next definition of every intercepted call (libc's). */
+#define X(ret, name, params, args) extern ret(*ss_real_##name) params;
+SS_CALLS(X)
+#undef X
+void ss_resolve(void);
+#define REAL(name) (ss_real_##name ? ss_real_##name : (ss_resolve(), ss_real_##name))
+
+/* An accelerated socket.  Its descriptor is a kernel socket the library
+ * holds; several descriptors (dup) share one of these. */
+struct ss_sock {
+    int refs;
+    bool stack;          /* served by the instance; false: still undecided */
+    uint32_t slot;       /* the channel's socket number, when stack */
+    bool nonblock;
+    bool listening;
+    bool kernel_too;     /* a wildcard listener: its kernel socket listens as well */
+    bool connecting;     /* connect returned EINPROGRESS */
+    bool wr_shut;
+    int64_t rcvtimeo_ms, sndtimeo_ms; /* 0: none */
+    /* options set before the stack socket exists, replayed on it */
+    uint32_t opt_set;    /* bit per enum ss_tcp_opt */
+    int opt_val[16];
+};
+
+#define SS_FD_MAX 65536
+extern struct ss_sock *ss_fds[SS_FD_MAX];
+
+static inline struct ss_sock *ss_lookup(int fd)
+{
+    return fd >= 0 && fd < SS_FD_MAX ? __atomic_load_n(&ss_fds[fd], __ATOMIC_ACQUIRE) : NULL;
+}
+
+/* The channel to the instance, attached on the first IPv4 TCP socket. */
+struct ss_channel {
+    pthread_mutex_t lock;   /* the request mailbox, the kick ring, the event ring */
+    int state;              /* 0 not tried, 1 attached, -1 unavailable, -2 instance died */
+    pid_t pid;              /* the process that attached */
+    struct ss_chan_region *r;
+    uint8_t *base;
+    int ctl, app_bell, inst_bell;
+    uint32_t seq;
+};
+extern struct ss_channel ss_ch;
+
+bool ss_attach(void);       /* true once attached */
+int ss_request(uint32_t op, uint32_t slot, int64_t a0, int64_t a1, int64_t *o0, int64_t *o1);
+void ss_kick(uint32_t slot);
+/* Waits until the socket's readiness has a bit of mask, the deadline
+ * passes (-ETIMEDOUT; deadline 0: none) or a signal arrives (-EINTR). */
+int ss_wait(uint32_t slot, uint32_t mask, uint64_t deadline_ms);
+/* Blocks until the instance posts news, at most timeout_ms (-1: forever). */
+void ss_wait_news(int timeout_ms);
+uint64_t ss_now_ms(void);
+void ss_verbose(const char *fmt, ...);
+void ss_count_fallback(const char *why);
+
+static inline struct ss_chan_socket *ss_so(uint32_t slot) { return &ss_ch.r->sock[slot]; }
+
+/* sock.c: calls on descriptors with an ss_sock */
+int ss_sock_bind(int fd, struct ss_sock *s, const struct sockaddr *a, socklen_t len);
+int ss_sock_listen(int fd, struct ss_sock *s, int backlog);
+int ss_sock_accept(int fd, struct ss_sock *s, struct sockaddr *a, socklen_t *len, int flags);
+int ss_sock_connect(int fd, struct ss_sock *s, const struct sockaddr *a, socklen_t len);
+ssize_t ss_sock_send(int fd, struct ss_sock *s, const struct iovec *iov, int cnt, int flags);
+ssize_t ss_sock_recv(int fd, struct ss_sock *s, const struct iovec *iov, int cnt, int flags);
+int ss_sock_shutdown(int fd, struct ss_sock *s, int how);
+int ss_sock_close(int fd, struct ss_sock *s);
+int ss_sock_setsockopt(int fd, struct ss_sock *s, int lvl, int opt, const void *v, socklen_t len);
+int ss_sock_getsockopt(int fd, struct ss_sock *s, int lvl, int opt, void *v, socklen_t *len);
+int ss_sock_name(int fd, struct ss_sock *s, struct sockaddr *a, socklen_t *len, bool peer);
+int ss_sock_fionread(struct ss_sock *s);
+/* Poll bits (POLLIN...) of an accelerated socket now. */
+short ss_sock_revents(struct ss_sock *s, short events);
+
+/* wait.c */
+int ss_poll(struct pollfd *p, nfds_t n, int timeout_ms, const sigset_t *mask);
+int ss_select(int n, fd_set *r, fd_set *w, fd_set *e, int timeout_ms, const sigset_t *mask);
+int ss_epoll_ctl(int ep, int op, int fd, struct epoll_event *ev);
+int ss_epoll_wait(int ep, struct epoll_event *ev, int max, int timeout_ms, const sigset_t *mask);
+void ss_epoll_forget(int fd);   /* a descriptor closed: leave every interest list */
+void ss_epoll_close(int ep);    /* an epoll descriptor closed */
+
+#endif

@@ -1,0 +1,576 @@
+/*
+ * The socket calls on accelerated descriptors, errno for errno as Linux
+ * answers them.  Bytes go through the socket's rings in the channel with no
+ * request (shardsock/channel.h); everything else is a request to the
+ * instance.  A call that would block waits for the socket's readiness.
+ */
+#include "shim.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int fail(int e)
+{
+    errno = e;
+    return -1;
+}
+
+static uint64_t deadline(int64_t timeout_ms) { return timeout_ms > 0 ? ss_now_ms() + (uint64_t)timeout_ms : 0; }
+
+static size_t iov_total(const struct iovec *iov, int cnt)
+{
+    size_t n = 0;
+    for (int i = 0; i < cnt; i++)
+        n += iov[i].iov_len;
+    return n;
+}
+
+/* ---- deciding where a socket lives ---- */
+
+static const int opt_of_bit[] = {SS_OPT_NODELAY, SS_OPT_KEEPALIVE, SS_OPT_KEEPIDLE, SS_OPT_KEEPINTVL,
+                                 SS_OPT_KEEPCNT, SS_OPT_RCVBUF,    SS_OPT_SNDBUF,   SS_OPT_REUSEADDR,
+                                 SS_OPT_LINGER_ZERO, SS_OPT_MAXSEG};
+
+/* The stack socket is made when the first bind or connect says the socket
+ * is the stack's; options set before that are replayed on it. */
+static int make_stack(struct ss_sock *s)
+{
+    int slot = ss_request(SS_OP_SOCKET, 0, 0, 0, NULL, NULL);
+    if (slot < 0)
+        return slot;
+    s->slot = (uint32_t)slot;
+    s->stack = true;
+    for (unsigned b = 0; b < sizeof opt_of_bit / sizeof opt_of_bit[0]; b++)
+        if (s->opt_set & (1u << b))
+            ss_request(SS_OP_SETOPT, s->slot, opt_of_bit[b], s->opt_val[b], NULL, NULL);
+    return 0;
+}
+
+/* The socket is the kernel's for good: it leaves the table. */
+static void to_kernel(int fd, struct ss_sock *s, const char *why)
+{
+    if (ss_lookup(fd) == s) {
+        __atomic_store_n(&ss_fds[fd], NULL, __ATOMIC_RELEASE);
+        free(s);
+    }
+    ss_count_fallback(why);
+}
+
+static int check_sin(const struct sockaddr *a, socklen_t len, bool connecting)
+{
+    if (!a)
+        return -EFAULT;
+    if (connecting && len >= sizeof(sa_family_t) && a->sa_family == AF_UNSPEC)
+        return -EAFNOSUPPORT; /* disconnecting: left to the kernel socket */
+    if (len < sizeof(struct sockaddr_in))
+        return -EINVAL;
+    if (a->sa_family != AF_INET)
+        return -EAFNOSUPPORT;
+    return 0;
+}
+
+int ss_sock_bind(int fd, struct ss_sock *s, const struct sockaddr *a, socklen_t len)
+{
+    if (s->stack)
+        return fail(EINVAL); /* bound already, as Linux says */
+    int e = check_sin(a, len, false);
+    if (e < 0) {
+        to_kernel(fd, s, "bind with an address that is not IPv4");
+        return REAL(bind)(fd, a, len);
+    }
+    const struct sockaddr_in *in = (const struct sockaddr_in *)a;
+    uint32_t ip = ntohl(in->sin_addr.s_addr);
+    uint16_t port = ntohs(in->sin_port);
+    if (ip == INADDR_ANY) {
+        /* A wildcard socket is the kernel's too: host and loopback clients
+         * that are not preloaded still reach it.  The kernel also picks
+         * the port when none is given, and says EADDRINUSE as it would. */
+        if (REAL(bind)(fd, a, len) < 0)
+            return -1;
+        struct sockaddr_in got;
+        socklen_t gl = sizeof got;
+        if (REAL(getsockname)(fd, (struct sockaddr *)&got, &gl) == 0)
+            port = ntohs(got.sin_port);
+        s->kernel_too = true;
+    } else if (ip != ss_ch.r->stack_ip) {
+        to_kernel(fd, s, "bound to an address that is not the stack's");
+        return REAL(bind)(fd, a, len);
+    }
+    e = make_stack(s);
+    if (e == 0)
+        e = ss_request(SS_OP_BIND, s->slot, ip, port, NULL, NULL);
+    if (e < 0) {
+        if (s->stack)
+            ss_request(SS_OP_CLOSE, s->slot, 0, 0, NULL, NULL);
+        s->stack = false;
+        if (s->kernel_too) {
+            to_kernel(fd, s, "the stack could not bind the port");
+            return 0; /* the kernel socket is bound: it serves alone */
+        }
+        return fail(-e);
+    }
+    return 0;
+}
+
+int ss_sock_listen(int fd, struct ss_sock *s, int backlog)
+{
+    if (!s->stack) {
+        to_kernel(fd, s, "listen without bind (the kernel picks the port)");
+        return REAL(listen)(fd, backlog);
+    }
+    int e = ss_request(SS_OP_LISTEN, s->slot, backlog, 0, NULL, NULL);
+    if (e < 0)
+        return fail(-e);
+    if (s->kernel_too && REAL(listen)(fd, backlog) < 0)
+        s->kernel_too = false; /* the stack listens alone */
+    s->listening = true;
+    return 0;
+}
+
+static void fill_sin(struct sockaddr *a, socklen_t *len, uint32_t ip, uint16_t port)
+{
+    if (!a || !len)
+        return;
+    struct sockaddr_in in = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(ip)};
+    socklen_t n = *len < (socklen_t)sizeof in ? *len : (socklen_t)sizeof in;
+    memcpy(a, &in, (size_t)n);
+    *len = sizeof in;
+}
+
+int ss_sock_accept(int fd, struct ss_sock *s, struct sockaddr *a, socklen_t *len, int flags)
+{
+    if (flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC))
+        return fail(EINVAL);
+    if (a && len && (int)*len < 0)
+        return fail(EINVAL);
+    if (!s->listening)
+        return fail(EINVAL);
+    uint64_t until = deadline(s->rcvtimeo_ms);
+    for (;;) {
+        int64_t rip = 0, rport = 0;
+        int slot = ss_request(SS_OP_ACCEPT, s->slot, 0, 0, &rip, &rport);
+        if (slot >= 0) {
+            int nfd = REAL(socket)(AF_INET, SOCK_STREAM | (flags & (SOCK_NONBLOCK | SOCK_CLOEXEC)), 0);
+            struct ss_sock *c = nfd >= 0 && nfd < SS_FD_MAX ? calloc(1, sizeof *c) : NULL;
+            if (!c) {
+                int err = nfd >= 0 ? ENOMEM : errno;
+                if (nfd >= 0)
+                    REAL(close)(nfd);
+                ss_request(SS_OP_CLOSE, (uint32_t)slot, 0, 0, NULL, NULL);
+                return fail(err);
+            }
+            c->refs = 1;
+            c->stack = true;
+            c->slot = (uint32_t)slot;
+            c->nonblock = (flags & SOCK_NONBLOCK) != 0;
+            __atomic_store_n(&ss_fds[nfd], c, __ATOMIC_RELEASE);
+            fill_sin(a, len, (uint32_t)rip, (uint16_t)rport);
+            return nfd;
+        }
+        if (slot != -EAGAIN)
+            return fail(-slot);
+        if (s->kernel_too) {
+            /* the kernel side of a wildcard listener: a host client */
+            struct pollfd p = {.fd = fd, .events = POLLIN};
+            if (REAL(poll)(&p, 1, 0) == 1)
+                return REAL(accept4)(fd, a, len, flags);
+        }
+        if (s->nonblock)
+            return fail(EAGAIN);
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int left = -1;
+        if (until) {
+            uint64_t now = ss_now_ms();
+            if (now >= until)
+                return fail(EAGAIN);
+            left = (int)(until - now);
+        }
+        int r = ss_poll(&p, 1, left, NULL);
+        if (r < 0)
+            return -1; /* EINTR */
+    }
+}
+
+static bool routed_through_stack(uint32_t ip)
+{
+    uint32_t mask = ss_ch.r->stack_netmask;
+    return ip != ss_ch.r->stack_ip && (ip & mask) == (ss_ch.r->stack_ip & mask) && ip != (ss_ch.r->stack_ip | ~mask);
+}
+
+static int connect_result(struct ss_sock *s)
+{
+    uint32_t ready = __atomic_load_n(&ss_so(s->slot)->ready, __ATOMIC_ACQUIRE);
+    if (ready & SS_CHAN_EV_CONNECTED) {
+        s->connecting = false;
+        return 0;
+    }
+    if (ready & (SS_EV_ERR | SS_EV_HUP)) {
+        int64_t err = 0;
+        ss_request(SS_OP_GETOPT, s->slot, SS_OPT_ERROR, 0, NULL, &err);
+        s->connecting = false;
+        return err ? (int)err : -ECONNREFUSED;
+    }
+    return -EINPROGRESS;
+}
+
+int ss_sock_connect(int fd, struct ss_sock *s, const struct sockaddr *a, socklen_t len)
+{
+    int e = check_sin(a, len, true);
+    if (!s->stack) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)a;
+        if (e < 0 || !routed_through_stack(ntohl(in->sin_addr.s_addr))) {
+            to_kernel(fd, s, "the destination is not behind the stack");
+            return REAL(connect)(fd, a, len);
+        }
+        if ((e = make_stack(s)) < 0)
+            return fail(-e);
+    } else if (e < 0) {
+        return fail(-e);
+    }
+    if (s->listening)
+        return fail(EISCONN);
+    if (s->connecting) {
+        e = connect_result(s);
+        if (e == -EINPROGRESS)
+            return fail(EALREADY);
+        return e == 0 ? fail(EISCONN) : fail(-e);
+    }
+    if (__atomic_load_n(&ss_so(s->slot)->ready, __ATOMIC_ACQUIRE) & SS_CHAN_EV_CONNECTED)
+        return fail(EISCONN);
+    const struct sockaddr_in *in = (const struct sockaddr_in *)a;
+    e = ss_request(SS_OP_CONNECT, s->slot, ntohl(in->sin_addr.s_addr), ntohs(in->sin_port), NULL, NULL);
+    if (e != -EINPROGRESS && e < 0)
+        return fail(-e);
+    s->connecting = true;
+    if (s->nonblock)
+        return fail(EINPROGRESS);
+    int w = ss_wait(s->slot, SS_CHAN_EV_CONNECTED | SS_EV_ERR | SS_EV_HUP, deadline(s->sndtimeo_ms));
+    if (w == -ETIMEDOUT)
+        return fail(EINPROGRESS);
+    if (w < 0)
+        return fail(-w);
+    e = connect_result(s);
+    return e == 0 ? 0 : fail(-e);
+}
+
+/* ---- bytes ---- */
+
+static int pending_error(struct ss_sock *s)
+{
+    struct ss_chan_socket *so = ss_so(s->slot);
+    int32_t err = __atomic_exchange_n(&so->error, 0, __ATOMIC_ACQ_REL);
+    return err;
+}
+
+static ssize_t broken_pipe(int flags)
+{
+    if (!(flags & MSG_NOSIGNAL))
+        raise(SIGPIPE);
+    return fail(EPIPE);
+}
+
+ssize_t ss_sock_send(int fd, struct ss_sock *s, const struct iovec *iov, int cnt, int flags)
+{
+    (void)fd;
+    if (s->listening)
+        return broken_pipe(flags);
+    struct ss_chan_socket *so = ss_so(s->slot);
+    size_t total = iov_total(iov, cnt), done = 0;
+    bool nonblock = s->nonblock || (flags & MSG_DONTWAIT);
+    uint64_t until = deadline(s->sndtimeo_ms);
+    uint8_t *ring = ss_ch.base + SS_CHAN_TX_OFF(s->slot);
+    int vi = 0;
+    size_t voff = 0;
+    for (;;) {
+        uint32_t ready = __atomic_load_n(&so->ready, __ATOMIC_ACQUIRE);
+        if (s->wr_shut)
+            return done ? (ssize_t)done : broken_pipe(flags);
+        if (ready & (SS_EV_ERR | SS_EV_HUP)) {
+            if (done)
+                return (ssize_t)done;
+            int err = pending_error(s);
+            return err ? fail(-err) : broken_pipe(flags);
+        }
+        if (!(ready & SS_CHAN_EV_CONNECTED)) {
+            if (!s->connecting)
+                return broken_pipe(flags); /* never connected: Linux says EPIPE */
+        } else {
+            uint32_t head = so->tx.head, tail = __atomic_load_n(&so->tx.tail, __ATOMIC_ACQUIRE);
+            uint32_t space = SS_CHAN_TXBUF - (head - tail);
+            while (space && done < total) {
+                size_t chunk = iov[vi].iov_len - voff;
+                if (!chunk) {
+                    vi++;
+                    voff = 0;
+                    continue;
+                }
+                uint32_t off = head & (SS_CHAN_TXBUF - 1);
+                uint32_t n = SS_CHAN_TXBUF - off;
+                if (n > space)
+                    n = space;
+                if (n > chunk)
+                    n = (uint32_t)chunk;
+                memcpy(ring + off, (const uint8_t *)iov[vi].iov_base + voff, n);
+                head += n;
+                space -= n;
+                voff += n;
+                done += n;
+            }
+            __atomic_store_n(&so->tx.head, head, __ATOMIC_RELEASE);
+            if (done)
+                ss_kick(s->slot);
+            if (done == total)
+                return (ssize_t)total;
+        }
+        if (nonblock)
+            return done ? (ssize_t)done : fail(EAGAIN);
+        int w = ss_wait(s->slot, SS_EV_OUT | SS_EV_ERR | SS_EV_HUP, until);
+        if (w < 0)
+            return done ? (ssize_t)done : fail(w == -ETIMEDOUT ? EAGAIN : -w);
+        if (!(__atomic_load_n(&so->ready, __ATOMIC_ACQUIRE) & SS_EV_OUT) && !(so->ready & (SS_EV_ERR | SS_EV_HUP))) {
+            /* woken for another reason: look again */
+        }
+    }
+}
+
+ssize_t ss_sock_recv(int fd, struct ss_sock *s, const struct iovec *iov, int cnt, int flags)
+{
+    (void)fd;
+    if (flags & MSG_OOB)
+        return fail(EINVAL); /* no urgent data is kept, as with SO_OOBINLINE off and none sent */
+    struct ss_chan_socket *so = ss_so(s->slot);
+    if (s->listening || (!s->connecting && !(so->ready & SS_CHAN_EV_CONNECTED) && !(so->ready & SS_CHAN_EV_EOF)))
+        return fail(ENOTCONN);
+    size_t total = iov_total(iov, cnt), done = 0;
+    bool nonblock = s->nonblock || (flags & MSG_DONTWAIT);
+    bool peek = flags & MSG_PEEK, waitall = (flags & MSG_WAITALL) && !peek;
+    uint64_t until = deadline(s->rcvtimeo_ms);
+    const uint8_t *ring = ss_ch.base + SS_CHAN_RX_OFF(s->slot);
+    int vi = 0;
+    size_t voff = 0;
+    if (total == 0)
+        return 0;
+    for (;;) {
+        uint32_t head = __atomic_load_n(&so->rx.head, __ATOMIC_ACQUIRE), tail = so->rx.tail;
+        uint32_t avail = head - tail;
+        if (avail) {
+            bool was_full = avail == SS_CHAN_RXBUF;
+            uint32_t t = tail;
+            while (avail && done < total) {
+                size_t chunk = iov[vi].iov_len - voff;
+                if (!chunk) {
+                    vi++;
+                    voff = 0;
+                    continue;
+                }
+                uint32_t off = t & (SS_CHAN_RXBUF - 1);
+                uint32_t n = SS_CHAN_RXBUF - off;
+                if (n > avail)
+                    n = avail;
+                if (n > chunk)
+                    n = (uint32_t)chunk;
+                memcpy((uint8_t *)iov[vi].iov_base + voff, ring + off, n);
+                t += n;
+                avail -= n;
+                voff += n;
+                done += n;
+            }
+            if (peek)
+                return (ssize_t)done;
+            __atomic_store_n(&so->rx.tail, t, __ATOMIC_RELEASE);
+            /* the instance stops filling a full ring: tell it there is room */
+            if (was_full)
+                ss_kick(s->slot);
+            if (done == total || !waitall)
+                return (ssize_t)done;
+            continue;
+        }
+        uint32_t ready = __atomic_load_n(&so->ready, __ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&so->rx.head, __ATOMIC_ACQUIRE) != tail)
+            continue; /* data came with the state */
+        if (ready & SS_CHAN_EV_EOF) {
+            int err = done ? 0 : pending_error(s);
+            return err ? fail(-err) : (ssize_t)done;
+        }
+        if (done)
+            return (ssize_t)done;
+        if (ready & (SS_EV_ERR | SS_EV_HUP)) {
+            int err = pending_error(s);
+            return err ? fail(-err) : 0;
+        }
+        if (nonblock)
+            return fail(EAGAIN);
+        int w = ss_wait(s->slot, SS_EV_IN | SS_EV_ERR | SS_EV_HUP | SS_CHAN_EV_EOF, until);
+        if (w < 0)
+            return done ? (ssize_t)done : fail(w == -ETIMEDOUT ? EAGAIN : -w);
+    }
+}
+
+int ss_sock_fionread(struct ss_sock *s)
+{
+    struct ss_chan_socket *so = ss_so(s->slot);
+    return (int)(__atomic_load_n(&so->rx.head, __ATOMIC_ACQUIRE) - so->rx.tail);
+}
+
+int ss_sock_shutdown(int fd, struct ss_sock *s, int how)
+{
+    (void)fd;
+    if (how < SHUT_RD || how > SHUT_RDWR)
+        return fail(EINVAL);
+    uint32_t ready = ss_so(s->slot)->ready;
+    if (!s->listening && !(ready & (SS_CHAN_EV_CONNECTED | SS_CHAN_EV_EOF)) && !s->connecting)
+        return fail(ENOTCONN);
+    int e = ss_request(SS_OP_SHUTDOWN, s->slot, how, 0, NULL, NULL);
+    if (e < 0 && e != -ENOTCONN)
+        return fail(-e);
+    if (how != SHUT_RD)
+        s->wr_shut = true;
+    return 0;
+}
+
+int ss_sock_close(int fd, struct ss_sock *s)
+{
+    (void)fd;
+    if (s->stack && ss_ch.state == 1)
+        ss_request(SS_OP_CLOSE, s->slot, 0, 0, NULL, NULL);
+    return 0;
+}
+
+/* ---- options ---- */
+
+static int opt_bit(int opt)
+{
+    for (unsigned b = 0; b < sizeof opt_of_bit / sizeof opt_of_bit[0]; b++)
+        if (opt_of_bit[b] == opt)
+            return (int)b;
+    return -1;
+}
+
+static void stack_opt(struct ss_sock *s, int opt, int value)
+{
+    if (s->stack) {
+        ss_request(SS_OP_SETOPT, s->slot, opt, value, NULL, NULL);
+        return;
+    }
+    int b = opt_bit(opt);
+    s->opt_set |= 1u << b;
+    s->opt_val[b] = value;
+}
+
+static int64_t tv_ms(const void *v)
+{
+    const struct timeval *tv = v;
+    return (int64_t)tv->tv_sec * 1000 + (tv->tv_usec + 999) / 1000;
+}
+
+int ss_sock_setsockopt(int fd, struct ss_sock *s, int lvl, int opt, const void *v, socklen_t len)
+{
+    /* The kernel socket takes every option first: it checks the arguments
+     * (EINVAL, EFAULT, ENOPROTOOPT) exactly as Linux does, keeps the value
+     * getsockopt reports, and is ready should the socket stay the kernel's. */
+    if (REAL(setsockopt)(fd, lvl, opt, v, len) < 0)
+        return -1;
+    int iv = len >= (socklen_t)sizeof(int) ? *(const int *)v : 0;
+    if (lvl == SOL_SOCKET) {
+        switch (opt) {
+        case SO_REUSEADDR: stack_opt(s, SS_OPT_REUSEADDR, iv != 0); break;
+        case SO_KEEPALIVE: stack_opt(s, SS_OPT_KEEPALIVE, iv != 0); break;
+        case SO_RCVBUF: stack_opt(s, SS_OPT_RCVBUF, iv); break;
+        case SO_SNDBUF: stack_opt(s, SS_OPT_SNDBUF, iv); break;
+        case SO_LINGER: {
+            const struct linger *l = v;
+            stack_opt(s, SS_OPT_LINGER_ZERO, l->l_onoff && l->l_linger == 0);
+            break;
+        }
+        case SO_RCVTIMEO: s->rcvtimeo_ms = tv_ms(v); break;
+        case SO_SNDTIMEO: s->sndtimeo_ms = tv_ms(v); break;
+        default: break;
+        }
+    } else if (lvl == IPPROTO_TCP) {
+        switch (opt) {
+        case TCP_NODELAY: stack_opt(s, SS_OPT_NODELAY, iv != 0); break;
+        case TCP_KEEPIDLE: stack_opt(s, SS_OPT_KEEPIDLE, iv); break;
+        case TCP_KEEPINTVL: stack_opt(s, SS_OPT_KEEPINTVL, iv); break;
+        case TCP_KEEPCNT: stack_opt(s, SS_OPT_KEEPCNT, iv); break;
+        case TCP_MAXSEG: stack_opt(s, SS_OPT_MAXSEG, iv); break;
+        default: break; /* TCP_CORK, TCP_DEFER_ACCEPT...: held by the kernel socket only, for now */
+        }
+    }
+    return 0;
+}
+
+int ss_sock_getsockopt(int fd, struct ss_sock *s, int lvl, int opt, void *v, socklen_t *len)
+{
+    if (lvl == SOL_SOCKET && opt == SO_ERROR && v && len && *len >= (socklen_t)sizeof(int)) {
+        int64_t err = 0;
+        int own = pending_error(s);
+        ss_request(SS_OP_GETOPT, s->slot, SS_OPT_ERROR, 0, NULL, &err);
+        *(int *)v = own ? -own : err ? (int)-err : 0;
+        *len = sizeof(int);
+        return 0;
+    }
+    if (lvl == SOL_SOCKET && opt == SO_ACCEPTCONN && v && len && *len >= (socklen_t)sizeof(int)) {
+        *(int *)v = s->listening;
+        *len = sizeof(int);
+        return 0;
+    }
+    if (lvl == IPPROTO_TCP && opt == TCP_INFO && v && len) {
+        struct tcp_info out;
+        memset(&out, 0, sizeof out);
+        if (ss_request(SS_OP_INFO, s->slot, 0, 0, NULL, NULL) == 0) {
+            struct ss_tcp_info ti;
+            memcpy(&ti, ss_ch.r->rep.info, sizeof ti);
+            /* the engine's states (counters.h order) as Linux's TCP_* numbers */
+            static const uint8_t linux_state[] = {7, 10, 2, 3, 1, 4, 5, 8, 11, 9, 6};
+            out.tcpi_state = ti.state < (int)sizeof linux_state ? linux_state[ti.state] : 7;
+            out.tcpi_rto = ti.rto_us;
+            out.tcpi_rtt = ti.srtt_us;
+            out.tcpi_snd_mss = ti.mss;
+            out.tcpi_snd_cwnd = ti.mss ? ti.cwnd / ti.mss : 0;
+            out.tcpi_snd_ssthresh = ti.mss ? ti.ssthresh / ti.mss : 0;
+            out.tcpi_retransmits = (uint8_t)ti.retransmits;
+            out.tcpi_snd_wscale = ti.snd_wscale & 15;
+            out.tcpi_rcv_wscale = ti.rcv_wscale & 15;
+            out.tcpi_options = (ti.ts_ok ? TCPI_OPT_TIMESTAMPS : 0) | (ti.sack_ok ? TCPI_OPT_SACK : 0) |
+                               (ti.snd_wscale || ti.rcv_wscale ? TCPI_OPT_WSCALE : 0);
+        }
+        socklen_t n = *len < (socklen_t)sizeof out ? *len : (socklen_t)sizeof out;
+        memcpy(v, &out, (size_t)n);
+        *len = n;
+        return 0;
+    }
+    return REAL(getsockopt)(fd, lvl, opt, v, len);
+}
+
+int ss_sock_name(int fd, struct ss_sock *s, struct sockaddr *a, socklen_t *len, bool peer)
+{
+    (void)fd;
+    if (!len || (int)*len < 0)
+        return fail(len ? EINVAL : EFAULT);
+    struct ss_chan_socket *so = ss_so(s->slot);
+    if (peer) {
+        if (s->listening || !(so->ready & (SS_CHAN_EV_CONNECTED | SS_CHAN_EV_EOF | SS_EV_HUP)))
+            return fail(ENOTCONN);
+        fill_sin(a, len, so->remote_ip, so->remote_port);
+    } else {
+        fill_sin(a, len, so->local_ip, so->local_port);
+    }
+    return 0;
+}
+
+short ss_sock_revents(struct ss_sock *s, short events)
+{
+    if (!s->stack)
+        return (short)(POLLOUT & events) | POLLHUP; /* an unconnected socket, as on Linux */
+    uint32_t ready = __atomic_load_n(&ss_so(s->slot)->ready, __ATOMIC_ACQUIRE);
+    if (!s->listening && !s->connecting && !(ready & (SS_CHAN_EV_CONNECTED | SS_CHAN_EV_EOF | SS_EV_ERR)))
+        return (short)(POLLOUT & events) | POLLHUP;
+    short r = (short)(ready & (POLLIN | POLLOUT | POLLERR | POLLHUP | POLLRDHUP));
+    return (short)(r & (events | POLLERR | POLLHUP));
+}

@@ -1,0 +1,482 @@
+/*
+ * Readiness over both kinds of descriptor: poll, ppoll, select, pselect and
+ * epoll, for any mix of accelerated sockets and kernel descriptors.
+ *
+ * An accelerated socket's readiness is a word in the channel the instance
+ * keeps current (sock.c ss_sock_revents); kernel descriptors are asked with
+ * a zero timeout.  When nothing is ready the thread sleeps in the real
+ * poll/epoll_wait on the kernel descriptors plus the channel's doorbell,
+ * which the instance writes when it has news for a sleeping process.
+ *
+ * epoll: the program's epoll descriptor is a real one.  Kernel descriptors
+ * are registered in it as they are; accelerated sockets live on lists here,
+ * and the doorbell joins the real set under a reserved tag.  A readiness
+ * change is posted once on the channel's event ring, so epoll_wait looks at
+ * the sockets that changed and at those level-triggered ones it reported
+ * ready last time: O(ready), not O(registered).
+ */
+#include "shim.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int fail(int e)
+{
+    errno = e;
+    return -1;
+}
+
+static void drain_bell(void)
+{
+    uint64_t x;
+    ssize_t r = REAL(read)(ss_ch.app_bell, &x, sizeof x);
+    (void)r;
+}
+
+static struct ss_sock *accelerated(int fd)
+{
+    struct ss_sock *s = ss_lookup(fd);
+    return s && s->stack && ss_ch.state == 1 ? s : NULL;
+}
+
+static int real_wait(struct pollfd *p, nfds_t n, int timeout_ms, const sigset_t *mask)
+{
+    if (!mask)
+        return REAL(poll)(p, n, timeout_ms);
+    struct timespec ts = {timeout_ms / 1000, (long)(timeout_ms % 1000) * 1000000};
+    return REAL(ppoll)(p, n, timeout_ms < 0 ? NULL : &ts, mask);
+}
+
+int ss_poll(struct pollfd *p, nfds_t n, int timeout_ms, const sigset_t *mask)
+{
+    nfds_t nacc = 0;
+    for (nfds_t i = 0; i < n; i++)
+        nacc += accelerated(p[i].fd) != NULL;
+    if (!nacc)
+        return real_wait(p, n, timeout_ms, mask);
+    /* the kernel's share: kernel descriptors, the kernel side of wildcard
+     * listeners, and the doorbell last */
+    struct pollfd small[64], *kp = n + 1 <= 64 ? small : malloc((n + 1) * sizeof *kp);
+    nfds_t *which = malloc((n + 1) * sizeof *which);
+    if (!kp || !which) {
+        if (kp != small)
+            free(kp);
+        free(which);
+        return fail(ENOMEM);
+    }
+    uint64_t until = timeout_ms > 0 ? ss_now_ms() + (uint64_t)timeout_ms : 0;
+    int total;
+    for (;;) {
+        nfds_t m = 0;
+        total = 0;
+        for (nfds_t i = 0; i < n; i++) {
+            struct ss_sock *s = accelerated(p[i].fd);
+            p[i].revents = s ? ss_sock_revents(s, p[i].events) : 0;
+            total += p[i].revents != 0;
+            if (!s || s->kernel_too) {
+                kp[m] = (struct pollfd){.fd = p[i].fd, .events = p[i].events};
+                which[m++] = i;
+            }
+        }
+        bool sleep = total == 0 && timeout_ms != 0;
+        if (sleep) {
+            __atomic_add_fetch(&ss_ch.r->app_sleeping, 1, __ATOMIC_SEQ_CST);
+            for (nfds_t i = 0; i < n && !total; i++) {
+                struct ss_sock *s = accelerated(p[i].fd);
+                if (s && ss_sock_revents(s, p[i].events))
+                    total = 1;
+            }
+            if (total) {
+                __atomic_sub_fetch(&ss_ch.r->app_sleeping, 1, __ATOMIC_SEQ_CST);
+                continue; /* it changed while we were looking: count again */
+            }
+        }
+        int left = 0;
+        if (sleep) {
+            left = -1;
+            if (until) {
+                uint64_t now = ss_now_ms();
+                left = now >= until ? 0 : (int)(until - now);
+            }
+            kp[m] = (struct pollfd){.fd = ss_ch.app_bell, .events = POLLIN};
+        }
+        int r = real_wait(kp, m + (sleep ? 1 : 0), left, mask);
+        if (sleep)
+            __atomic_sub_fetch(&ss_ch.r->app_sleeping, 1, __ATOMIC_SEQ_CST);
+        if (r < 0) {
+            total = -1;
+            break;
+        }
+        if (sleep && kp[m].revents)
+            drain_bell();
+        for (nfds_t j = 0; j < m; j++) {
+            if (!kp[j].revents)
+                continue;
+            struct pollfd *q = &p[which[j]];
+            if (!q->revents)
+                total++;
+            q->revents |= kp[j].revents;
+        }
+        if (!sleep || total)
+            break;
+        /* woken by the doorbell or a timeout: count again, then stop when
+         * the time is up */
+        if (r == 0 && left >= 0) {
+            for (nfds_t i = 0; i < n; i++) {
+                struct ss_sock *s = accelerated(p[i].fd);
+                if (s && (p[i].revents = ss_sock_revents(s, p[i].events)))
+                    total++;
+            }
+            if (total || left == 0)
+                break;
+        }
+    }
+    if (kp != small)
+        free(kp);
+    free(which);
+    return total;
+}
+
+int ss_select(int n, fd_set *r, fd_set *w, fd_set *e, int timeout_ms, const sigset_t *mask)
+{
+    if (n < 0 || n > FD_SETSIZE)
+        return fail(EINVAL);
+    struct pollfd *p = malloc((size_t)(n ? n : 1) * sizeof *p);
+    if (!p)
+        return fail(ENOMEM);
+    nfds_t m = 0;
+    for (int fd = 0; fd < n; fd++) {
+        short ev = (short)((r && FD_ISSET(fd, r) ? POLLIN : 0) | (w && FD_ISSET(fd, w) ? POLLOUT : 0) |
+                           (e && FD_ISSET(fd, e) ? POLLPRI : 0));
+        if (ev)
+            p[m++] = (struct pollfd){.fd = fd, .events = ev};
+    }
+    int k = ss_poll(p, m, timeout_ms, mask);
+    if (k < 0) {
+        free(p);
+        return -1;
+    }
+    for (nfds_t i = 0; i < m; i++)
+        if (p[i].revents & POLLNVAL) {
+            free(p);
+            return fail(EBADF);
+        }
+    if (r)
+        FD_ZERO(r);
+    if (w)
+        FD_ZERO(w);
+    if (e)
+        FD_ZERO(e);
+    int bits = 0;
+    for (nfds_t i = 0; i < m; i++) {
+        short rv = p[i].revents;
+        if (r && (p[i].events & POLLIN) && (rv & (POLLIN | POLLHUP | POLLERR))) {
+            FD_SET(p[i].fd, r);
+            bits++;
+        }
+        if (w && (p[i].events & POLLOUT) && (rv & (POLLOUT | POLLERR))) {
+            FD_SET(p[i].fd, w);
+            bits++;
+        }
+        if (e && (p[i].events & POLLPRI) && (rv & POLLPRI)) {
+            FD_SET(p[i].fd, e);
+            bits++;
+        }
+    }
+    free(p);
+    return bits;
+}
+
+/* ---- epoll ---- */
+
+#define BELL_TAG 0x5353424c4c000000ull /* "SSBLL": the doorbell in a real epoll set */
+
+struct ep_item {
+    int ep, fd;
+    struct ss_sock *s;
+    uint32_t events;          /* EPOLLIN... | EPOLLET | EPOLLONESHOT */
+    epoll_data_t data;
+    bool disabled;            /* a ONESHOT that fired: until EPOLL_CTL_MOD */
+    bool queued;              /* on its set's check list */
+    struct ep_item *next_in_set, *next_check, *next_of_slot;
+};
+
+struct ep_set {
+    int ep;
+    bool bell;                /* the doorbell is in the real set */
+    struct ep_item *items, *check;
+    struct ep_set *next;
+};
+
+static pthread_mutex_t ep_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct ep_set *sets;
+static struct ep_item *by_slot[SS_CHAN_SOCKETS];
+
+static struct ep_set *find_set(int ep, bool create)
+{
+    for (struct ep_set *x = sets; x; x = x->next)
+        if (x->ep == ep)
+            return x;
+    if (!create)
+        return NULL;
+    struct ep_set *x = calloc(1, sizeof *x);
+    if (!x)
+        return NULL;
+    x->ep = ep;
+    x->next = sets;
+    sets = x;
+    return x;
+}
+
+static void queue_check(struct ep_set *set, struct ep_item *it)
+{
+    if (it->queued)
+        return;
+    it->queued = true;
+    it->next_check = set->check;
+    set->check = it;
+}
+
+static void unlink_item(struct ep_set *set, struct ep_item *it)
+{
+    for (struct ep_item **pp = &set->items; *pp; pp = &(*pp)->next_in_set)
+        if (*pp == it) {
+            *pp = it->next_in_set;
+            break;
+        }
+    for (struct ep_item **pp = &set->check; *pp; pp = &(*pp)->next_check)
+        if (*pp == it) {
+            *pp = it->next_check;
+            break;
+        }
+    if (it->s)
+        for (struct ep_item **pp = &by_slot[it->s->slot]; *pp; pp = &(*pp)->next_of_slot)
+            if (*pp == it) {
+                *pp = it->next_of_slot;
+                break;
+            }
+    free(it);
+}
+
+int ss_epoll_ctl(int ep, int op, int fd, struct epoll_event *ev)
+{
+    struct ss_sock *s = accelerated(fd);
+    if (!s)
+        return REAL(epoll_ctl)(ep, op, fd, ev);
+    /* ep itself is checked by the kernel when the doorbell joins it */
+    if (op == EPOLL_CTL_ADD || op == EPOLL_CTL_MOD || op == EPOLL_CTL_DEL) {
+        if (op != EPOLL_CTL_DEL && !ev)
+            return fail(EFAULT);
+    } else {
+        return fail(EINVAL);
+    }
+    if (ep == fd)
+        return fail(EINVAL);
+    pthread_mutex_lock(&ep_lock);
+    struct ep_set *set = find_set(ep, op == EPOLL_CTL_ADD);
+    struct ep_item *it = NULL;
+    if (set)
+        for (it = set->items; it && it->fd != fd; it = it->next_in_set)
+            ;
+    int rc = 0;
+    switch (op) {
+    case EPOLL_CTL_ADD:
+        if (!set) {
+            rc = ENOMEM;
+            break;
+        }
+        if (it) {
+            rc = EEXIST;
+            break;
+        }
+        if (!set->bell) {
+            struct epoll_event b = {.events = EPOLLIN, .data.u64 = BELL_TAG};
+            if (REAL(epoll_ctl)(ep, EPOLL_CTL_ADD, ss_ch.app_bell, &b) < 0 && errno != EEXIST) {
+                rc = errno; /* EBADF, EINVAL: ep is not an epoll descriptor */
+                break;
+            }
+            set->bell = true;
+        }
+        it = calloc(1, sizeof *it);
+        if (!it) {
+            rc = ENOMEM;
+            break;
+        }
+        it->ep = ep;
+        it->fd = fd;
+        it->s = s;
+        it->events = ev->events;
+        it->data = ev->data;
+        it->next_in_set = set->items;
+        set->items = it;
+        it->next_of_slot = by_slot[s->slot];
+        by_slot[s->slot] = it;
+        queue_check(set, it);
+        if (s->kernel_too)
+            REAL(epoll_ctl)(ep, EPOLL_CTL_ADD, fd, ev);
+        break;
+    case EPOLL_CTL_MOD:
+        if (!it) {
+            rc = ENOENT;
+            break;
+        }
+        it->events = ev->events;
+        it->data = ev->data;
+        it->disabled = false;
+        queue_check(set, it);
+        if (s->kernel_too)
+            REAL(epoll_ctl)(ep, EPOLL_CTL_MOD, fd, ev);
+        break;
+    case EPOLL_CTL_DEL:
+        if (!it) {
+            rc = ENOENT;
+            break;
+        }
+        if (s->kernel_too)
+            REAL(epoll_ctl)(ep, EPOLL_CTL_DEL, fd, NULL);
+        unlink_item(set, it);
+        break;
+    }
+    pthread_mutex_unlock(&ep_lock);
+    return rc ? fail(rc) : 0;
+}
+
+void ss_epoll_forget(int fd)
+{
+    /* As the kernel does when the last descriptor of a file closes: the
+     * socket leaves every interest list. */
+    pthread_mutex_lock(&ep_lock);
+    for (struct ep_set *set = sets; set; set = set->next) {
+        for (struct ep_item *it = set->items; it;) {
+            struct ep_item *next = it->next_in_set;
+            if (it->fd == fd)
+                unlink_item(set, it);
+            it = next;
+        }
+    }
+    pthread_mutex_unlock(&ep_lock);
+}
+
+void ss_epoll_close(int ep)
+{
+    pthread_mutex_lock(&ep_lock);
+    for (struct ep_set **pp = &sets; *pp; pp = &(*pp)->next) {
+        struct ep_set *set = *pp;
+        if (set->ep != ep)
+            continue;
+        while (set->items)
+            unlink_item(set, set->items);
+        *pp = set->next;
+        free(set);
+        break;
+    }
+    pthread_mutex_unlock(&ep_lock);
+}
+
+/* Takes the channel's event ring: each socket whose readiness changed is
+ * checked in every set that holds it. */
+static void take_events(void)
+{
+    struct ss_chan_ring32 *q = &ss_ch.r->event;
+    uint32_t head = __atomic_load_n(&q->head, __ATOMIC_ACQUIRE), tail = q->tail;
+    for (; tail != head; tail++) {
+        uint32_t slot = ss_ch.r->events[tail % SS_CHAN_EVENTS];
+        if (slot >= SS_CHAN_SOCKETS)
+            continue;
+        __atomic_store_n(&ss_ch.r->sock[slot].evq, 0, __ATOMIC_RELEASE);
+        for (struct ep_item *it = by_slot[slot]; it; it = it->next_of_slot) {
+            struct ep_set *set = find_set(it->ep, false);
+            if (set)
+                queue_check(set, it);
+        }
+    }
+    __atomic_store_n(&q->tail, tail, __ATOMIC_RELEASE);
+}
+
+/* Reports the set's ready accelerated sockets into ev; level-triggered
+ * ones that stay ready are looked at again next time. */
+static int collect(struct ep_set *set, struct epoll_event *ev, int max)
+{
+    int n = 0;
+    struct ep_item *again = NULL, *it = set->check;
+    set->check = NULL;
+    while (it) {
+        struct ep_item *next = it->next_check;
+        it->queued = false;
+        uint32_t r = it->disabled || n >= max ? 0 : (uint32_t)ss_sock_revents(it->s, (short)it->events);
+        r &= it->events | EPOLLERR | EPOLLHUP;
+        if (n >= max && !it->disabled) {
+            it->queued = true; /* no room: keep it for the next call */
+            it->next_check = again;
+            again = it;
+        } else if (r) {
+            ev[n].events = r;
+            ev[n].data = it->data;
+            n++;
+            if (it->events & EPOLLONESHOT)
+                it->disabled = true;
+            else if (!(it->events & EPOLLET)) {
+                it->queued = true;
+                it->next_check = again;
+                again = it;
+            }
+        }
+        it = next;
+    }
+    set->check = again;
+    return n;
+}
+
+int ss_epoll_wait(int ep, struct epoll_event *ev, int max, int timeout_ms, const sigset_t *mask)
+{
+    if (max <= 0)
+        return fail(EINVAL);
+    pthread_mutex_lock(&ep_lock);
+    struct ep_set *set = ss_ch.state == 1 ? find_set(ep, false) : NULL;
+    pthread_mutex_unlock(&ep_lock);
+    if (!set)
+        return mask ? REAL(epoll_pwait)(ep, ev, max, timeout_ms, mask) : REAL(epoll_wait)(ep, ev, max, timeout_ms);
+    uint64_t until = timeout_ms > 0 ? ss_now_ms() + (uint64_t)timeout_ms : 0;
+    for (;;) {
+        pthread_mutex_lock(&ep_lock);
+        take_events();
+        int n = collect(set, ev, max);
+        pthread_mutex_unlock(&ep_lock);
+        /* then the kernel's descriptors, without waiting when we have some */
+        int left = 0;
+        bool sleep = n == 0 && timeout_ms != 0;
+        if (sleep) {
+            __atomic_add_fetch(&ss_ch.r->app_sleeping, 1, __ATOMIC_SEQ_CST);
+            if (__atomic_load_n(&ss_ch.r->event.head, __ATOMIC_ACQUIRE) != ss_ch.r->event.tail) {
+                __atomic_sub_fetch(&ss_ch.r->app_sleeping, 1, __ATOMIC_SEQ_CST);
+                continue;
+            }
+            left = -1;
+            if (until) {
+                uint64_t now = ss_now_ms();
+                left = now >= until ? 0 : (int)(until - now);
+            }
+        }
+        int k = mask ? REAL(epoll_pwait)(ep, ev + n, max - n, left, mask) : REAL(epoll_wait)(ep, ev + n, max - n, left);
+        if (sleep)
+            __atomic_sub_fetch(&ss_ch.r->app_sleeping, 1, __ATOMIC_SEQ_CST);
+        if (k < 0)
+            return n ? n : -1;
+        /* the doorbell is ours, not the program's */
+        int out = n;
+        bool rang = false;
+        for (int i = n; i < n + k; i++) {
+            if (ev[i].data.u64 == BELL_TAG) {
+                rang = true;
+                continue;
+            }
+            ev[out++] = ev[i];
+        }
+        if (rang)
+            drain_bell();
+        if (out || !sleep || (left == 0 && !rang) || (until && ss_now_ms() >= until))
+            return out;
+    }
+}
