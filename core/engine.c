@@ -75,8 +75,8 @@ const char *ss_engine_config_check(const struct ss_engine_config *c)
         return "arp_retries/arp_retry_ms/arp_queue_max: must be > 0";
     if (!c->tx)
         return "tx: a transmit callback is required";
-    if (!c->flow_owner != !c->forward)
-        return "flow_owner/forward: set both (forwarding to a flow's owner) or neither";
+    if (!c->flow_owner != !c->forward || (c->listen_owner && !c->forward))
+        return "flow_owner/forward: set both (forwarding to a flow's owner) or neither; listen_owner needs forward";
     return NULL;
 }
 
@@ -200,11 +200,12 @@ void ss_engine_input_forwarded(struct ss_engine *e, const uint8_t *frame, size_t
     e->in_forwarded = false;
 }
 
-bool ss_engine_forward(struct ss_engine *e, uint32_t rip, uint16_t rport, uint16_t lport)
+bool ss_engine_forward(struct ss_engine *e, uint32_t rip, uint16_t rport, uint16_t lport, bool syn)
 {
     if (!e->cfg.flow_owner || e->in_forwarded || !e->in_frame)
         return false;
-    int owner = e->cfg.flow_owner(e->cfg.flow_ctx, rip, rport, lport);
+    int owner = syn ? (e->cfg.listen_owner ? e->cfg.listen_owner(e->cfg.flow_ctx, rip, rport, lport) : -1)
+                    : e->cfg.flow_owner(e->cfg.flow_ctx, rip, rport, lport);
     if (owner < 0)
         return false;
     if (e->cfg.forward(e->cfg.flow_ctx, owner, e->in_frame, e->in_len) == 0)

@@ -268,9 +268,10 @@ struct ss_engine {
 void ss_engine_tx(struct ss_engine *e, const uint8_t *frame, size_t len);
 void ss_tcb_notify(struct ss_tcb *t);
 /* For a TCP segment that matches no connection here: true when another
- * instance owns the flow and the frame being served went to it (or was
- * dropped because its ring was full; counted either way). */
-bool ss_engine_forward(struct ss_engine *e, uint32_t rip, uint16_t rport, uint16_t lport);
+ * instance owns the flow (syn: listens on the port) and the frame being
+ * served went to it (or was dropped because its ring was full; counted
+ * either way). */
+bool ss_engine_forward(struct ss_engine *e, uint32_t rip, uint16_t rport, uint16_t lport, bool syn);
 /* Frees the orphans that ended during the current call. */
 void ss_engine_reap(struct ss_engine *e);
 

@@ -50,6 +50,8 @@ struct ss_tcb *ss_tcb_alloc(struct ss_engine *e)
     return t;
 }
 
+static void leave_listen(struct ss_tcb *t);
+
 static void unhash(struct ss_tcb *t)
 {
     if (t->hashed) {
@@ -98,7 +100,7 @@ void ss_tcb_free(struct ss_tcb *t)
         t->bound = false;
     }
     if (t->state == SS_TCP_LISTEN)
-        ss_list_del(&t->listen_link);
+        leave_listen(t);
     if (t->reaping)
         ss_list_del(&t->reap_link);
     detach_from_listener(t);
@@ -116,6 +118,24 @@ void ss_tcb_free(struct ss_tcb *t)
     free(t);
 }
 
+/* The group learns which ports this engine listens on: on the first
+ * listener of a port, and when its last one goes. */
+static void publish_listen(struct ss_tcb *t, int add)
+{
+    struct ss_engine *e = t->e;
+    if (!e->cfg.listen_publish)
+        return;
+    if (!add && ss_listener_lookup(e, e->cfg.ip, t->lport))
+        return; /* another listener here still holds the port */
+    e->cfg.listen_publish(e->cfg.flow_ctx, t->lport, add);
+}
+
+static void leave_listen(struct ss_tcb *t)
+{
+    ss_list_del(&t->listen_link);
+    publish_listen(t, 0);
+}
+
 void ss_tcp_set_state(struct ss_tcb *t, int state)
 {
     if (t->state == state)
@@ -123,10 +143,12 @@ void ss_tcp_set_state(struct ss_tcb *t, int state)
     t->e->ctr->tcp_state[t->state]--;
     t->e->ctr->tcp_state[state]++;
     if (t->state == SS_TCP_LISTEN)
-        ss_list_del(&t->listen_link);
+        leave_listen(t);
     t->state = (uint8_t)state;
-    if (state == SS_TCP_LISTEN)
+    if (state == SS_TCP_LISTEN) {
         ss_list_add_tail(&t->e->listens[t->lport & (SS_BIND_BUCKETS - 1)], &t->listen_link);
+        publish_listen(t, 1);
+    }
     if (state == SS_TCP_CLOSED)
         unhash(t);
 }

@@ -793,13 +793,16 @@ void ss_tcp_input(struct ss_engine *e, const struct ss_ip_repr *ip, struct ss_tc
     if (!t) {
         /* Another instance of the group may own it (the device steered one
          * of its segments here): then it goes there, unanswered. */
-        if (ss_engine_forward(e, ip->src, s->sport, s->dport))
+        if (ss_engine_forward(e, ip->src, s->sport, s->dport, false))
             return;
         struct ss_tcb *l = ss_listener_lookup(e, ip->dst, s->dport);
         if (l) {
             ss_tcp_listen_input(l, ip, s, 0);
             return;
         }
+        if ((s->flags & (SS_TH_SYN | SS_TH_ACK | SS_TH_RST)) == SS_TH_SYN &&
+            ss_engine_forward(e, ip->src, s->sport, s->dport, true))
+            return;
         /* RFC 9293 3.10.7.1: CLOSED, a reset answers anything but a reset. */
         e->ctr->drop_tcp_no_socket++;
         ss_tcp_send_rst_for(e, ip, s);

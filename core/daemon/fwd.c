@@ -155,6 +155,32 @@ int ss_fwd_owner(void *ctx, uint32_t rip, uint16_t rport, uint16_t lport)
     return -1;
 }
 
+/* ---- the listener map ---- */
+
+void ss_fwd_listen_publish(void *ctx, uint16_t port, int add)
+{
+    struct ss_fwd *f = ctx;
+    uint64_t bit = 1ull << f->self;
+    if (add)
+        __atomic_fetch_or(&f->r->listeners[port], bit, __ATOMIC_ACQ_REL);
+    else
+        __atomic_fetch_and(&f->r->listeners[port], ~bit, __ATOMIC_ACQ_REL);
+}
+
+int ss_fwd_listen_owner(void *ctx, uint32_t rip, uint16_t rport, uint16_t lport)
+{
+    struct ss_fwd *f = ctx;
+    uint64_t set = __atomic_load_n(&f->r->listeners[lport], __ATOMIC_ACQUIRE) & ~(1ull << f->self);
+    int n = __builtin_popcountll(set);
+    if (!n)
+        return -1;
+    /* spread the connections of several peers over the listening instances */
+    uint32_t pick = (rip * 2654435761u ^ rport) % (uint32_t)n;
+    while (pick--)
+        set &= set - 1;
+    return __builtin_ctzll(set);
+}
+
 /* ---- the rings ---- */
 
 int ss_fwd_send(void *ctx, int owner, const uint8_t *frame, size_t len)

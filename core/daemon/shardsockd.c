@@ -488,6 +488,8 @@ static void setup(struct instance *in)
         cfg.flow_publish = ss_fwd_publish;
         cfg.flow_owner = ss_fwd_owner;
         cfg.forward = ss_fwd_send;
+        cfg.listen_publish = ss_fwd_listen_publish;
+        cfg.listen_owner = ss_fwd_listen_owner;
         cfg.flow_ctx = &in->fwd;
     }
     const char *bad = ss_engine_config_check(&cfg);

@@ -18,12 +18,14 @@ class Group:
 
     def __init__(self, n=2, ring_full=False):
         self.owner = {}            # (rip, rport, lport) -> instance
+        self.listeners = {}        # port -> set of instances
         self.log = []              # (instance, add, key) in publish order
         self.rings = [[] for _ in range(n)]
         self.ring_full = ring_full
         self.ctx = [ffi.new_handle((self, k)) for k in range(n)]
         self.stacks = [Stack(flow_publish=lib.ss_py_flow_publish, flow_owner=lib.ss_py_flow_owner,
-                             forward=lib.ss_py_forward, flow_ctx=self.ctx[k]) for k in range(n)]
+                             forward=lib.ss_py_forward, listen_publish=lib.ss_py_listen_publish,
+                             listen_owner=lib.ss_py_listen_owner, flow_ctx=self.ctx[k]) for k in range(n)]
 
     def deliver(self, k):
         """Hands instance k the frames forwarded to it."""
@@ -55,6 +57,19 @@ def ss_py_flow_owner(ctx, rip, rport, lport):
     g, k = ffi.from_handle(ctx)
     o = g.owner.get((rip, rport, lport), -1)
     return -1 if o == k else o
+
+
+@ffi.def_extern()
+def ss_py_listen_publish(ctx, port, add):
+    g, k = ffi.from_handle(ctx)
+    (g.listeners.setdefault(port, set()).add if add else g.listeners.setdefault(port, set()).discard)(k)
+
+
+@ffi.def_extern()
+def ss_py_listen_owner(ctx, rip, rport, lport):
+    g, k = ffi.from_handle(ctx)
+    others = sorted(g.listeners.get(lport, set()) - {k})
+    return others[0] if others else -1
 
 
 @ffi.def_extern()
@@ -189,6 +204,36 @@ def test_time_wait_stays_published_until_it_ends(group):
     assert key(peer) in group.owner           # TIME-WAIT still owns the pair
     a.advance(60_000 + 10)
     assert group.owner == {}
+
+
+def test_syn_for_a_port_only_another_instance_listens_on_goes_there(group):
+    a, b = group.stacks
+    lsid = a.listen(80)
+    assert group.listeners == {80: {0}}
+    peer = Peer(b)
+    peer.seg("S", options=peer.syn_options())
+    b.expect_nothing()                       # no reset: a listens
+    assert b.counters()["fwd_frames"] == 1
+    group.deliver(0)
+    (sa,) = a.expect({"flags": "SA", "ack": peer.nxt})
+    assert group.owner == {key(peer): 0}
+    # the handshake ends at b, which passes it on by the flow directory
+    peer.rcv = sa.seq + 1
+    peer.seg("A")
+    b.expect_nothing()
+    group.deliver(0)
+    assert a.accept(lsid) >= 0
+
+
+def test_syn_reset_when_no_instance_listens(group):
+    a, b = group.stacks
+    lsid = a.listen(80)
+    a.close(lsid)
+    assert group.listeners == {80: set()}
+    peer = Peer(b)
+    peer.seg("S", options=peer.syn_options())
+    b.expect({"flags": "RA"})
+    assert b.counters()["fwd_frames"] == 0
 
 
 def test_config_needs_both_owner_and_forward():

@@ -97,6 +97,12 @@ struct ss_engine_config {
      * ss_engine_input_forwarded are never forwarded again. */
     void (*flow_publish)(void *ctx, uint32_t rip, uint16_t rport, uint16_t lport, int add);
     int (*flow_owner)(void *ctx, uint32_t rip, uint16_t rport, uint16_t lport);
+    /* Listeners likewise: the engine publishes each port it listens on, and
+     * a SYN for a port it does not listen on goes, whole, to the instance
+     * listen_owner names (>= 0), so no SYN is reset while a listener exists
+     * anywhere in the group (DESIGN.md, listen spawn). */
+    void (*listen_publish)(void *ctx, uint16_t port, int add);
+    int (*listen_owner)(void *ctx, uint32_t rip, uint16_t rport, uint16_t lport);
     int (*forward)(void *ctx, int owner, const uint8_t *frame, size_t len);
     void *flow_ctx;
 };
