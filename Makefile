@@ -32,7 +32,7 @@ help: ## list the targets
 setup: ## install Debian packages and `pip install -e .[test]` (idempotent)
 	PY=$(PY) scripts/setup.sh
 
-build: $(BUILD)/libssengine.a $(XDP_OBJ) $(BUILD)/shardsockd $(BUILD)/shardsockd-san $(BUILD)/echo_server $(BUILD)/echo_bench $(BUILD)/linkem $(BUILD)/libshardsock.so $(BUILD)/pair $(BUILD)/pair-san $(BUILD)/wheel_test $(BUILD)/wheel_test-san preload/.engine-built ## build every C part
+build: $(BUILD)/libssengine.a $(XDP_OBJ) $(BUILD)/shardsockd $(BUILD)/shardsockd-san $(BUILD)/echo_server $(BUILD)/echo_bench $(BUILD)/linkem $(BUILD)/libshardsock.so $(BUILD)/sockcheck $(BUILD)/pair $(BUILD)/pair-san $(BUILD)/wheel_test $(BUILD)/wheel_test-san preload/.engine-built ## build every C part
 
 $(BUILD)/obj/%.o: %.c $(ENGINE_HDR)
 	@mkdir -p $(dir $@)
@@ -76,6 +76,11 @@ SHIM_SRC := $(sort $(wildcard shim/*.c))
 $(BUILD)/libshardsock.so: $(SHIM_SRC) $(wildcard shim/*.h) core/include/shardsock/channel.h core/include/shardsock/engine.h
 	@echo "  LD      $@"
 	@$(CC) $(CSTD) $(WARN) $(CFLAGS) $(INC) -fPIC -shared -fvisibility=hidden $(SHIM_SRC) -o $@ -ldl -lpthread
+
+# The preload library's scripted run through the socket calls (shim/tests).
+$(BUILD)/sockcheck: shim/tests/sockcheck.c
+	@echo "  LD      $@"
+	@$(CC) $(CSTD) $(WARN) $(CFLAGS) $< -o $@ -lpthread
 
 # The link emulator the impaired tests put between the kernel and the stack.
 $(BUILD)/linkem: apps/linkem.c

@@ -81,8 +81,11 @@ int ss_sock_bind(int fd, struct ss_sock *s, const struct sockaddr *a, socklen_t 
         return fail(EINVAL); /* bound already, as Linux says */
     int e = check_sin(a, len, false);
     if (e < 0) {
-        to_kernel(fd, s, "bind with an address that is not IPv4");
-        return REAL(bind)(fd, a, len);
+        /* the kernel names the mistake; the socket stays undecided */
+        int r = REAL(bind)(fd, a, len);
+        if (r == 0)
+            to_kernel(fd, s, "bound with an address that is not IPv4");
+        return r;
     }
     const struct sockaddr_in *in = (const struct sockaddr_in *)a;
     uint32_t ip = ntohl(in->sin_addr.s_addr);
@@ -236,10 +239,12 @@ int ss_sock_connect(int fd, struct ss_sock *s, const struct sockaddr *a, socklen
     if (s->listening)
         return fail(EISCONN);
     if (s->connecting) {
+        /* Linux: the first connect after the handshake ends says 0 (or
+         * the error), later ones EISCONN */
         e = connect_result(s);
         if (e == -EINPROGRESS)
             return fail(EALREADY);
-        return e == 0 ? fail(EISCONN) : fail(-e);
+        return e == 0 ? 0 : fail(-e);
     }
     if (__atomic_load_n(&ss_so(s->slot)->ready, __ATOMIC_ACQUIRE) & SS_CHAN_EV_CONNECTED)
         return fail(EISCONN);
@@ -398,7 +403,7 @@ ssize_t ss_sock_recv(int fd, struct ss_sock *s, const struct iovec *iov, int cnt
             int err = done ? 0 : pending_error(s);
             return err ? fail(-err) : (ssize_t)done;
         }
-        if (done)
+        if (done && (!waitall || (ready & (SS_EV_ERR | SS_EV_HUP))))
             return (ssize_t)done;
         if (ready & (SS_EV_ERR | SS_EV_HUP)) {
             int err = pending_error(s);
@@ -568,9 +573,23 @@ short ss_sock_revents(struct ss_sock *s, short events)
 {
     if (!s->stack)
         return (short)(POLLOUT & events) | POLLHUP; /* an unconnected socket, as on Linux */
-    uint32_t ready = __atomic_load_n(&ss_so(s->slot)->ready, __ATOMIC_ACQUIRE);
+    struct ss_chan_socket *so = ss_so(s->slot);
+    uint32_t ready = __atomic_load_n(&so->ready, __ATOMIC_ACQUIRE);
     if (!s->listening && !s->connecting && !(ready & (SS_CHAN_EV_CONNECTED | SS_CHAN_EV_EOF | SS_EV_ERR)))
         return (short)(POLLOUT & events) | POLLHUP;
-    short r = (short)(ready & (POLLIN | POLLOUT | POLLERR | POLLHUP | POLLRDHUP));
+    short r = (short)(ready & (POLLERR | POLLHUP | POLLRDHUP));
+    if (s->listening) {
+        r |= (short)(ready & POLLIN);
+    } else {
+        /* The rings say now what the instance's word said when it last
+         * looked: the bytes this process took or wrote since count. */
+        bool data = __atomic_load_n(&so->rx.head, __ATOMIC_ACQUIRE) != so->rx.tail;
+        bool room = SS_CHAN_TXBUF - (so->tx.head - __atomic_load_n(&so->tx.tail, __ATOMIC_ACQUIRE)) > 0;
+        if (data || (ready & (SS_CHAN_EV_EOF | SS_EV_ERR | SS_EV_HUP)))
+            r |= POLLIN;
+        /* Linux: writable when there is room, and for good after SHUT_WR */
+        if (((ready & SS_CHAN_EV_CONNECTED) && room && !(ready & SS_EV_ERR)) || s->wr_shut || (ready & SS_EV_HUP))
+            r |= POLLOUT;
+    }
     return (short)(r & (events | POLLERR | POLLHUP));
 }

@@ -143,7 +143,7 @@ static bool pump(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
         return true;
     uint64_t t = now_us();
     /* application -> engine */
-    uint32_t head = __atomic_load_n(&so->tx.head, __ATOMIC_ACQUIRE), tail = so->tx.tail;
+    uint32_t head = __atomic_load_n(&so->tx.head, __ATOMIC_ACQUIRE), tail = so->tx.tail, tail0 = tail;
     if (head - tail > SS_CHAN_TXBUF)
         return false;
     uint8_t *tx = c->base + SS_CHAN_TX_OFF(k);
@@ -172,7 +172,7 @@ static bool pump(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
         return true;
     }
     /* engine -> application */
-    uint32_t rh = so->rx.head, rt = __atomic_load_n(&so->rx.tail, __ATOMIC_ACQUIRE);
+    uint32_t rh = so->rx.head, rt = __atomic_load_n(&so->rx.tail, __ATOMIC_ACQUIRE), rh0 = rh;
     if (rh - rt > SS_CHAN_RXBUF)
         return false;
     uint8_t *rx = c->base + SS_CHAN_RX_OFF(k);
@@ -216,7 +216,9 @@ static bool pump(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
         if (ev & SS_EV_HUP)
             ready |= SS_EV_OUT; /* as on Linux: a dead socket polls writable too */
     }
-    if (ready != __atomic_load_n(&so->ready, __ATOMIC_RELAXED)) {
+    /* An event for every edge: a new state, new bytes, or room made (the
+     * library's epoll in edge-triggered mode reports each). */
+    if (ready != __atomic_load_n(&so->ready, __ATOMIC_RELAXED) || rh != rh0 || tail != tail0) {
         __atomic_store_n(&so->ready, ready, __ATOMIC_RELEASE);
         post_event(c, k);
     }

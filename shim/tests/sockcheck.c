@@ -1,0 +1,303 @@
+/*
+ * sockcheck: one scripted run through the socket calls and their errors,
+ * printing a line per step ("step: result"), so the same run on the kernel
+ * and under libshardsock.so can be compared line for line.
+ *
+ * usage: sockcheck CONNECT_ADDR PORT
+ *   The program listens on 0.0.0.0:PORT and connects to CONNECT_ADDR:PORT:
+ *   on the kernel, 127.0.0.1; under the library, the stack's address (the
+ *   listener's side is the stack's) or the kernel side's (the client's is).
+ *   Ports PORT+1 and PORT+2 must be closed.
+ *
+ * Lines hold only what both runs must agree on: return values, errno
+ * names, byte counts and contents, readiness bits.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+static const char *ename(int e)
+{
+    switch (e) {
+#define E(x) case x: return #x;
+    E(EAGAIN) E(EINPROGRESS) E(EALREADY) E(EISCONN) E(ENOTCONN) E(EPIPE) E(ECONNRESET) E(ECONNREFUSED)
+    E(EBADF) E(EINVAL) E(EADDRINUSE) E(ENOTSOCK) E(EFAULT) E(ENOPROTOOPT) E(EAFNOSUPPORT) E(EOPNOTSUPP)
+    E(EDESTADDRREQ) E(ETIMEDOUT) E(EEXIST) E(ENOENT)
+#undef E
+    default: return "E?";
+    }
+}
+
+static void show(const char *step, long r)
+{
+    if (r < 0)
+        printf("%s: -1 %s\n", step, ename(errno));
+    else
+        printf("%s: %ld\n", step, r);
+    fflush(stdout);
+}
+
+static struct sockaddr_in sin_of(const char *ip, int port)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, ip, &a.sin_addr);
+    return a;
+}
+
+static int sender_fd;
+
+/* a second thread sends while the main thread receives */
+static void *sender(void *data)
+{
+    return (void *)(intptr_t)send(sender_fd, data, 1 << 20, 0);
+}
+
+static int wait_fd(int fd, short ev, int ms)
+{
+    struct pollfd p = {.fd = fd, .events = ev};
+    int r = poll(&p, 1, ms);
+    return r <= 0 ? r : p.revents;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 3) {
+        fprintf(stderr, "usage: sockcheck CONNECT_ADDR PORT\n");
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    const char *peer = argv[1];
+    int port = atoi(argv[2]);
+    struct sockaddr_in any = sin_of("0.0.0.0", port), dst = sin_of(peer, port);
+    struct sockaddr_in closed = sin_of(peer, port + 1);
+    char buf[65536];
+    int one = 1;
+
+    /* --- a listener --- */
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    show("setsockopt SO_REUSEADDR", setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one));
+    show("setsockopt bad level", setsockopt(l, 12345, 1, &one, sizeof one));
+    show("setsockopt short", setsockopt(l, IPPROTO_TCP, TCP_NODELAY, &one, 1));
+    show("bind short addrlen", bind(l, (struct sockaddr *)&any, 4));
+    show("bind", bind(l, (struct sockaddr *)&any, sizeof any));
+    show("bind again", bind(l, (struct sockaddr *)&any, sizeof any));
+    show("accept before listen", accept(l, NULL, NULL));
+    show("listen", listen(l, 16));
+    show("getpeername listener", getpeername(l, (struct sockaddr *)&(struct sockaddr_in){0}, &(socklen_t){16}));
+    int acc = 0;
+    socklen_t al = sizeof acc;
+    getsockopt(l, SOL_SOCKET, SO_ACCEPTCONN, &acc, &al);
+    printf("SO_ACCEPTCONN: %d\n", acc);
+    show("recv on listener", recv(l, buf, 1, MSG_DONTWAIT));
+    show("send on listener", send(l, "x", 1, MSG_NOSIGNAL));
+    fcntl(l, F_SETFL, fcntl(l, F_GETFL) | O_NONBLOCK);
+    show("accept nothing waiting", accept(l, NULL, NULL));
+    struct sockaddr_in got;
+    socklen_t gl = sizeof got;
+    getsockname(l, (struct sockaddr *)&got, &gl);
+    printf("getsockname listener: len %u port ok %d\n", gl, ntohs(got.sin_port) == port);
+
+    /* --- misuse of an unconnected socket --- */
+    int u = socket(AF_INET, SOCK_STREAM, 0);
+    show("send unconnected", send(u, "x", 1, MSG_NOSIGNAL));
+    show("recv unconnected", recv(u, buf, 1, 0));
+    show("getpeername unconnected", getpeername(u, (struct sockaddr *)&got, &gl));
+    show("shutdown unconnected", shutdown(u, SHUT_WR));
+    show("connect short addrlen", connect(u, (struct sockaddr *)&dst, 8));
+    struct sockaddr_in6 v6 = {.sin6_family = AF_INET6};
+    show("connect wrong family", connect(u, (struct sockaddr *)&v6, sizeof v6));
+    show("connect refused", connect(u, (struct sockaddr *)&closed, sizeof closed));
+    close(u);
+    show("close closed", close(u));
+    show("send bad fd", send(9999, "x", 1, 0));
+
+    /* --- a non-blocking connect --- */
+    int c = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    int r = connect(c, (struct sockaddr *)&dst, sizeof dst);
+    printf("connect nonblocking: %s\n", r == 0 ? "0" : ename(errno));
+    int rev = wait_fd(c, POLLOUT, 5000);
+    printf("poll connecting: out %d err %d\n", !!(rev & POLLOUT), !!(rev & POLLERR));
+    int err = -1;
+    socklen_t el = sizeof err;
+    show("getsockopt SO_ERROR", getsockopt(c, SOL_SOCKET, SO_ERROR, &err, &el));
+    printf("SO_ERROR: %d\n", err);
+    show("connect again", connect(c, (struct sockaddr *)&dst, sizeof dst));
+    wait_fd(l, POLLIN, 5000);
+    int s = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+    printf("accept4: %s\n", s >= 0 ? "fd" : ename(errno));
+    printf("accepted cloexec: %d\n", (fcntl(s, F_GETFD) & FD_CLOEXEC) != 0);
+    int type = 0;
+    socklen_t tl = sizeof type;
+    getsockopt(s, SOL_SOCKET, SO_TYPE, &type, &tl);
+    printf("SO_TYPE stream: %d\n", type == SOCK_STREAM);
+
+    /* --- bytes both ways --- */
+    show("send 5", send(c, "hello", 5, 0));
+    wait_fd(s, POLLIN, 5000);
+    int avail = -1;
+    ioctl(s, FIONREAD, &avail);
+    printf("FIONREAD: %d\n", avail);
+    memset(buf, 0, sizeof buf);
+    show("recv peek", recv(s, buf, sizeof buf, MSG_PEEK));
+    printf("peeked: %s\n", buf);
+    memset(buf, 0, sizeof buf);
+    show("read", read(s, buf, 2));
+    printf("read: %s\n", buf);
+    struct iovec iv[2] = {{buf, 1}, {buf + 1, 10}};
+    memset(buf, 0, sizeof buf);
+    show("readv", readv(s, iv, 2));
+    printf("readv: %s\n", buf);
+    show("recv empty nonblocking", recv(s, buf, 1, MSG_DONTWAIT));
+    struct iovec ov[3] = {{"ab", 2}, {"", 0}, {"cde", 3}};
+    show("writev", writev(s, ov, 3));
+    struct msghdr mh = {.msg_iov = ov, .msg_iovlen = 3};
+    show("sendmsg", sendmsg(s, &mh, 0));
+    wait_fd(c, POLLIN, 5000);
+    memset(buf, 0, sizeof buf);
+    ssize_t n = 0;
+    while (n < 10) {
+        ssize_t k = recv(c, buf + n, sizeof buf - (size_t)n, 0);
+        if (k <= 0) {
+            if (k < 0 && errno == EAGAIN) {
+                wait_fd(c, POLLIN, 5000);
+                continue;
+            }
+            break;
+        }
+        n += k;
+    }
+    printf("client got %zd: %s\n", n, buf);
+    /* 1 MB through, blocking sender, MSG_WAITALL receiver */
+    fcntl(c, F_SETFL, fcntl(c, F_GETFL) & ~O_NONBLOCK);
+    static char big[1 << 20], back[1 << 20];
+    for (size_t i = 0; i < sizeof big; i++)
+        big[i] = (char)(i * 7 + i / 251);
+    pthread_t th;
+    sender_fd = c;
+    pthread_create(&th, NULL, sender, big);
+    show("recv waitall 1MB", recv(s, back, sizeof back, MSG_WAITALL));
+    printf("1MB same: %d\n", memcmp(big, back, sizeof big) == 0);
+    void *sent;
+    pthread_join(th, &sent);
+    printf("sender sent all: %d\n", (ssize_t)(intptr_t)sent == (ssize_t)sizeof big);
+
+    /* --- readiness: select and epoll --- */
+    fd_set rs;
+    FD_ZERO(&rs);
+    FD_SET(s, &rs);
+    struct timeval tv = {0, 100000};
+    show("select nothing", select(s + 1, &rs, NULL, NULL, &tv));
+    show("send 1", send(c, "z", 1, 0));
+    FD_ZERO(&rs);
+    FD_SET(s, &rs);
+    tv = (struct timeval){5, 0};
+    show("select readable", select(s + 1, &rs, NULL, NULL, &tv));
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.u32 = 42}, out[4];
+    show("epoll_ctl add", epoll_ctl(ep, EPOLL_CTL_ADD, s, &ev));
+    show("epoll_ctl add again", epoll_ctl(ep, EPOLL_CTL_ADD, s, &ev));
+    show("epoll_ctl mod missing", epoll_ctl(ep, EPOLL_CTL_MOD, c, &ev));
+    r = epoll_wait(ep, out, 4, 1000);
+    printf("epoll ET first: %d data %u in %d\n", r, r > 0 ? out[0].data.u32 : 0, r > 0 && (out[0].events & EPOLLIN));
+    show("epoll ET again", epoll_wait(ep, out, 4, 50));
+    recv(s, buf, 1, 0);
+    ev.events = EPOLLIN | EPOLLONESHOT;
+    show("epoll_ctl mod oneshot", epoll_ctl(ep, EPOLL_CTL_MOD, s, &ev));
+    send(c, "yy", 2, 0);
+    show("epoll oneshot", epoll_wait(ep, out, 4, 1000));
+    show("epoll oneshot disabled", epoll_wait(ep, out, 4, 50));
+    ev.events = EPOLLIN;
+    epoll_ctl(ep, EPOLL_CTL_MOD, s, &ev);
+    show("epoll level", epoll_wait(ep, out, 4, 1000));
+    show("epoll level still", epoll_wait(ep, out, 4, 1000));
+    recv(s, buf, 2, 0);
+    show("epoll drained", epoll_wait(ep, out, 4, 50));
+    show("epoll_ctl del", epoll_ctl(ep, EPOLL_CTL_DEL, s, NULL));
+    close(ep);
+
+    /* --- half-close, end of stream, resets --- */
+    show("shutdown bad how", shutdown(c, 7));
+    show("shutdown wr", shutdown(c, SHUT_WR));
+    show("send after shutdown", send(c, "x", 1, MSG_NOSIGNAL));
+    wait_fd(s, POLLIN, 5000);
+    show("recv eof", recv(s, buf, 10, 0));
+    show("recv eof again", recv(s, buf, 10, 0));
+    show("send to half-closed", send(s, "back", 4, 0));
+    wait_fd(c, POLLIN, 5000);
+    memset(buf, 0, sizeof buf);
+    show("recv after own shutdown", recv(c, buf, 10, 0));
+    printf("got: %s\n", buf);
+    close(s);
+    wait_fd(c, POLLIN, 5000);
+    show("recv peer closed", recv(c, buf, 10, 0));
+    close(c);
+
+    /* close with unread data resets the peer */
+    c = socket(AF_INET, SOCK_STREAM, 0);
+    show("connect blocking", connect(c, (struct sockaddr *)&dst, sizeof dst));
+    wait_fd(l, POLLIN, 5000);
+    s = accept(l, NULL, NULL);
+    send(c, "unread", 6, 0);
+    wait_fd(s, POLLIN, 5000);
+    close(s);
+    wait_fd(c, POLLIN, 5000);
+    usleep(100000);
+    show("recv after peer reset", recv(c, buf, 10, 0));
+    show("recv after reset again", recv(c, buf, 10, 0));
+    show("send after reset", send(c, "x", 1, MSG_NOSIGNAL));
+    close(c);
+
+    /* SO_LINGER zero: close sends a reset */
+    c = socket(AF_INET, SOCK_STREAM, 0);
+    connect(c, (struct sockaddr *)&dst, sizeof dst);
+    wait_fd(l, POLLIN, 5000);
+    s = accept(l, NULL, NULL);
+    struct linger lg = {1, 0};
+    show("setsockopt SO_LINGER 0", setsockopt(c, SOL_SOCKET, SO_LINGER, &lg, sizeof lg));
+    close(c);
+    wait_fd(s, POLLIN, 5000);
+    usleep(100000);
+    show("recv after linger reset", recv(s, buf, 10, 0));
+    close(s);
+
+    /* SO_RCVTIMEO */
+    c = socket(AF_INET, SOCK_STREAM, 0);
+    connect(c, (struct sockaddr *)&dst, sizeof dst);
+    struct timeval to = {0, 200000};
+    setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &to, sizeof to);
+    show("recv timeout", recv(c, buf, 1, 0));
+    wait_fd(l, POLLIN, 5000);
+    s = accept(l, NULL, NULL);
+    struct tcp_info ti;
+    socklen_t til = sizeof ti;
+    getsockopt(s, IPPROTO_TCP, TCP_INFO, &ti, &til);
+    printf("TCP_INFO established: %d\n", ti.tcpi_state == 1);
+    /* dup: the connection lives while a descriptor holds it */
+    int d = dup(s);
+    close(s);
+    show("send on dup", send(d, "dup", 3, 0));
+    wait_fd(c, POLLIN, 5000);
+    memset(buf, 0, sizeof buf);
+    show("recv from dup", recv(c, buf, 10, 0));
+    printf("got: %s\n", buf);
+    close(d);
+    close(c);
+    close(l);
+    printf("done\n");
+    return 0;
+}
