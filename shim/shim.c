@@ -653,15 +653,16 @@ static int hook_fcntl64(int fd, int cmd, long arg) { return fcntl_common(REAL(fc
 static int hook_ioctl(int fd, unsigned long req, long arg)
 {
     struct ss_sock *s = ss_lookup(fd);
-    if (!s || !s->stack)
-        return REAL(ioctl)(fd, req, arg);
-    switch (req) {
-    case FIONBIO: {
+    if (s && req == FIONBIO) {
+        /* undecided sockets too: the mode must survive the decision */
         int r = REAL(ioctl)(fd, req, arg);
         if (r == 0)
             s->nonblock = *(int *)arg != 0;
         return r;
     }
+    if (!s || !s->stack)
+        return REAL(ioctl)(fd, req, arg);
+    switch (req) {
     case FIONREAD: /* also SIOCINQ */
         if (s->listening) {
             errno = EINVAL;
