@@ -24,7 +24,7 @@ DAEMON_HDR := $(wildcard core/netdev/*.h core/daemon/*.h core/include/shardsock/
 ASAN_MOD    = $(BUILD)/asan/_engine.so
 PYTEST      = $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: help setup build test test-engine test-engine-sanitized test-preload check-engine-symbols demo bench bench-engine bench-instances clean
+.PHONY: help setup build test test-engine test-engine-sanitized test-shim test-preload soak check-engine-symbols demo bench bench-engine bench-instances clean
 
 help: ## list the targets
 	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-24s %s\n", $$1, $$2}'
@@ -118,10 +118,15 @@ test-engine-sanitized: build ## the same tests against the ASan+UBSan builds of 
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	SHARDSOCK_SANITIZED=1 $(PYTEST) core/tests
 
+test-shim: build ## the preload library: programs on the kernel and under the library, compared (also against the sanitized shardsockd)
+	$(PYTEST) shim/tests
+	SHARDSOCKD=$(CURDIR)/$(BUILD)/shardsockd-san ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 $(PYTEST) shim/tests
+
 test-preload: build ## the management layer's tests
 	$(PYTEST) preload/tests
 
-test: setup build check-engine-symbols test-engine test-engine-sanitized test-preload ## setup, build, then every test
+test: setup build check-engine-symbols test-engine test-engine-sanitized test-shim test-preload ## setup, build, then every test
 
 soak: build ## long runs: 100 MB each way across the impaired link (loss, duplication, reordering, delay), every backend
 	SHARDSOCK_IMPAIRED_MB=100 $(PYTEST) core/tests/test_instances_impaired.py -k echo

@@ -1,0 +1,216 @@
+"""libshardsock.so against the kernel: the same programs run on the
+kernel's sockets and under the library, with identical results, and the
+instances' counters prove the sockets meant to be accelerated were.
+
+Each test brings a group up on a tap device in a namespace it creates (two
+instances on this machine), runs the programs there with `shardsock run`,
+and takes everything down again.  Under the library a program's servers
+listen on 0.0.0.0 (the stack and the kernel both) and its clients connect
+either to the stack's address (the server side is the stack's; the client
+is a kernel socket reaching it through the tap) or to the kernel side's
+(the client is the stack's)."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from topology import Netns  # noqa: E402
+
+BUILD = os.path.join(ROOT, "build")
+RUN_DIR = "/run/shardsock-shimtest"
+STACK, HOST = "198.18.0.2", "198.18.0.1"
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and tap devices")
+
+
+class Group:
+    def __init__(self, ns):
+        self.ns = ns
+        self.name = "s%d" % os.getpid()
+        self.args = ["--group", self.name, "--run-dir", RUN_DIR]
+        r = ns.shardsock("up", *self.args, "--echo", "7")
+        assert r.returncode == 0, r.stderr
+
+    def run(self, *cmd, timeout=120, verbose=False):
+        """A program under the library; returns the CompletedProcess."""
+        extra = ["--verbose"] if verbose else []
+        return self.ns.run([sys.executable, "-m", "preload.cli", "run", *self.args, *extra, "--", *cmd],
+                           timeout=timeout, env=dict(os.environ, PYTHONPATH=ROOT))
+
+    def counters(self):
+        r = self.ns.shardsock("stat", *self.args, "--json")
+        return [i["counters"] for i in json.loads(r.stdout)["instances"]]
+
+    def total(self, name):
+        return sum(c[name] for c in self.counters())
+
+    def down(self):
+        return self.ns.shardsock("down", *self.args)
+
+
+@pytest.fixture
+def group():
+    ns = Netns()
+    g = None
+    try:
+        g = Group(ns)
+        yield g
+    finally:
+        if g is not None:
+            assert g.down().returncode == 0
+        ns.delete()
+        assert not [f for f in os.listdir("/dev/shm") if f.startswith("shardsock-%s-" % g.name)] if g else True
+
+
+def kernel_run(ns, *cmd, timeout=120):
+    return ns.run(list(cmd), timeout=timeout)
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_sockcheck_same_as_the_kernel(group, side):
+    """Every call of the scripted run, errno for errno."""
+    ref = kernel_run(group.ns, os.path.join(BUILD, "sockcheck"), "127.0.0.1", "47001")
+    assert ref.returncode == 0, ref.stderr
+    before = group.total("tcp_passive_opens" if side == "server" else "tcp_active_opens")
+    r = group.run(os.path.join(BUILD, "sockcheck"), STACK if side == "server" else HOST, "47001")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ref.stdout.splitlines()
+    after = group.total("tcp_passive_opens" if side == "server" else "tcp_active_opens")
+    assert after - before >= 4, "the %s sockets were not the stack's" % side
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_python_socket_layers_same_as_the_kernel(group, side):
+    """Blocking and non-blocking sockets, timeouts, the three selectors,
+    asyncio streams, a threading socketserver, http.server with urllib."""
+    prog = os.path.join(HERE, "pyprog.py")
+    ref = kernel_run(group.ns, sys.executable, prog, "127.0.0.1", "47100")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    before = group.total("tcp_passive_opens" if side == "server" else "tcp_active_opens")
+    r = group.run(sys.executable, prog, STACK if side == "server" else HOST, "47100")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout) == json.loads(ref.stdout)
+    after = group.total("tcp_passive_opens" if side == "server" else "tcp_active_opens")
+    assert after - before >= 12, "the %s sockets were not the stack's" % side
+
+
+def test_http_server_serves_curl_through_the_stack(group):
+    """The issue's acceptance: `shardsock run -- python3 -m http.server`
+    serves curl at the stack's address."""
+    port = "8000"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    srv = subprocess.Popen(["ip", "netns", "exec", group.ns.name, sys.executable, "-m", "preload.cli", "run",
+                            *group.args, "--", sys.executable, "-m", "http.server", port, "--directory", HERE],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    try:
+        before = group.total("tcp_passive_opens")
+        body = None
+        for _ in range(50):
+            r = group.ns.run(["curl", "-sS", "-m", "5", "http://%s:%s/pyprog.py" % (STACK, port)], timeout=20)
+            if r.returncode == 0:
+                body = r.stdout
+                break
+            time.sleep(0.1)
+        with open(os.path.join(HERE, "pyprog.py")) as f:
+            assert body == f.read()
+        assert group.total("tcp_passive_opens") > before
+        assert group.total("chan_attaches") >= 1
+    finally:
+        srv.terminate()
+        srv.wait(10)
+
+
+def test_other_sockets_stay_the_kernels(group):
+    """UDP, AF_UNIX, loopback TCP: the kernel's, working, unaccelerated."""
+    code = r"""
+import json, socket
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 0))
+v = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); v.sendto(b"udp", u.getsockname())
+a, b = socket.socketpair()
+a.sendall(b"unix")
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
+c = socket.create_connection(l.getsockname()); s, _ = l.accept(); c.sendall(b"loop")
+print(json.dumps([u.recv(10).decode(), b.recv(10).decode(), s.recv(10).decode()]))
+"""
+    before = group.counters()
+    r = group.run(sys.executable, "-c", code, verbose=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == ["udp", "unix", "loop"]
+    assert "stays on the kernel" in r.stderr   # the loopback TCP socket, and why
+    after = group.counters()
+    for b, a in zip(before, after):
+        assert a["tcp_passive_opens"] == b["tcp_passive_opens"] and a["tcp_active_opens"] == b["tcp_active_opens"]
+
+
+def test_no_instance_means_the_kernel():
+    """With no group up, a program under the library runs on the kernel
+    and, when asked, says why."""
+    ns = Netns()
+    try:
+        code = ("import socket; l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(); "
+                "c = socket.create_connection(l.getsockname()); s, _ = l.accept(); c.sendall(b'ok'); "
+                "print(s.recv(2).decode())")
+        r = ns.run([sys.executable, "-m", "preload.cli", "run", "--group", "nothing", "--run-dir", RUN_DIR,
+                    "--verbose", "--", sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=ROOT))
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == "ok"
+        assert "no instance" in r.stderr
+    finally:
+        ns.delete()
+
+
+def test_a_crashed_program_leaves_the_instance_clean(group):
+    """A process killed with connections open: the instance closes them
+    (the peer sees them end) and keeps serving."""
+    code = r"""
+import os, signal, socket, sys
+c = socket.create_connection((sys.argv[1], 7), timeout=10)
+c.sendall(b"hi"); assert c.recv(2) == b"hi"
+print("connected", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    # a kernel echo server on the kernel side: what the killed client talks to
+    echo = subprocess.Popen(["ip", "netns", "exec", group.ns.name, sys.executable, "-c", KERNEL_ECHO],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert echo.stdout.readline().strip() == "listening"
+        r = group.run(sys.executable, "-c", code.replace(", 7)", ", 47200)"), HOST)
+        assert "connected" in r.stdout and r.returncode == -9
+        deadline = time.time() + 5
+        while time.time() < deadline and group.total("chan_detaches") < group.total("chan_attaches"):
+            time.sleep(0.1)
+        assert group.total("chan_detaches") == group.total("chan_attaches")
+        # the kernel's end saw the connection end, and the instance still serves
+        assert echo.stdout.readline().strip() == "closed"
+        r = group.run(sys.executable, "-c", "import socket; c = socket.create_connection(('%s', 47200), "
+                      "timeout=10); c.sendall(b'again'); print(c.recv(5).decode())" % HOST)
+        assert r.stdout.strip() == "again", r.stderr
+    finally:
+        echo.kill()
+        echo.wait()
+
+
+# Echoes each connection in turn on 0.0.0.0:47200, saying "closed" when one ends.
+KERNEL_ECHO = r"""
+import socket
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("0.0.0.0", 47200)); l.listen()
+print("listening", flush=True)
+while True:
+    c, _ = l.accept()
+    try:
+        while True:
+            b = c.recv(65536)
+            if not b:
+                break
+            c.sendall(b)
+    except ConnectionResetError:
+        pass
+    c.close()
+    print("closed", flush=True)
+"""
