@@ -161,13 +161,15 @@ static bool attach_locked(void)
 
 bool ss_attach(void)
 {
-    if (__atomic_load_n(&ss_ch.state, __ATOMIC_ACQUIRE) != 0)
-        return ss_ch.state == 1;
+    if (__atomic_load_n(&ss_ch.state, __ATOMIC_ACQUIRE) == SS_CH_INHERITED)
+        ss_adopt_inherited();
+    if (__atomic_load_n(&ss_ch.state, __ATOMIC_ACQUIRE) != SS_CH_UNTRIED)
+        return ss_ch.state == SS_CH_ATTACHED;
     pthread_mutex_lock(&ss_ch.lock);
-    if (ss_ch.state == 0)
-        __atomic_store_n(&ss_ch.state, attach_locked() ? 1 : -1, __ATOMIC_RELEASE);
+    if (ss_ch.state == SS_CH_UNTRIED)
+        __atomic_store_n(&ss_ch.state, attach_locked() ? SS_CH_ATTACHED : SS_CH_NONE, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&ss_ch.lock);
-    return ss_ch.state == 1;
+    return ss_ch.state == SS_CH_ATTACHED;
 }
 
 static void wake_instance(void)
@@ -182,13 +184,13 @@ static void wake_instance(void)
 
 /* The instance's control connection closes when it dies: then every
  * accelerated call fails instead of waiting forever. */
-static bool instance_alive(void)
+bool ss_instance_alive(void)
 {
-    if (ss_ch.state == -2)
+    if (ss_ch.state == SS_CH_DEAD)
         return false;
     struct pollfd p = {.fd = ss_ch.ctl, .events = POLLRDHUP};
     if (REAL(poll)(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
-        ss_ch.state = -2;
+        ss_ch.state = SS_CH_DEAD;
         ss_verbose("shardsock: the instance is gone; its sockets fail with ECONNRESET");
         return false;
     }
@@ -210,7 +212,7 @@ static int sleep_on_instance(uint32_t seen, int timeout_ms)
 
 int ss_request(uint32_t op, uint32_t slot, int64_t a0, int64_t a1, int64_t *o0, int64_t *o1)
 {
-    if (ss_ch.state != 1)
+    if (ss_ch.state != SS_CH_ATTACHED)
         return -ECONNRESET;
     pthread_mutex_lock(&ss_ch.lock);
     struct ss_chan_region *r = ss_ch.r;
@@ -240,7 +242,7 @@ int ss_request(uint32_t op, uint32_t slot, int64_t a0, int64_t a1, int64_t *o0, 
         if (__atomic_load_n(&r->rep.seq, __ATOMIC_ACQUIRE) != seq)
             sleep_on_instance(seen, 100);
         __atomic_sub_fetch(&r->app_sleeping, 1, __ATOMIC_SEQ_CST);
-        if (__atomic_load_n(&r->rep.seq, __ATOMIC_ACQUIRE) != seq && !instance_alive())
+        if (__atomic_load_n(&r->rep.seq, __ATOMIC_ACQUIRE) != seq && !ss_instance_alive())
             break;
     }
     pthread_mutex_unlock(&ss_ch.lock);
@@ -284,19 +286,12 @@ int ss_wait(uint32_t slot, uint32_t mask, uint64_t deadline_ms)
         __atomic_sub_fetch(&r->app_sleeping, 1, __ATOMIC_SEQ_CST);
         if (e == -EINTR)
             return -EINTR;
-        if (!instance_alive())
+        if (!ss_instance_alive())
             return -ECONNRESET;
     }
 }
 
-void ss_wait_news(int timeout_ms)
-{
-    struct ss_chan_region *r = ss_ch.r;
-    uint32_t seen = __atomic_load_n(&r->app_wake_seq, __ATOMIC_ACQUIRE);
-    __atomic_add_fetch(&r->app_sleeping, 1, __ATOMIC_SEQ_CST);
-    sleep_on_instance(seen, timeout_ms);
-    __atomic_sub_fetch(&r->app_sleeping, 1, __ATOMIC_SEQ_CST);
-}
+int ss_sleep_since(uint32_t seen, int timeout_ms) { return sleep_on_instance(seen, timeout_ms); }
 
 /* ---- the descriptor table ---- */
 
@@ -765,25 +760,71 @@ static int hook_epoll_pwait2(int ep, struct epoll_event *ev, int max, const stru
     return ss_epoll_wait(ep, ev, max, ts_ms(t), m);
 }
 
-/* fork: the child shares the parent's channel mapping but must not speak
- * on it (one mailbox, one lock per process).  Until a child gets a channel
- * of its own (issue 4, open), it keeps the kernel sockets it inherited and
- * its accelerated ones fail with ECONNRESET instead of corrupting the
- * parent's. */
-static void child_forgets_channel(void)
-{
-    if (ss_ch.state == 1 && ss_ch.pid != getpid()) {
-        ss_ch.state = -2;
-        pthread_mutex_init(&ss_ch.lock, NULL);
-    }
-}
+/* fork: the child must not speak on its parent's channel (one mailbox per
+ * process).  It attaches a channel of its own and adopts every socket it
+ * inherited (SS_OP_ADOPT), at its first socket call: a child that only
+ * execs pays nothing.  Each socket then closes with its last holder. */
+static struct {
+    struct ss_chan_region *r;
+    uint8_t *base;
+    int ctl, app_bell, inst_bell;
+} parent;
+static pthread_mutex_t adopt_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static pid_t hook_fork(void)
 {
     pid_t p = REAL(fork)();
-    if (p == 0)
-        child_forgets_channel();
-    return p;
+    if (p != 0 || ss_ch.state != SS_CH_ATTACHED)
+        return p;
+    /* the child: one thread, locks as the fork found them */
+    pthread_mutex_init(&ss_ch.lock, NULL);
+    pthread_mutex_init(&fd_lock, NULL);
+    pthread_mutex_init(&adopt_lock, NULL);
+    parent.r = ss_ch.r;
+    parent.base = ss_ch.base;
+    parent.ctl = ss_ch.ctl;
+    parent.app_bell = ss_ch.app_bell;
+    parent.inst_bell = ss_ch.inst_bell;
+    __atomic_store_n(&ss_ch.state, SS_CH_INHERITED, __ATOMIC_RELEASE);
+    return 0;
+}
+
+void ss_adopt_inherited(void)
+{
+    pthread_mutex_lock(&adopt_lock);
+    if (ss_ch.state != SS_CH_INHERITED) {
+        pthread_mutex_unlock(&adopt_lock);
+        return;
+    }
+    uint64_t from = (uint64_t)parent.r->channel << 32, token = parent.r->token;
+    pthread_mutex_lock(&ss_ch.lock);
+    bool ok = attach_locked();
+    pthread_mutex_unlock(&ss_ch.lock);
+    __atomic_store_n(&ss_ch.state, ok ? SS_CH_ATTACHED : SS_CH_DEAD, __ATOMIC_RELEASE);
+    /* each socket once, whatever number of descriptors share it */
+    static const uint32_t moved = 0x80000000u;
+    for (int fd = 0; ok && fd < SS_FD_MAX; fd++) {
+        struct ss_sock *s = ss_fds[fd];
+        if (!s || !s->stack || (s->slot & moved))
+            continue;
+        int slot = ss_request(SS_OP_ADOPT, 0, (int64_t)(from | s->slot), (int64_t)token, NULL, NULL);
+        if (slot < 0) {
+            ss_verbose("shardsock: a forked child could not adopt a socket: %s", strerror(-slot));
+            s->stack = false; /* its kernel socket answers from now on (ENOTCONN) */
+            continue;
+        }
+        s->slot = (uint32_t)slot | moved;
+    }
+    for (int fd = 0; fd < SS_FD_MAX; fd++)
+        if (ss_fds[fd] && (ss_fds[fd]->slot & moved))
+            ss_fds[fd]->slot &= ~moved;
+    munmap(parent.base, SS_CHAN_SIZE);
+    REAL(close)(parent.ctl);
+    REAL(close)(parent.app_bell);
+    REAL(close)(parent.inst_bell);
+    if (ok)
+        ss_epoll_after_fork();
+    pthread_mutex_unlock(&adopt_lock);
 }
 
 /* vfork's child shares the parent's memory and may only exec or _exit:

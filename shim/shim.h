@@ -50,15 +50,17 @@ struct ss_sock {
 #define SS_FD_MAX 65536
 extern struct ss_sock *ss_fds[SS_FD_MAX];
 
-static inline struct ss_sock *ss_lookup(int fd)
-{
-    return fd >= 0 && fd < SS_FD_MAX ? __atomic_load_n(&ss_fds[fd], __ATOMIC_ACQUIRE) : NULL;
-}
-
 /* The channel to the instance, attached on the first IPv4 TCP socket. */
+enum {
+    SS_CH_UNTRIED = 0,
+    SS_CH_ATTACHED = 1,
+    SS_CH_INHERITED = 3,    /* a forked child: adopts its parent's sockets at first use */
+    SS_CH_NONE = -1,        /* no instance: everything is the kernel's */
+    SS_CH_DEAD = -2,        /* the instance died */
+};
 struct ss_channel {
     pthread_mutex_t lock;   /* the request mailbox, the kick ring, the event ring */
-    int state;              /* 0 not tried, 1 attached, -1 unavailable, -2 instance died */
+    int state;              /* SS_CH_* */
     pid_t pid;              /* the process that attached */
     struct ss_chan_region *r;
     uint8_t *base;
@@ -66,6 +68,14 @@ struct ss_channel {
     uint32_t seq;
 };
 extern struct ss_channel ss_ch;
+void ss_adopt_inherited(void);
+
+static inline struct ss_sock *ss_lookup(int fd)
+{
+    if (__builtin_expect(ss_ch.state == SS_CH_INHERITED, 0))
+        ss_adopt_inherited();
+    return fd >= 0 && fd < SS_FD_MAX ? __atomic_load_n(&ss_fds[fd], __ATOMIC_ACQUIRE) : NULL;
+}
 
 bool ss_attach(void);       /* true once attached */
 int ss_request(uint32_t op, uint32_t slot, int64_t a0, int64_t a1, int64_t *o0, int64_t *o1);
@@ -73,8 +83,12 @@ void ss_kick(uint32_t slot);
 /* Waits until the socket's readiness has a bit of mask, the deadline
  * passes (-ETIMEDOUT; deadline 0: none) or a signal arrives (-EINTR). */
 int ss_wait(uint32_t slot, uint32_t mask, uint64_t deadline_ms);
-/* Blocks until the instance posts news, at most timeout_ms (-1: forever). */
-void ss_wait_news(int timeout_ms);
+/* Sleeps until the instance's wake sequence moves past seen (read before
+ * the caller last looked at the sockets, with app_sleeping raised), at
+ * most timeout_ms (-1: forever).  -EINTR on a signal. */
+int ss_sleep_since(uint32_t seen, int timeout_ms);
+/* False once the instance is gone (its control connection closed). */
+bool ss_instance_alive(void);
 uint64_t ss_now_ms(void);
 void ss_verbose(const char *fmt, ...);
 void ss_count_fallback(const char *why);
@@ -104,5 +118,8 @@ int ss_epoll_ctl(int ep, int op, int fd, struct epoll_event *ev);
 int ss_epoll_wait(int ep, struct epoll_event *ev, int max, int timeout_ms, const sigset_t *mask);
 void ss_epoll_forget(int fd);   /* a descriptor closed: leave every interest list */
 void ss_epoll_close(int ep);    /* an epoll descriptor closed */
+/* After a forked child adopted its sockets: their new numbers, and the
+ * child's doorbell in its (shared) epoll sets. */
+void ss_epoll_after_fork(void);
 
 #endif

@@ -442,7 +442,7 @@ int ss_sock_shutdown(int fd, struct ss_sock *s, int how)
 int ss_sock_close(int fd, struct ss_sock *s)
 {
     (void)fd;
-    if (s->stack && ss_ch.state == 1)
+    if (s->stack && ss_ch.state == SS_CH_ATTACHED)
         ss_request(SS_OP_CLOSE, s->slot, 0, 0, NULL, NULL);
     return 0;
 }

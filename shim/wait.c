@@ -38,7 +38,7 @@ static void drain_bell(void)
 static struct ss_sock *accelerated(int fd)
 {
     struct ss_sock *s = ss_lookup(fd);
-    return s && s->stack && ss_ch.state == 1 ? s : NULL;
+    return s && s->stack && ss_ch.state == SS_CH_ATTACHED ? s : NULL;
 }
 
 static int real_wait(struct pollfd *p, nfds_t n, int timeout_ms, const sigset_t *mask)
@@ -81,6 +81,7 @@ int ss_poll(struct pollfd *p, nfds_t n, int timeout_ms, const sigset_t *mask)
             }
         }
         bool sleep = total == 0 && timeout_ms != 0;
+        uint32_t seen = __atomic_load_n(&ss_ch.r->app_wake_seq, __ATOMIC_ACQUIRE);
         if (sleep) {
             __atomic_add_fetch(&ss_ch.r->app_sleeping, 1, __ATOMIC_SEQ_CST);
             for (nfds_t i = 0; i < n && !total; i++) {
@@ -100,6 +101,34 @@ int ss_poll(struct pollfd *p, nfds_t n, int timeout_ms, const sigset_t *mask)
                 uint64_t now = ss_now_ms();
                 left = now >= until ? 0 : (int)(until - now);
             }
+            if (m == 0 && !mask) {
+                /* Only the stack's sockets: sleep on the wake sequence,
+                 * which cannot miss a wake-up however many threads wait. */
+                int e = ss_sleep_since(seen, left < 0 || left > 1000 ? 1000 : left);
+                __atomic_sub_fetch(&ss_ch.r->app_sleeping, 1, __ATOMIC_SEQ_CST);
+                if (!ss_instance_alive())
+                    continue; /* its sockets now poll as the kernel's dead ones */
+                if (e == -EINTR) {
+                    total = -1;
+                    errno = EINTR;
+                    break;
+                }
+                if (until && ss_now_ms() >= until) {
+                    total = 0;
+                    for (nfds_t i = 0; i < n; i++) {
+                        struct ss_sock *s = accelerated(p[i].fd);
+                        if (s && (p[i].revents = ss_sock_revents(s, p[i].events)))
+                            total++;
+                    }
+                    break;
+                }
+                continue;
+            }
+            /* Kernel descriptors too: the doorbell.  Another thread may
+             * drain it first; a waiter among several wakes at least every
+             * 100 ms to look again. */
+            if (__atomic_load_n(&ss_ch.r->app_sleeping, __ATOMIC_RELAXED) > 1 && (left < 0 || left > 100))
+                left = 100;
             kp[m] = (struct pollfd){.fd = ss_ch.app_bell, .events = POLLIN};
         }
         int r = real_wait(kp, m + (sleep ? 1 : 0), left, mask);
@@ -129,7 +158,7 @@ int ss_poll(struct pollfd *p, nfds_t n, int timeout_ms, const sigset_t *mask)
                 if (s && (p[i].revents = ss_sock_revents(s, p[i].events)))
                     total++;
             }
-            if (total || left == 0)
+            if (total || (until && ss_now_ms() >= until))
                 break;
         }
     }
@@ -434,7 +463,7 @@ int ss_epoll_wait(int ep, struct epoll_event *ev, int max, int timeout_ms, const
     if (max <= 0)
         return fail(EINVAL);
     pthread_mutex_lock(&ep_lock);
-    struct ep_set *set = ss_ch.state == 1 ? find_set(ep, false) : NULL;
+    struct ep_set *set = ss_ch.state == SS_CH_ATTACHED ? find_set(ep, false) : NULL;
     pthread_mutex_unlock(&ep_lock);
     if (!set)
         return mask ? REAL(epoll_pwait)(ep, ev, max, timeout_ms, mask) : REAL(epoll_wait)(ep, ev, max, timeout_ms);
@@ -478,5 +507,22 @@ int ss_epoll_wait(int ep, struct epoll_event *ev, int max, int timeout_ms, const
             drain_bell();
         if (out || !sleep || (left == 0 && !rang) || (until && ss_now_ms() >= until))
             return out;
+    }
+}
+
+void ss_epoll_after_fork(void)
+{
+    pthread_mutex_init(&ep_lock, NULL);
+    memset(by_slot, 0, sizeof by_slot);
+    for (struct ep_set *set = sets; set; set = set->next) {
+        for (struct ep_item *it = set->items; it; it = it->next_in_set) {
+            it->next_of_slot = by_slot[it->s->slot];
+            by_slot[it->s->slot] = it;
+            queue_check(set, it);
+        }
+        /* The set is the parent's too (one kernel object): the child's
+         * doorbell joins it beside the parent's. */
+        struct epoll_event b = {.events = EPOLLIN, .data.u64 = BELL_TAG};
+        REAL(epoll_ctl)(set->ep, EPOLL_CTL_ADD, ss_ch.app_bell, &b);
     }
 }

@@ -18,6 +18,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -25,6 +26,8 @@
 
 struct slot {
     int32_t sid;       /* engine socket id; -1: free */
+    int16_t next_chan; /* the next holder of the same engine socket (fork); -1: none */
+    uint16_t next_slot;
     bool listener;
     bool connected;    /* the engine said writable once: established */
     bool eof;          /* the peer's FIN was moved to the rx ring */
@@ -35,6 +38,7 @@ struct slot {
 struct ss_chan_host {
     int idx;
     int ctl, app_bell, inst_bell, memfd;
+    uint64_t token;
     struct ss_chan_region *r;
     uint8_t *base;
     uint32_t last_req;
@@ -71,15 +75,68 @@ int ss_chans_init(struct ss_chans *cs, struct ss_engine *e, struct ss_counters *
 
 /* ---- slots ---- */
 
+/* The holders of an engine socket form a chain from sid_chan/sid_slot; the
+ * first one receives the bytes. */
+static struct slot *slot_of(struct ss_chans *cs, int chan, uint32_t k) { return &cs->c[chan]->s[k]; }
+
 static void map_slot(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k, int sid)
 {
     struct ss_chan_socket *so = &c->r->sock[k];
     memset(&c->s[k], 0, sizeof c->s[k]);
     c->s[k].sid = sid;
+    c->s[k].next_chan = -1;
     memset(so, 0, sizeof *so);
     so->in_use = 1;
-    cs->sid_chan[sid] = (int16_t)c->idx;
-    cs->sid_slot[sid] = (uint16_t)k;
+    if (cs->sid_chan[sid] < 0) {
+        cs->sid_chan[sid] = (int16_t)c->idx;
+        cs->sid_slot[sid] = (uint16_t)k;
+        return;
+    }
+    /* another holder: at the end of the chain */
+    struct slot *x = slot_of(cs, cs->sid_chan[sid], cs->sid_slot[sid]);
+    while (x->next_chan >= 0)
+        x = slot_of(cs, x->next_chan, x->next_slot);
+    x->next_chan = (int16_t)c->idx;
+    x->next_slot = (uint16_t)k;
+}
+
+static bool is_reader(const struct ss_chans *cs, const struct ss_chan_host *c, uint32_t k)
+{
+    int sid = c->s[k].sid;
+    return cs->sid_chan[sid] == c->idx && cs->sid_slot[sid] == k;
+}
+
+/* Takes holder (c, k) off its socket's chain; true when others remain.
+ * Bytes it received and left unread go to the next reader. */
+static bool unchain(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
+{
+    struct slot *me = &c->s[k];
+    int sid = me->sid;
+    if (is_reader(cs, c, k)) {
+        cs->sid_chan[sid] = me->next_chan;
+        cs->sid_slot[sid] = me->next_slot;
+        if (me->next_chan < 0)
+            return false;
+        struct ss_chan_host *n = cs->c[me->next_chan];
+        uint32_t nk = me->next_slot;
+        struct ss_chan_socket *from = &c->r->sock[k], *to = &n->r->sock[nk];
+        uint32_t tail = __atomic_load_n(&from->rx.tail, __ATOMIC_ACQUIRE), head = from->rx.head;
+        uint32_t th = to->rx.head, tt = __atomic_load_n(&to->rx.tail, __ATOMIC_ACQUIRE);
+        const uint8_t *src = c->base + SS_CHAN_RX_OFF(k);
+        uint8_t *dst = n->base + SS_CHAN_RX_OFF(nk);
+        for (; head - tail <= SS_CHAN_RXBUF && tail != head && th - tt < SS_CHAN_RXBUF; tail++, th++)
+            dst[th & (SS_CHAN_RXBUF - 1)] = src[tail & (SS_CHAN_RXBUF - 1)];
+        __atomic_store_n(&to->rx.head, th, __ATOMIC_RELEASE);
+        from->rx.tail = from->rx.head; /* handed over: not unread here */
+        n->s[nk].eof |= me->eof;
+        return true;
+    }
+    struct slot *x = slot_of(cs, cs->sid_chan[sid], cs->sid_slot[sid]);
+    while (x->next_chan >= 0 && !(x->next_chan == c->idx && x->next_slot == k))
+        x = slot_of(cs, x->next_chan, x->next_slot);
+    x->next_chan = me->next_chan;
+    x->next_slot = me->next_slot;
+    return true;
 }
 
 static int free_slot(const struct ss_chan_host *c)
@@ -115,15 +172,24 @@ static void fill_names(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
     so->remote_port = ti.remote_port;
 }
 
+static bool pump(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k);
+
 static void release(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
 {
     struct ss_chan_socket *so = &c->r->sock[k];
     int sid = c->s[k].sid;
-    /* Unread data at close resets the connection, as on Linux. */
-    if (so->rx.head != so->rx.tail)
-        ss_tcp_setopt(cs->e, sid, SS_OPT_LINGER_ZERO, 1, now_us());
-    cs->sid_chan[sid] = -1;
-    ss_tcp_close(cs->e, sid, now_us());
+    int16_t next_chan = is_reader(cs, c, k) ? c->s[k].next_chan : -1;
+    uint16_t next_slot = c->s[k].next_slot;
+    if (unchain(cs, c, k)) {
+        /* another process still holds it: the connection lives on */
+        if (next_chan >= 0 && cs->c[next_chan])
+            pump(cs, cs->c[next_chan], next_slot); /* the new reader's readiness */
+    } else {
+        /* Unread data at close resets the connection, as on Linux. */
+        if (so->rx.head != so->rx.tail)
+            ss_tcp_setopt(cs->e, sid, SS_OPT_LINGER_ZERO, 1, now_us());
+        ss_tcp_close(cs->e, sid, now_us());
+    }
     c->s[k].sid = -1;
     __atomic_store_n(&so->in_use, 0, __ATOMIC_RELEASE);
     /* The buffers' pages go back to the system: a closed socket costs
@@ -176,7 +242,7 @@ static bool pump(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
     if (rh - rt > SS_CHAN_RXBUF)
         return false;
     uint8_t *rx = c->base + SS_CHAN_RX_OFF(k);
-    while (!st->eof && !st->listener && rh - rt < SS_CHAN_RXBUF) {
+    while (!st->eof && !st->listener && rh - rt < SS_CHAN_RXBUF && is_reader(cs, c, k)) {
         uint32_t off = rh & (SS_CHAN_RXBUF - 1);
         uint32_t room = SS_CHAN_RXBUF - (rh - rt);
         uint32_t n = room < SS_CHAN_RXBUF - off ? room : SS_CHAN_RXBUF - off;
@@ -234,8 +300,9 @@ static void handle_request(struct ss_chans *cs, struct ss_chan_host *c, uint32_t
     uint64_t t = now_us();
     int64_t res = 0, a0 = 0, a1 = 0;
     uint32_t k = rq.slot;
-    bool valid = rq.op == SS_OP_SOCKET || (k < SS_CHAN_SOCKETS && c->s[k].sid >= 0 && !c->s[k].close_pending);
-    int sid = valid && rq.op != SS_OP_SOCKET ? c->s[k].sid : -1;
+    bool any = rq.op == SS_OP_SOCKET || rq.op == SS_OP_ADOPT; /* need no slot of their own */
+    bool valid = any || (k < SS_CHAN_SOCKETS && c->s[k].sid >= 0 && !c->s[k].close_pending);
+    int sid = valid && !any ? c->s[k].sid : -1;
     if (!valid) {
         res = -EBADF;
         goto out;
@@ -321,6 +388,31 @@ static void handle_request(struct ss_chans *cs, struct ss_chan_host *c, uint32_t
         c->s[k].close_pending = true;
         pump(cs, c, k);
         break;
+    case SS_OP_ADOPT: {
+        uint32_t pidx = (uint32_t)((uint64_t)rq.a0 >> 32), pk = (uint32_t)rq.a0;
+        struct ss_chan_host *p = pidx < SS_MAX_CHANNELS ? cs->c[pidx] : NULL;
+        int f = free_slot(c);
+        if (!p || p == c || (uint64_t)rq.a1 != p->token || pk >= SS_CHAN_SOCKETS || p->s[pk].sid < 0 ||
+            p->s[pk].close_pending) {
+            res = -EBADF;
+            break;
+        }
+        if (f < 0) {
+            res = -EMFILE;
+            break;
+        }
+        map_slot(cs, c, (uint32_t)f, p->s[pk].sid);
+        c->s[f].listener = p->s[pk].listener;
+        c->s[f].connected = p->s[pk].connected;
+        c->s[f].eof = p->s[pk].eof;
+        c->r->sock[f].local_ip = p->r->sock[pk].local_ip;
+        c->r->sock[f].local_port = p->r->sock[pk].local_port;
+        c->r->sock[f].remote_ip = p->r->sock[pk].remote_ip;
+        c->r->sock[f].remote_port = p->r->sock[pk].remote_port;
+        pump(cs, c, (uint32_t)f);
+        res = f;
+        break;
+    }
     case SS_OP_SETOPT:
         res = ss_tcp_setopt(cs->e, sid, (int)rq.a0, (int)rq.a1, t);
         break;
@@ -392,6 +484,10 @@ int ss_chans_attach(struct ss_chans *cs, int fd)
     if (epoll_ctl(cs->epfd, EPOLL_CTL_ADD, c->inst_bell, &ev) < 0 || epoll_ctl(cs->epfd, EPOLL_CTL_ADD, fd, &hup) < 0)
         goto fail;
     char msg[64];
+    if (getrandom(&c->token, sizeof c->token, 0) != sizeof c->token)
+        goto fail;
+    c->r->token = c->token;
+    c->r->channel = (uint32_t)idx;
     int n = snprintf(msg, sizeof msg, "ok %u %u\n", (unsigned)SS_CHAN_SIZE, cs->instance);
     int fds[3] = {c->memfd, c->app_bell, c->inst_bell};
     union {
@@ -522,9 +618,20 @@ bool ss_chans_event(struct ss_chans *cs, int sid)
 {
     if (sid < 0 || (uint32_t)sid >= cs->max_sockets || cs->sid_chan[sid] < 0)
         return false;
-    struct ss_chan_host *c = cs->c[cs->sid_chan[sid]];
-    if (!pump(cs, c, cs->sid_slot[sid]))
-        corrupt(cs, c);
+    /* every holder: the reader takes the bytes, all see the state */
+    int chan = cs->sid_chan[sid];
+    uint32_t k = cs->sid_slot[sid];
+    while (chan >= 0) {
+        struct ss_chan_host *c = cs->c[chan];
+        int next = c->s[k].next_chan;
+        uint32_t nk = c->s[k].next_slot;
+        if (!pump(cs, c, k)) {
+            corrupt(cs, c);
+            return true; /* the chain changed under us: the next event resumes */
+        }
+        chan = next;
+        k = nk;
+    }
     return true;
 }
 

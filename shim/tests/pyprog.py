@@ -228,6 +228,58 @@ def http_urllib():
         out["http"] = {"status": r.status, "same": body == f.read()}
 
 
-for step in (blocking, timeouts, selectors_all, asyncio_streams, threading_server, http_urllib):
-    step()
+def forking_server():
+    class Upper(socketserver.StreamRequestHandler):
+        def handle(self):
+            for line in self.rfile:
+                self.wfile.write(line.upper())
+
+    socketserver.ForkingTCPServer.allow_reuse_address = True
+    with socketserver.ForkingTCPServer(("0.0.0.0", BASE + 8), Upper) as srv:
+        t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+        t.start()
+        answers = []
+        for i in range(3):
+            with socket.create_connection((ADDR, BASE + 8), timeout=10) as c, c.makefile("rwb") as f:
+                f.write(b"fork %d\n" % i)
+                f.flush()
+                answers.append(f.readline().decode().strip())
+                # a handler forked later holds a copy of this socket too:
+                # only shutdown ends the connection for every holder
+                c.shutdown(socket.SHUT_RDWR)
+        srv.shutdown()
+        t.join()
+    out["forking_server"] = answers
+
+
+def fork_shares_a_connection():
+    """A child writes on a connection it inherited, then exits; the
+    parent's copy still works, and the connection ends only when both
+    copies are closed."""
+    srv = listener(BASE + 9)
+    c = socket.create_connection((ADDR, BASE + 9), timeout=10)
+    s, _ = srv.accept()
+    pid = os.fork()
+    if pid == 0:
+        s.sendall(b"from child;")
+        s.close()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    s.sendall(b"from parent")
+    got = b""
+    while len(got) < 22:
+        got += c.recv(100)
+    s.close()
+    eof = c.recv(10)
+    c.close()
+    srv.close()
+    out["fork_shares"] = {"got": got.decode(), "eof": eof.decode()}
+
+
+STEPS = (blocking, timeouts, selectors_all, asyncio_streams, threading_server, http_urllib, forking_server,
+         fork_shares_a_connection)
+only = os.environ.get("PYPROG_STEPS")  # a comma-separated subset, for debugging
+for step in STEPS:
+    if not only or step.__name__ in only.split(","):
+        step()
 print(json.dumps(out, sort_keys=True))

@@ -12,6 +12,12 @@
  * process exited or crashed) the instance closes every socket of the
  * channel, as the kernel does for a dying process.
  *
+ * After fork, the child attaches a channel of its own and adopts each
+ * socket it inherited (SS_OP_ADOPT): one engine socket then has several
+ * holders, and closes when the last one closes.  The received bytes go to
+ * one holder's ring, the first; when it closes, what it left unread moves
+ * to the next (a forking server's parent closes its copy at once).
+ *
  * Requests (socket, bind, listen, accept, connect, shutdown, close, options)
  * go through a mailbox: one request at a time, serialised by the library;
  * the instance answers it in its next loop pass and never blocks on it.
@@ -58,7 +64,9 @@ enum ss_chan_op {
     SS_OP_SETOPT,      /* a0 enum ss_tcp_opt, a1 value */
     SS_OP_GETOPT,      /* a0 enum ss_tcp_opt -> a1 value */
     SS_OP_INFO,        /* -> struct ss_tcp_info in reply.info */
-    SS_OP_DUP,         /* one more holder of the slot (dup, fork) */
+    SS_OP_ADOPT,       /* a forked child takes a share of its parent's socket:
+                        * a0 = parent channel << 32 | parent slot, a1 = the
+                        * parent channel's token -> a slot here */
 };
 
 /* Readiness word bits: the engine's SS_EV_* (engine.h), plus */
@@ -114,8 +122,9 @@ struct ss_chan_region {
     uint32_t instance;         /* which instance of the group */
     uint32_t stack_ip;         /* host order */
     uint32_t stack_netmask;    /* the stack's subnet: destinations in it are the stack's */
-    uint32_t _pad;
-    uint8_t _pad0[32];
+    uint32_t channel;          /* this channel's number at the instance */
+    uint64_t token;            /* proves a forked child holds this channel (SS_OP_ADOPT) */
+    uint8_t _pad0[24];
     /* sleeping flags: a side wakes the other only when it sleeps */
     uint32_t app_sleeping;     /* written by the library */
     uint8_t _pad1[60];
