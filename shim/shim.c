@@ -92,27 +92,36 @@ uint64_t ss_now_ms(void)
 
 /* ---- the channel ---- */
 
-static bool attach_locked(void)
+/* A connection to the instance's control socket; -1 when there is none. */
+static int control_connect(void)
 {
     const char *dir = getenv("SHARDSOCK_RUN_DIR");
     if (!dir || !*dir) {
         ss_verbose("shardsock: SHARDSOCK_RUN_DIR is not set; everything runs on the kernel "
                    "(start programs with 'shardsock run -- CMD')");
-        return false;
+        return -1;
     }
     const char *k = getenv("SHARDSOCK_INSTANCE");
     struct sockaddr_un a = {.sun_family = AF_UNIX};
     int n = snprintf(a.sun_path, sizeof a.sun_path, "%s/instance-%d.sock", dir, k ? atoi(k) : 0);
     if (n < 0 || (size_t)n >= sizeof a.sun_path)
-        return false;
+        return -1;
     int fd = REAL(socket)(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     if (fd < 0)
-        return false;
+        return -1;
     if (REAL(connect)(fd, (struct sockaddr *)&a, sizeof a) < 0) {
         ss_verbose("shardsock: no instance at %s (%s); everything runs on the kernel", a.sun_path, strerror(errno));
         REAL(close)(fd);
-        return false;
+        return -1;
     }
+    return fd;
+}
+
+static bool attach_locked(void)
+{
+    int fd = control_connect();
+    if (fd < 0)
+        return false;
     char msg[64];
     int fds[3] = {-1, -1, -1};
     union {
@@ -768,14 +777,39 @@ static struct {
     struct ss_chan_region *r;
     uint8_t *base;
     int ctl, app_bell, inst_bell;
+    int ticket;    /* keeps the parent's sockets for the child until it adopted them */
 } parent;
 static pthread_mutex_t adopt_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* Asks the instance to keep the channel's sockets alive while the
+ * returned connection is open, whatever the parent closes meanwhile. */
+static int fork_ticket(void)
+{
+    int fd = control_connect();
+    if (fd < 0)
+        return -1;
+    char req[64], rep[16];
+    int n = snprintf(req, sizeof req, "fork %u %llu", ss_ch.r->channel, (unsigned long long)ss_ch.r->token);
+    if (REAL(send)(fd, req, (size_t)n, MSG_NOSIGNAL) != n || REAL(recv)(fd, rep, sizeof rep, 0) < 2 ||
+        memcmp(rep, "ok", 2) != 0) {
+        REAL(close)(fd);
+        return -1;
+    }
+    return fd;
+}
+
 static pid_t hook_fork(void)
 {
+    int ticket = ss_ch.state == SS_CH_ATTACHED ? fork_ticket() : -1;
     pid_t p = REAL(fork)();
-    if (p != 0 || ss_ch.state != SS_CH_ATTACHED)
+    if (p != 0) {
+        if (ticket >= 0)
+            REAL(close)(ticket); /* the child's copy holds it */
         return p;
+    }
+    if (ss_ch.state != SS_CH_ATTACHED)
+        return 0;
+    parent.ticket = ticket;
     /* the child: one thread, locks as the fork found them */
     pthread_mutex_init(&ss_ch.lock, NULL);
     pthread_mutex_init(&fd_lock, NULL);
@@ -822,6 +856,8 @@ void ss_adopt_inherited(void)
     REAL(close)(parent.ctl);
     REAL(close)(parent.app_bell);
     REAL(close)(parent.inst_bell);
+    if (parent.ticket >= 0)
+        REAL(close)(parent.ticket); /* adopted: the parent's closes are its own again */
     if (ok)
         ss_epoll_after_fork();
     pthread_mutex_unlock(&adopt_lock);

@@ -33,6 +33,17 @@ struct slot {
     bool eof;          /* the peer's FIN was moved to the rx ring */
     bool shut_pending; /* SHUT_WR once the tx ring is drained */
     bool close_pending;
+    bool zombie;       /* closed by its process, kept for a child to adopt */
+    uint16_t pins;     /* fork tickets that keep it for a child */
+};
+
+/* A forked child's claim on its parent's sockets, for as long as its
+ * control connection stays open. */
+struct ss_fork_ticket {
+    int fd;
+    int chan;
+    uint64_t token;    /* the channel's: it is still the same channel */
+    struct ss_fork_ticket *next;
 };
 
 struct ss_chan_host {
@@ -178,6 +189,11 @@ static void release(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
 {
     struct ss_chan_socket *so = &c->r->sock[k];
     int sid = c->s[k].sid;
+    if (c->s[k].pins) {
+        c->s[k].zombie = true; /* a forked child may still adopt it */
+        return;
+    }
+    c->s[k].zombie = false;
     int16_t next_chan = is_reader(cs, c, k) ? c->s[k].next_chan : -1;
     uint16_t next_slot = c->s[k].next_slot;
     if (unchain(cs, c, k)) {
@@ -278,8 +294,12 @@ static bool pump(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
             ready |= SS_EV_OUT;
         if (st->connected)
             ready |= SS_CHAN_EV_CONNECTED;
-        ready |= (uint32_t)ev & (SS_EV_ERR | SS_EV_HUP);
-        if (ev & SS_EV_HUP)
+        /* Hung up only once the application has been given every byte:
+         * the engine says HUP when the FIN arrives, but the ring may still
+         * be full with data before it. */
+        uint32_t hup = st->eof ? (uint32_t)ev & SS_EV_HUP : 0;
+        ready |= ((uint32_t)ev & SS_EV_ERR) | hup;
+        if (hup)
             ready |= SS_EV_OUT; /* as on Linux: a dead socket polls writable too */
     }
     /* An event for every edge: a new state, new bytes, or room made (the
@@ -301,7 +321,7 @@ static void handle_request(struct ss_chans *cs, struct ss_chan_host *c, uint32_t
     int64_t res = 0, a0 = 0, a1 = 0;
     uint32_t k = rq.slot;
     bool any = rq.op == SS_OP_SOCKET || rq.op == SS_OP_ADOPT; /* need no slot of their own */
-    bool valid = any || (k < SS_CHAN_SOCKETS && c->s[k].sid >= 0 && !c->s[k].close_pending);
+    bool valid = any || (k < SS_CHAN_SOCKETS && c->s[k].sid >= 0 && !c->s[k].close_pending && !c->s[k].zombie);
     int sid = valid && !any ? c->s[k].sid : -1;
     if (!valid) {
         res = -EBADF;
@@ -393,7 +413,7 @@ static void handle_request(struct ss_chans *cs, struct ss_chan_host *c, uint32_t
         struct ss_chan_host *p = pidx < SS_MAX_CHANNELS ? cs->c[pidx] : NULL;
         int f = free_slot(c);
         if (!p || p == c || (uint64_t)rq.a1 != p->token || pk >= SS_CHAN_SOCKETS || p->s[pk].sid < 0 ||
-            p->s[pk].close_pending) {
+            (p->s[pk].close_pending && !p->s[pk].zombie)) {
             res = -EBADF;
             break;
         }
@@ -527,6 +547,7 @@ static void detach(struct ss_chans *cs, struct ss_chan_host *c)
     for (uint32_t k = 0; k < SS_CHAN_SOCKETS; k++) {
         if (c->s[k].sid < 0)
             continue;
+        c->s[k].pins = 0; /* the process is gone: a child that did not adopt yet cannot */
         c->s[k].close_pending = true;
         if (!pump(cs, c, k) || c->s[k].sid >= 0) {
             /* corrupt rings, or the engine could not take all of it */
@@ -547,8 +568,65 @@ static void detach(struct ss_chans *cs, struct ss_chan_host *c)
     free(c);
 }
 
+int ss_chans_fork_ticket(struct ss_chans *cs, int fd, const char *req)
+{
+    unsigned idx;
+    unsigned long long token;
+    if (sscanf(req, "fork %u %llu", &idx, &token) != 2 || idx >= SS_MAX_CHANNELS || !cs->c[idx] ||
+        cs->c[idx]->token != token)
+        return -1;
+    struct ss_fork_ticket *t = calloc(1, sizeof *t);
+    struct epoll_event ev = {.events = EPOLLRDHUP, .data.fd = fd};
+    if (!t || epoll_ctl(cs->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 || send(fd, "ok\n", 3, MSG_NOSIGNAL) != 3) {
+        if (t)
+            epoll_ctl(cs->epfd, EPOLL_CTL_DEL, fd, NULL);
+        free(t);
+        return -1;
+    }
+    t->fd = fd;
+    t->chan = (int)idx;
+    t->token = token;
+    t->next = cs->tickets;
+    cs->tickets = t;
+    struct ss_chan_host *c = cs->c[idx];
+    for (uint32_t k = 0; k < SS_CHAN_SOCKETS; k++)
+        if (c->s[k].sid >= 0)
+            c->s[k].pins++;
+    return 0;
+}
+
+/* The child adopted what it wanted, exec'd or died: what its parent
+ * closed meanwhile closes now. */
+static void ticket_done(struct ss_chans *cs, struct ss_fork_ticket *t)
+{
+    struct ss_chan_host *c = cs->c[t->chan];
+    if (c && c->token == t->token) {
+        for (uint32_t k = 0; k < SS_CHAN_SOCKETS; k++) {
+            if (c->s[k].sid < 0 || !c->s[k].pins)
+                continue;
+            if (--c->s[k].pins == 0 && c->s[k].zombie)
+                release(cs, c, k);
+        }
+    }
+    epoll_ctl(cs->epfd, EPOLL_CTL_DEL, t->fd, NULL);
+    close(t->fd);
+}
+
 bool ss_chans_owns_fd(struct ss_chans *cs, int fd)
 {
+    for (struct ss_fork_ticket **pp = &cs->tickets; *pp; pp = &(*pp)->next) {
+        struct ss_fork_ticket *t = *pp;
+        if (t->fd != fd)
+            continue;
+        char b[16];
+        ssize_t n = recv(fd, b, sizeof b, MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+            *pp = t->next;
+            ticket_done(cs, t);
+            free(t);
+        }
+        return true;
+    }
     for (int i = 0; i < SS_MAX_CHANNELS; i++) {
         struct ss_chan_host *c = cs->c[i];
         if (!c)
@@ -680,8 +758,39 @@ void ss_chans_awake(struct ss_chans *cs)
             __atomic_store_n(&cs->c[i]->r->inst_sleeping, 0, __ATOMIC_RELAXED);
 }
 
+int ss_chans_describe(struct ss_chans *cs, int sid, char *buf, size_t len)
+{
+    if (sid < 0 || (uint32_t)sid >= cs->max_sockets || cs->sid_chan[sid] < 0)
+        return 0;
+    size_t n = 0;
+    int chan = cs->sid_chan[sid];
+    uint32_t k = cs->sid_slot[sid];
+    while (chan >= 0 && n < len) {
+        struct ss_chan_host *c = cs->c[chan];
+        struct ss_chan_socket *so = &c->r->sock[k];
+        int w = snprintf(buf + n, len - n,
+                         " proc=%d/%u rx=%u/%u tx=%u/%u ready=%#x kicked=%u evq=%u app_sleeping=%u%s%s", chan, k,
+                         so->rx.head, so->rx.tail, so->tx.head, so->tx.tail, so->ready, so->kicked, so->evq,
+                         c->r->app_sleeping, c->s[k].zombie ? " zombie" : "", c->s[k].eof ? " eof" : "");
+        if (w < 0)
+            break;
+        n += (size_t)w;
+        int next = c->s[k].next_chan;
+        k = c->s[k].next_slot;
+        chan = next;
+    }
+    return n < len ? (int)n : (int)len - 1;
+}
+
 void ss_chans_destroy(struct ss_chans *cs)
 {
+    while (cs->tickets) {
+        struct ss_fork_ticket *t = cs->tickets;
+        cs->tickets = t->next;
+        epoll_ctl(cs->epfd, EPOLL_CTL_DEL, t->fd, NULL);
+        close(t->fd);
+        free(t);
+    }
     for (int i = 0; i < SS_MAX_CHANNELS; i++)
         if (cs->c[i])
             detach(cs, cs->c[i]);

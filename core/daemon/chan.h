@@ -25,6 +25,7 @@ struct ss_chans {
     int16_t *sid_chan;         /* by engine socket id: channel index, -1: not a channel's */
     uint16_t *sid_slot;
     struct ss_chan_host *c[SS_MAX_CHANNELS];
+    struct ss_fork_ticket *tickets;
 };
 
 int ss_chans_init(struct ss_chans *cs, struct ss_engine *e, struct ss_counters *ctr, uint32_t max_sockets,
@@ -33,6 +34,11 @@ int ss_chans_init(struct ss_chans *cs, struct ss_engine *e, struct ss_counters *
  * SO_PEERCRED): creates the channel and sends it.  The connection then
  * belongs to the channel.  0, or -1 (the caller closes fd). */
 int ss_chans_attach(struct ss_chans *cs, int fd);
+/* A "fork <channel> <token>" request on control connection fd: until the
+ * connection closes (the child adopted its sockets, exec'd or exited),
+ * the channel's sockets outlive the parent's close, so the child can
+ * adopt them.  0, or -1 (the caller closes fd). */
+int ss_chans_fork_ticket(struct ss_chans *cs, int fd, const char *req);
 /* The epoll event was for a channel's descriptor: handles it and returns
  * true (a doorbell, or a control connection that closed). */
 bool ss_chans_owns_fd(struct ss_chans *cs, int fd);
@@ -46,5 +52,8 @@ void ss_chans_flush(struct ss_chans *cs);
 bool ss_chans_may_sleep(struct ss_chans *cs);
 void ss_chans_awake(struct ss_chans *cs);
 void ss_chans_destroy(struct ss_chans *cs);
+/* For netstat: the holders of engine socket sid and their rings, as
+ * " proc=CHANNEL/SLOT ..." words; 0 when it is no channel's. */
+int ss_chans_describe(struct ss_chans *cs, int sid, char *buf, size_t len);
 
 #endif

@@ -251,20 +251,23 @@ static void run_services(struct instance *in)
  * `shardsock netstat` will show it. */
 static void control_netstat(struct instance *in, int c)
 {
-    char line[512];
+    char line[1024], procs[512];
     for (uint32_t sid = 0; sid < in->max_sockets; sid++) {
         struct ss_tcp_info ti;
-        if (in->role[sid] == ROLE_NONE || ss_tcp_info(in->e, (int)sid, &ti) < 0)
+        int np = ss_chans_describe(&in->chans, (int)sid, procs, sizeof procs);
+        if ((in->role[sid] == ROLE_NONE && !np) || ss_tcp_info(in->e, (int)sid, &ti) < 0)
             continue;
         int n = snprintf(line, sizeof line,
                          "sid=%u state=%s local=%u.%u.%u.%u:%u remote=%u.%u.%u.%u:%u snd_una=%u snd_nxt=%u "
                          "snd_wnd=%u cwnd=%u ssthresh=%u rto_us=%u srtt_us=%u retransmits=%u snd_queued=%u "
-                         "rcv_nxt=%u rcv_wnd=%u rcv_queued=%u\n",
+                         "rcv_nxt=%u rcv_wnd=%u rcv_queued=%u%s\n",
                          sid, ss_tcp_state_name(ti.state), ti.local_ip >> 24, ti.local_ip >> 16 & 255,
                          ti.local_ip >> 8 & 255, ti.local_ip & 255, ti.local_port, ti.remote_ip >> 24,
                          ti.remote_ip >> 16 & 255, ti.remote_ip >> 8 & 255, ti.remote_ip & 255, ti.remote_port,
                          ti.snd_una, ti.snd_nxt, ti.snd_wnd, ti.cwnd, ti.ssthresh, ti.rto_us, ti.srtt_us,
-                         ti.retransmits, ti.snd_queued, ti.rcv_nxt, ti.rcv_wnd, ti.rcv_queued);
+                         ti.retransmits, ti.snd_queued, ti.rcv_nxt, ti.rcv_wnd, ti.rcv_queued,
+                         np ? procs : (in->role[sid] == ROLE_ECHO || in->role[sid] == ROLE_ECHO_LISTEN ? " service=echo"
+                                                                                                         : " service=discard"));
         if (send(c, line, (size_t)n, MSG_NOSIGNAL) < 0)
             return;
     }
@@ -297,13 +300,17 @@ static void control_request(struct instance *in)
             if (ss_chans_attach(&in->chans, c) == 0)
                 return; /* the connection is the channel's now */
             snprintf(rep, sizeof rep, "error: cannot attach (too many processes, or out of memory)\n");
+        } else if (strncmp(req, "fork ", 5) == 0) {
+            if (ss_chans_fork_ticket(&in->chans, c, req) == 0)
+                return; /* held open by the forked child */
+            snprintf(rep, sizeof rep, "error: no such channel\n");
         } else if (strncmp(req, "ping", 4) == 0)
             snprintf(rep, sizeof rep, "pong %d %d\n", (int)getpid(), in->opt.instance);
         else if (strncmp(req, "stop", 4) == 0) {
             in->stopping = true;
             snprintf(rep, sizeof rep, "stopping\n");
         } else
-            snprintf(rep, sizeof rep, "error: unknown request (attach, ping, stop, netstat)\n");
+            snprintf(rep, sizeof rep, "error: unknown request (attach, fork, ping, stop, netstat)\n");
         send(c, rep, strlen(rep), MSG_NOSIGNAL);
     }
     close(c);
