@@ -345,7 +345,11 @@ static int hook_socket(int domain, int type, int protocol)
 {
     int fd = REAL(socket)(domain, type, protocol);
     int base = type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0 || domain != AF_INET || base != SOCK_STREAM || (protocol != 0 && protocol != IPPROTO_TCP))
+    /* IPv4 stream sockets, and IPv6 ones, which reach IPv4 through mapped
+     * addresses (a dual-stack wildcard listener, as Python's http.server
+     * makes); what they do with real IPv6 stays the kernel's. */
+    if (fd < 0 || (domain != AF_INET && domain != AF_INET6) || base != SOCK_STREAM ||
+        (protocol != 0 && protocol != IPPROTO_TCP))
         return fd;
     if (fd >= SS_FD_MAX || !ss_attach()) {
         if (fd >= SS_FD_MAX)
@@ -358,6 +362,7 @@ static int hook_socket(int domain, int type, int protocol)
         return fd;
     s->refs = 1;
     s->nonblock = (type & SOCK_NONBLOCK) != 0;
+    s->v6 = domain == AF_INET6;
     fd_set_sock(fd, s);
     return fd;
 }

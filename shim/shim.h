@@ -41,6 +41,7 @@ struct ss_sock {
     bool kernel_too;     /* a wildcard listener: its kernel socket listens as well */
     bool connecting;     /* connect returned EINPROGRESS */
     bool wr_shut;
+    bool v6;             /* an AF_INET6 socket: IPv4 through mapped addresses (::ffff:a.b.c.d) */
     int64_t rcvtimeo_ms, sndtimeo_ms; /* 0: none */
     /* options set before the stack socket exists, replayed on it */
     uint32_t opt_set;    /* bit per enum ss_tcp_opt */

@@ -62,16 +62,40 @@ static void to_kernel(int fd, struct ss_sock *s, const char *why)
     ss_count_fallback(why);
 }
 
-static int check_sin(const struct sockaddr *a, socklen_t len, bool connecting)
+/* The IPv4 address and port a call names: 0, a negative errno for a
+ * malformed address (the kernel socket will say which), or 1 for a good
+ * one the stack cannot serve (IPv6 proper). */
+static int parse_addr(const struct ss_sock *s, const struct sockaddr *a, socklen_t len, uint32_t *ip,
+                      uint16_t *port)
 {
     if (!a)
         return -EFAULT;
-    if (connecting && len >= sizeof(sa_family_t) && a->sa_family == AF_UNSPEC)
-        return -EAFNOSUPPORT; /* disconnecting: left to the kernel socket */
-    if (len < sizeof(struct sockaddr_in))
+    if (len >= sizeof(sa_family_t) && a->sa_family == AF_UNSPEC)
+        return -EAFNOSUPPORT; /* disconnecting, or Linux's AF_UNSPEC bind: the kernel's */
+    if (!s->v6) {
+        if (len < sizeof(struct sockaddr_in))
+            return -EINVAL;
+        if (a->sa_family != AF_INET)
+            return -EAFNOSUPPORT;
+        const struct sockaddr_in *in = (const struct sockaddr_in *)a;
+        *ip = ntohl(in->sin_addr.s_addr);
+        *port = ntohs(in->sin_port);
+        return 0;
+    }
+    if (len < sizeof(struct sockaddr_in6))
         return -EINVAL;
-    if (a->sa_family != AF_INET)
+    if (a->sa_family != AF_INET6)
         return -EAFNOSUPPORT;
+    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)a;
+    *port = ntohs(in6->sin6_port);
+    if (IN6_IS_ADDR_UNSPECIFIED(&in6->sin6_addr)) {
+        *ip = 0;
+        return 0;
+    }
+    if (!IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr))
+        return 1;
+    memcpy(ip, &in6->sin6_addr.s6_addr[12], 4);
+    *ip = ntohl(*ip);
     return 0;
 }
 
@@ -79,7 +103,9 @@ int ss_sock_bind(int fd, struct ss_sock *s, const struct sockaddr *a, socklen_t 
 {
     if (s->stack)
         return fail(EINVAL); /* bound already, as Linux says */
-    int e = check_sin(a, len, false);
+    uint32_t ip = 0;
+    uint16_t port = 0;
+    int e = parse_addr(s, a, len, &ip, &port);
     if (e < 0) {
         /* the kernel names the mistake; the socket stays undecided */
         int r = REAL(bind)(fd, a, len);
@@ -87,19 +113,23 @@ int ss_sock_bind(int fd, struct ss_sock *s, const struct sockaddr *a, socklen_t 
             to_kernel(fd, s, "bound with an address that is not IPv4");
         return r;
     }
-    const struct sockaddr_in *in = (const struct sockaddr_in *)a;
-    uint32_t ip = ntohl(in->sin_addr.s_addr);
-    uint16_t port = ntohs(in->sin_port);
+    int v6only = 0;
+    socklen_t vl = sizeof v6only;
+    if (e == 1 || (s->v6 && ip == INADDR_ANY &&
+                   (REAL(getsockopt)(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &vl) < 0 || v6only))) {
+        to_kernel(fd, s, "bound to an IPv6 address");
+        return REAL(bind)(fd, a, len);
+    }
     if (ip == INADDR_ANY) {
         /* A wildcard socket is the kernel's too: host and loopback clients
          * that are not preloaded still reach it.  The kernel also picks
          * the port when none is given, and says EADDRINUSE as it would. */
         if (REAL(bind)(fd, a, len) < 0)
             return -1;
-        struct sockaddr_in got;
+        struct sockaddr_in6 got;
         socklen_t gl = sizeof got;
         if (REAL(getsockname)(fd, (struct sockaddr *)&got, &gl) == 0)
-            port = ntohs(got.sin_port);
+            port = ntohs(got.sin6_port); /* where sin_port is too */
         s->kernel_too = true;
     } else if (ip != ss_ch.r->stack_ip) {
         to_kernel(fd, s, "bound to an address that is not the stack's");
@@ -136,14 +166,36 @@ int ss_sock_listen(int fd, struct ss_sock *s, int backlog)
     return 0;
 }
 
-static void fill_sin(struct sockaddr *a, socklen_t *len, uint32_t ip, uint16_t port)
+/* An address as the socket's family writes it: IPv4, or IPv4-mapped IPv6
+ * (the wildcard as ::). */
+static void fill_addr(const struct ss_sock *s, struct sockaddr *a, socklen_t *len, uint32_t ip, uint16_t port)
 {
     if (!a || !len)
         return;
-    struct sockaddr_in in = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(ip)};
-    socklen_t n = *len < (socklen_t)sizeof in ? *len : (socklen_t)sizeof in;
-    memcpy(a, &in, (size_t)n);
-    *len = sizeof in;
+    union {
+        struct sockaddr_in in;
+        struct sockaddr_in6 in6;
+    } u;
+    socklen_t size;
+    memset(&u, 0, sizeof u);
+    if (s->v6) {
+        u.in6.sin6_family = AF_INET6;
+        u.in6.sin6_port = htons(port);
+        if (ip) {
+            u.in6.sin6_addr.s6_addr[10] = u.in6.sin6_addr.s6_addr[11] = 0xff;
+            uint32_t n = htonl(ip);
+            memcpy(&u.in6.sin6_addr.s6_addr[12], &n, 4);
+        }
+        size = sizeof u.in6;
+    } else {
+        u.in.sin_family = AF_INET;
+        u.in.sin_port = htons(port);
+        u.in.sin_addr.s_addr = htonl(ip);
+        size = sizeof u.in;
+    }
+    socklen_t n = *len < size ? *len : size;
+    memcpy(a, &u, (size_t)n);
+    *len = size;
 }
 
 int ss_sock_accept(int fd, struct ss_sock *s, struct sockaddr *a, socklen_t *len, int flags)
@@ -159,7 +211,8 @@ int ss_sock_accept(int fd, struct ss_sock *s, struct sockaddr *a, socklen_t *len
         int64_t rip = 0, rport = 0;
         int slot = ss_request(SS_OP_ACCEPT, s->slot, 0, 0, &rip, &rport);
         if (slot >= 0) {
-            int nfd = REAL(socket)(AF_INET, SOCK_STREAM | (flags & (SOCK_NONBLOCK | SOCK_CLOEXEC)), 0);
+            int nfd = REAL(socket)(s->v6 ? AF_INET6 : AF_INET, SOCK_STREAM | (flags & (SOCK_NONBLOCK | SOCK_CLOEXEC)),
+                                   0);
             struct ss_sock *c = nfd >= 0 && nfd < SS_FD_MAX ? calloc(1, sizeof *c) : NULL;
             if (!c) {
                 int err = nfd >= 0 ? ENOMEM : errno;
@@ -172,8 +225,9 @@ int ss_sock_accept(int fd, struct ss_sock *s, struct sockaddr *a, socklen_t *len
             c->stack = true;
             c->slot = (uint32_t)slot;
             c->nonblock = (flags & SOCK_NONBLOCK) != 0;
+            c->v6 = s->v6;
             __atomic_store_n(&ss_fds[nfd], c, __ATOMIC_RELEASE);
-            fill_sin(a, len, (uint32_t)rip, (uint16_t)rport);
+            fill_addr(c, a, len, (uint32_t)rip, (uint16_t)rport);
             return nfd;
         }
         if (slot != -EAGAIN)
@@ -224,17 +278,18 @@ static int connect_result(struct ss_sock *s)
 
 int ss_sock_connect(int fd, struct ss_sock *s, const struct sockaddr *a, socklen_t len)
 {
-    int e = check_sin(a, len, true);
+    uint32_t ip = 0;
+    uint16_t port = 0;
+    int e = parse_addr(s, a, len, &ip, &port);
     if (!s->stack) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)a;
-        if (e < 0 || !routed_through_stack(ntohl(in->sin_addr.s_addr))) {
+        if (e != 0 || !routed_through_stack(ip)) {
             to_kernel(fd, s, "the destination is not behind the stack");
             return REAL(connect)(fd, a, len);
         }
         if ((e = make_stack(s)) < 0)
             return fail(-e);
-    } else if (e < 0) {
-        return fail(-e);
+    } else if (e != 0) {
+        return fail(e < 0 ? -e : ENETUNREACH);
     }
     if (s->listening)
         return fail(EISCONN);
@@ -248,8 +303,7 @@ int ss_sock_connect(int fd, struct ss_sock *s, const struct sockaddr *a, socklen
     }
     if (__atomic_load_n(&ss_so(s->slot)->ready, __ATOMIC_ACQUIRE) & SS_CHAN_EV_CONNECTED)
         return fail(EISCONN);
-    const struct sockaddr_in *in = (const struct sockaddr_in *)a;
-    e = ss_request(SS_OP_CONNECT, s->slot, ntohl(in->sin_addr.s_addr), ntohs(in->sin_port), NULL, NULL);
+    e = ss_request(SS_OP_CONNECT, s->slot, ip, port, NULL, NULL);
     if (e != -EINPROGRESS && e < 0)
         return fail(-e);
     s->connecting = true;
@@ -562,9 +616,9 @@ int ss_sock_name(int fd, struct ss_sock *s, struct sockaddr *a, socklen_t *len, 
     if (peer) {
         if (s->listening || !(so->ready & (SS_CHAN_EV_CONNECTED | SS_CHAN_EV_EOF | SS_EV_HUP)))
             return fail(ENOTCONN);
-        fill_sin(a, len, so->remote_ip, so->remote_port);
+        fill_addr(s, a, len, so->remote_ip, so->remote_port);
     } else {
-        fill_sin(a, len, so->local_ip, so->local_port);
+        fill_addr(s, a, len, so->local_ip, so->local_port);
     }
     return 0;
 }

@@ -276,8 +276,34 @@ def fork_shares_a_connection():
     out["fork_shares"] = {"got": got.decode(), "eof": eof.decode()}
 
 
+def dual_stack():
+    """An IPv6 wildcard listener takes IPv4 clients (mapped addresses), as
+    Python's http.server binds by default where IPv6 is up; and an IPv6
+    client reaches an IPv4 address through its mapped form."""
+    srv = socket.socket(socket.AF_INET6)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    srv.bind(("::", BASE + 10))
+    srv.listen()
+    c = socket.create_connection((ADDR, BASE + 10), timeout=10)
+    s, peer = srv.accept()
+    c.sendall(b"v4 to v6")
+    first = s.recv(100)
+    c6 = socket.socket(socket.AF_INET6)
+    c6.settimeout(10)
+    c6.connect(("::ffff:" + ADDR, BASE + 10))
+    s6, peer6 = srv.accept()
+    c6.sendall(b"mapped")
+    second = s6.recv(100)
+    out["dual_stack"] = {"listener": srv.getsockname()[0], "peer_mapped": peer[0] == "::ffff:" + c.getsockname()[0],
+                         "first": first.decode(), "client6_peer": c6.getpeername()[0] == "::ffff:" + ADDR,
+                         "second": second.decode(), "peer6_mapped": peer6[0].startswith("::ffff:")}
+    for x in (c, s, c6, s6, srv):
+        x.close()
+
+
 STEPS = (blocking, timeouts, selectors_all, asyncio_streams, threading_server, http_urllib, forking_server,
-         fork_shares_a_connection)
+         fork_shares_a_connection, dual_stack)
 only = os.environ.get("PYPROG_STEPS")  # a comma-separated subset, for debugging
 for step in STEPS:
     if not only or step.__name__ in only.split(","):
