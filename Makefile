@@ -24,7 +24,7 @@ DAEMON_HDR := $(wildcard core/netdev/*.h core/daemon/*.h core/include/shardsock/
 ASAN_MOD    = $(BUILD)/asan/_engine.so
 PYTEST      = $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: help setup build test test-engine test-engine-sanitized test-shim test-preload soak check-engine-symbols demo bench bench-engine bench-instances clean
+.PHONY: help setup build test test-engine test-engine-sanitized test-shim test-preload soak check-engine-symbols demo bench bench-engine bench-instances bench-shim clean
 
 help: ## list the targets
 	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-24s %s\n", $$1, $$2}'
@@ -134,13 +134,16 @@ soak: build ## long runs: 100 MB each way across the impaired link (loss, duplic
 demo: setup build ## what runs today: the lossy 100 MB transfer, then instances on a tap serving the kernel
 	$(PY) scripts/demo.py
 
-bench: build bench-engine bench-instances ## benchmarks (not tests); numbers go in the README
+bench: build bench-engine bench-instances bench-shim ## benchmarks (not tests); numbers go in the README
 
 bench-engine: build ## engine cost per segment and per connection (callgrind), memory per connection
 	$(PY) scripts/bench_engine.py
 
 bench-instances: build ## echo round trips and bulk Gbit/s: kernel vs shardsock (tap, afpacket, afxdp), in rounds
 	$(PY) scripts/bench_instances.py
+
+bench-shim: build ## echo_server on the kernel and under libshardsock.so, and its system calls per round trip
+	$(PY) scripts/bench_shim.py
 
 clean: ## remove build products
 	rm -rf $(BUILD) preload/_engine*.so preload/_engine.c preload/.engine-built *.egg-info
