@@ -16,7 +16,7 @@ ENGINE_HDR := $(wildcard core/*.h core/wire/*.h core/include/shardsock/*.h)
 ENGINE_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(ENGINE_SRC))
 ENGINE_SAN := $(patsubst %.c,$(BUILD)/san/%.o,$(ENGINE_SRC))
 DAEMON_SRC := $(sort $(wildcard core/daemon/*.c) $(filter-out %.bpf.c,$(wildcard core/netdev/*.c)))
-DAEMON_LIB := -lxdp -lbpf
+DAEMON_LIB := -lxdp -lbpf -luring
 # The afxdp backend's XDP program; shardsockd loads it from its own directory.
 XDP_OBJ    := $(BUILD)/xdp_redirect.bpf.o
 BPF_CFLAGS := -O2 -g -target bpf -Wall -Werror -I/usr/include/$(shell $(CC) -print-multiarch 2>/dev/null)

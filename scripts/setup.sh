@@ -6,7 +6,7 @@ set -eu
 cd "$(dirname "$0")/.."
 
 PY=${PY:-python3}
-DEBS="build-essential python3-dev valgrind iproute2 pkg-config iputils-ping ethtool libxdp-dev libbpf-dev clang curl strace"
+DEBS="build-essential python3-dev valgrind iproute2 pkg-config iputils-ping ethtool libxdp-dev libbpf-dev clang curl strace liburing-dev"
 
 missing=""
 for p in $DEBS; do

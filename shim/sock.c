@@ -320,6 +320,43 @@ int ss_sock_connect(int fd, struct ss_sock *s, const struct sockaddr *a, socklen
 
 /* ---- bytes ---- */
 
+/* An iovec being filled or emptied, and how far. */
+struct iov_cursor {
+    const struct iovec *iov;
+    int cnt, i;
+    size_t off;
+};
+
+/* Copies up to n bytes between a byte ring (size a power of two, from
+ * position pos) and the cursor's buffers; returns how many moved. */
+static uint32_t ring_copy(uint8_t *ring, uint32_t size, uint32_t pos, uint32_t n, struct iov_cursor *c,
+                          bool into_ring)
+{
+    uint32_t moved = 0;
+    while (moved < n && c->i < c->cnt) {
+        size_t chunk = c->iov[c->i].iov_len - c->off;
+        if (!chunk) {
+            c->i++;
+            c->off = 0;
+            continue;
+        }
+        uint32_t off = (pos + moved) & (size - 1);
+        uint32_t k = size - off;
+        if (k > n - moved)
+            k = n - moved;
+        if (k > chunk)
+            k = (uint32_t)chunk;
+        uint8_t *user = (uint8_t *)c->iov[c->i].iov_base + c->off;
+        if (into_ring)
+            memcpy(ring + off, user, k);
+        else
+            memcpy(user, ring + off, k);
+        moved += k;
+        c->off += k;
+    }
+    return moved;
+}
+
 static int pending_error(struct ss_sock *s)
 {
     struct ss_chan_socket *so = ss_so(s->slot);
@@ -344,8 +381,7 @@ ssize_t ss_sock_send(int fd, struct ss_sock *s, const struct iovec *iov, int cnt
     bool nonblock = s->nonblock || (flags & MSG_DONTWAIT);
     uint64_t until = deadline(s->sndtimeo_ms);
     uint8_t *ring = ss_ch.base + SS_CHAN_TX_OFF(s->slot);
-    int vi = 0;
-    size_t voff = 0;
+    struct iov_cursor cur = {.iov = iov, .cnt = cnt};
     for (;;) {
         uint32_t ready = __atomic_load_n(&so->ready, __ATOMIC_ACQUIRE);
         if (s->wr_shut)
@@ -362,25 +398,10 @@ ssize_t ss_sock_send(int fd, struct ss_sock *s, const struct iovec *iov, int cnt
         } else {
             uint32_t head = so->tx.head, tail = __atomic_load_n(&so->tx.tail, __ATOMIC_ACQUIRE);
             uint32_t space = SS_CHAN_TXBUF - (head - tail);
-            while (space && done < total) {
-                size_t chunk = iov[vi].iov_len - voff;
-                if (!chunk) {
-                    vi++;
-                    voff = 0;
-                    continue;
-                }
-                uint32_t off = head & (SS_CHAN_TXBUF - 1);
-                uint32_t n = SS_CHAN_TXBUF - off;
-                if (n > space)
-                    n = space;
-                if (n > chunk)
-                    n = (uint32_t)chunk;
-                memcpy(ring + off, (const uint8_t *)iov[vi].iov_base + voff, n);
-                head += n;
-                space -= n;
-                voff += n;
-                done += n;
-            }
+            uint32_t want = total - done < space ? (uint32_t)(total - done) : space;
+            uint32_t n = ring_copy(ring, SS_CHAN_TXBUF, head, want, &cur, true);
+            head += n;
+            done += n;
             __atomic_store_n(&so->tx.head, head, __ATOMIC_RELEASE);
             if (done)
                 ss_kick(s->slot);
@@ -410,9 +431,8 @@ ssize_t ss_sock_recv(int fd, struct ss_sock *s, const struct iovec *iov, int cnt
     bool nonblock = s->nonblock || (flags & MSG_DONTWAIT);
     bool peek = flags & MSG_PEEK, waitall = (flags & MSG_WAITALL) && !peek;
     uint64_t until = deadline(s->rcvtimeo_ms);
-    const uint8_t *ring = ss_ch.base + SS_CHAN_RX_OFF(s->slot);
-    int vi = 0;
-    size_t voff = 0;
+    uint8_t *ring = ss_ch.base + SS_CHAN_RX_OFF(s->slot);
+    struct iov_cursor cur = {.iov = iov, .cnt = cnt};
     if (total == 0)
         return 0;
     for (;;) {
@@ -420,26 +440,9 @@ ssize_t ss_sock_recv(int fd, struct ss_sock *s, const struct iovec *iov, int cnt
         uint32_t avail = head - tail;
         if (avail) {
             bool was_full = avail == SS_CHAN_RXBUF;
-            uint32_t t = tail;
-            while (avail && done < total) {
-                size_t chunk = iov[vi].iov_len - voff;
-                if (!chunk) {
-                    vi++;
-                    voff = 0;
-                    continue;
-                }
-                uint32_t off = t & (SS_CHAN_RXBUF - 1);
-                uint32_t n = SS_CHAN_RXBUF - off;
-                if (n > avail)
-                    n = avail;
-                if (n > chunk)
-                    n = (uint32_t)chunk;
-                memcpy((uint8_t *)iov[vi].iov_base + voff, ring + off, n);
-                t += n;
-                avail -= n;
-                voff += n;
-                done += n;
-            }
+            uint32_t want = total - done < avail ? (uint32_t)(total - done) : avail;
+            uint32_t t = tail + ring_copy(ring, SS_CHAN_RXBUF, tail, want, &cur, false);
+            done += t - tail;
             if (peek)
                 return (ssize_t)done;
             __atomic_store_n(&so->rx.tail, t, __ATOMIC_RELEASE);

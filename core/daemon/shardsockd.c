@@ -609,8 +609,11 @@ static void run(struct instance *in)
         run_services(in);
         ss_chans_flush(&in->chans);
         /* 5. transmit flush: one kick for what the phases above queued */
-        if (in->dev.ops->flush)
+        if (in->dev.ops->flush) {
             in->dev.ops->flush(&in->dev);
+            in->stats->counters.dev_tx_errors += in->dev.tx_async_errors;
+            in->dev.tx_async_errors = 0;
+        }
         /* 6. adaptive wait */
         in->stats->loops++;
         in->stats->heartbeat_us = t;

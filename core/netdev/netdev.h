@@ -27,6 +27,7 @@ struct ss_netdev {
     void *priv;             /* the backend's own state */
     char ifname[16];
     uint32_t queue;
+    uint32_t tx_async_errors; /* frames a flush handed over that the device then refused */
     /* the last receive burst */
     uint8_t rx[SS_NETDEV_BURST][SS_NETDEV_FRAME];
     uint32_t rx_len[SS_NETDEV_BURST];

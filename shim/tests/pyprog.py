@@ -188,25 +188,33 @@ def asyncio_streams():
     out["asyncio"] = {"bytes": len(got), "same": digest(got) == digest(DATA)}
 
 
-def threading_server():
-    class Echo(socketserver.StreamRequestHandler):
+def line_server(cls, port, word, count):
+    """socketserver's echo of upper-cased lines, each client one line."""
+    class Upper(socketserver.StreamRequestHandler):
         def handle(self):
             for line in self.rfile:
                 self.wfile.write(line.upper())
 
-    socketserver.ThreadingTCPServer.allow_reuse_address = True
-    with socketserver.ThreadingTCPServer(("0.0.0.0", BASE + 6), Echo) as srv:
+    cls.allow_reuse_address = True
+    with cls(("0.0.0.0", port), Upper) as srv:
         t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
         t.start()
         answers = []
-        for i in range(5):
-            with socket.create_connection((ADDR, BASE + 6), timeout=10) as c, c.makefile("rwb") as f:
-                f.write(b"line %d\n" % i)
+        for i in range(count):
+            with socket.create_connection((ADDR, port), timeout=10) as c, c.makefile("rwb") as f:
+                f.write(b"%s %d\n" % (word, i))
                 f.flush()
                 answers.append(f.readline().decode().strip())
+                # a handler forked later holds a copy of this socket too:
+                # only shutdown ends the connection for every holder
+                c.shutdown(socket.SHUT_RDWR)
         srv.shutdown()
         t.join()
-    out["threading_server"] = answers
+    return answers
+
+
+def threading_server():
+    out["threading_server"] = line_server(socketserver.ThreadingTCPServer, BASE + 6, b"line", 5)
 
 
 def http_urllib():
@@ -229,27 +237,7 @@ def http_urllib():
 
 
 def forking_server():
-    class Upper(socketserver.StreamRequestHandler):
-        def handle(self):
-            for line in self.rfile:
-                self.wfile.write(line.upper())
-
-    socketserver.ForkingTCPServer.allow_reuse_address = True
-    with socketserver.ForkingTCPServer(("0.0.0.0", BASE + 8), Upper) as srv:
-        t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
-        t.start()
-        answers = []
-        for i in range(3):
-            with socket.create_connection((ADDR, BASE + 8), timeout=10) as c, c.makefile("rwb") as f:
-                f.write(b"fork %d\n" % i)
-                f.flush()
-                answers.append(f.readline().decode().strip())
-                # a handler forked later holds a copy of this socket too:
-                # only shutdown ends the connection for every holder
-                c.shutdown(socket.SHUT_RDWR)
-        srv.shutdown()
-        t.join()
-    out["forking_server"] = answers
+    out["forking_server"] = line_server(socketserver.ForkingTCPServer, BASE + 8, b"fork", 3)
 
 
 def fork_shares_a_connection():
