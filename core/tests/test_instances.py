@@ -16,6 +16,57 @@ from topology import ECHO, Netns, VethPair
 from preload.stats import read_page
 
 RUN_DIR = "/run/shardsock-test"
+
+# Kernel clients of the echo service, shared with the impaired tests.
+# A thousand connections open at once, each echoing its number.
+THOUSAND = r"""
+import asyncio, json, resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+async def one(i):
+    r, w = await asyncio.wait_for(asyncio.open_connection(sys.argv[1], 7), 60)
+    return r, w
+async def main():
+    conns = await asyncio.gather(*(one(i) for i in range(1000)))
+    for i, (r, w) in enumerate(conns):
+        w.write(b"%06d" % i)
+    ok = 0
+    for i, (r, w) in enumerate(conns):
+        ok += await asyncio.wait_for(r.readexactly(6), 60) == b"%06d" % i
+    for r, w in conns:
+        w.close()
+    return ok
+print(json.dumps({"ok": asyncio.run(main())}))
+"""
+# Closes from either side: the client first, then the service first.
+CLOSE_BOTH_WAYS = r"""import json, socket, sys
+# the client closes first: the service sees end of stream and closes too
+a = socket.create_connection((sys.argv[1], 7), timeout=10)
+a.sendall(b"bye")
+assert a.recv(3) == b"bye"
+a.close()
+# the service closes first: after the client's half-close it finishes and sends FIN
+b = socket.create_connection((sys.argv[1], 7), timeout=10)
+b.sendall(b"x" * 5000)
+b.shutdown(socket.SHUT_WR)
+got = b""
+while True:
+    d = b.recv(65536)
+    if not d:
+        break
+    got += d
+b.close()
+print(json.dumps({"echoed": len(got)}))
+"""
+# A connection to a closed port is refused (the stack resets it).
+REFUSED = r"""import json, socket, sys
+try:
+    socket.create_connection((sys.argv[1], 5555), timeout=5)
+    r = "connected"
+except ConnectionRefusedError:
+    r = "refused"
+print(json.dumps({"result": r}))
+"""
+
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and tap devices")
 
 
@@ -138,17 +189,7 @@ print(json.dumps({"ok": True}))
 
 
 def test_thousand_concurrent_connections(group):
-    out = group.client.python(r"""
-import json, resource, socket, sys
-resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
-conns = [socket.create_connection((sys.argv[1], 7), timeout=30) for _ in range(1000)]
-for i, c in enumerate(conns):
-    c.sendall(b"%06d" % i)
-ok = sum(c.recv(6) == b"%06d" % i for i, c in enumerate(conns))
-for c in conns:
-    c.close()
-print(json.dumps({"ok": ok}))
-""", group.addr)
+    out = group.client.python(THOUSAND, group.addr, timeout=300)
     assert out["ok"] == 1000
     opens = [i["counters"]["tcp_passive_opens"] for i in group.stat()]
     assert sum(opens) >= 1000
@@ -165,26 +206,7 @@ print(json.dumps({"ok": ok}))
 
 
 def test_close_from_either_side(group):
-    out = group.client.python(r"""
-import json, socket, sys
-# the client closes first: the service sees end of stream and closes too
-a = socket.create_connection((sys.argv[1], 7), timeout=10)
-a.sendall(b"bye")
-assert a.recv(3) == b"bye"
-a.close()
-# the service closes first: after the client's half-close it finishes and sends FIN
-b = socket.create_connection((sys.argv[1], 7), timeout=10)
-b.sendall(b"x" * 5000)
-b.shutdown(socket.SHUT_WR)
-got = b""
-while True:
-    d = b.recv(65536)
-    if not d:
-        break
-    got += d
-b.close()
-print(json.dumps({"echoed": len(got)}))
-""", group.addr)
+    out = group.client.python(CLOSE_BOTH_WAYS, group.addr)
     assert out["echoed"] == 5000
     time.sleep(0.3)
     states = [i["counters"]["tcp_state"] for i in group.stat()]
@@ -192,15 +214,7 @@ print(json.dumps({"echoed": len(got)}))
 
 
 def test_reset_for_a_closed_port(group):
-    out = group.client.python(r"""
-import json, socket, sys
-try:
-    socket.create_connection((sys.argv[1], 5555), timeout=5)
-    r = "connected"
-except ConnectionRefusedError:
-    r = "refused"
-print(json.dumps({"result": r}))
-""", group.addr)
+    out = group.client.python(REFUSED, group.addr)
     assert out["result"] == "refused"
     assert sum(i["counters"]["tcp_rst_tx"] for i in group.stat()) >= 1
 

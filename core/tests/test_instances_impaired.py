@@ -4,17 +4,18 @@ directions, made by linkem (apps/linkem.c: netem in user space, since this
 kernel has no netem) in a namespace between the kernel's TCP and the stack.
 Every backend, with one instance per core; tap is reached through the stack
 namespace's kernel, which routes to it."""
+import json
 import os
 import time
 
 import pytest
 
 from topology import ECHO, ImpairedPath
-from test_instances import Group, assert_clean
+from test_instances import CLOSE_BOTH_WAYS, REFUSED, RUN_DIR, THOUSAND, Group, assert_clean
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and tap devices")
 
-IMPAIR = dict(delay_ms=5, loss=0.02, dup=0.02, reorder=0.05)
+IMPAIR = dict(delay_ms=5, loss=0.02, dup=0.02, reorder=0.05, limit=20000)
 # 20 MB each way in `make test` (about 20 s a backend here); `make soak`
 # moves 100 MB each way.
 ECHO_BYTES = int(os.environ.get("SHARDSOCK_IMPAIRED_MB", "20")) * 1_000_000
@@ -39,14 +40,16 @@ def lossy_group(request):
         path.delete()
 
 
-def link_did_its_job(g):
-    """linkem's report: it really delayed, lost, duplicated and reordered
-    in both directions."""
+def link_did_its_job(g, busy=True):
+    """linkem's report: the traffic crossed it both ways, and on a busy run
+    it really lost, duplicated and reordered in both directions (a handful
+    of frames may come through untouched)."""
     st = g.path.stop_link()
     for d in ("a_to_b", "b_to_a"):
         x = st[d]
-        assert x["lost"] > 0 and x["duplicated"] > 0 and x["reordered"] > 0, st
-        assert x["overflow"] == 0 and x["send_errors"] == 0, st
+        assert x["frames"] > 0 and x["overflow"] == 0 and x["send_errors"] == 0, st
+        if busy:
+            assert x["lost"] > 0 and x["duplicated"] > 0 and x["reordered"] > 0, st
     return st
 
 
@@ -61,28 +64,37 @@ def test_echo_byte_exact_under_impairment(lossy_group):
     link_did_its_job(g)
 
 
-def test_many_connections_under_impairment(lossy_group):
+def test_thousand_connections_under_impairment(lossy_group):
     g = lossy_group
-    out = g.client.python(r"""
-import json, socket, sys
-conns = [socket.create_connection((sys.argv[1], 7), timeout=60) for _ in range(200)]
-for i, c in enumerate(conns):
-    c.sendall(b"%06d" % i * 100)
-ok = 0
-for i, c in enumerate(conns):
-    want, got = b"%06d" % i * 100, b""
-    while len(got) < len(want):
-        d = c.recv(65536)
-        if not d:
-            break
-        got += d
-    ok += got == want
-for c in conns:
-    c.close()
-print(json.dumps({"ok": ok}))
-""", g.addr, timeout=300)
-    assert out["ok"] == 200
+    out = g.client.python(THOUSAND, g.addr, timeout=300)
+    assert out["ok"] == 1000
+    assert sum(i["counters"]["tcp_passive_opens"] for i in g.stat()) >= 1000
     link_did_its_job(g)
+
+
+def test_closes_resets_and_arp_under_impairment(lossy_group):
+    g = lossy_group
+    assert g.client.python(CLOSE_BOTH_WAYS.replace("timeout=10", "timeout=60"), g.addr, timeout=300) == \
+        {"echoed": 5000}
+    assert g.client.python(REFUSED.replace("timeout=5", "timeout=60"), g.addr, timeout=300) == \
+        {"result": "refused"}
+    # every connection ended; the refused one was reset by the stack
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        states = [i["counters"]["tcp_state"] for i in g.stat()]
+        if sum(s["ESTABLISHED"] + s["CLOSE_WAIT"] + s["FIN_WAIT_1"] + s["LAST_ACK"] for s in states) == 0:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("connections left open: %s" % states)
+    assert sum(i["counters"]["tcp_rst_tx"] for i in g.stat()) >= 1
+    # the kernel next to the stack resolved its address by ARP: across the
+    # impaired link (afpacket, afxdp), or on the tap (routed)
+    ns = g.ns if g.backend == "tap" else g.client
+    entries = json.loads(ns.run(["ip", "-j", "neigh", "show", g.addr]).stdout)
+    with open(os.path.join(RUN_DIR, g.name, "state.json")) as f:
+        assert [e.get("lladdr") for e in entries] == [json.load(f)["mac"]]
+    link_did_its_job(g, busy=False)
 
 
 def test_ping_under_impairment(lossy_group):
