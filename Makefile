@@ -131,7 +131,7 @@ test: setup build check-engine-symbols test-engine test-engine-sanitized test-sh
 soak: build ## long runs: 100 MB each way across the impaired link (loss, duplication, reordering, delay), every backend
 	SHARDSOCK_IMPAIRED_MB=100 $(PYTEST) core/tests/test_instances_impaired.py -k echo
 
-demo: setup build ## what runs today: the lossy 100 MB transfer, then instances on a tap serving the kernel
+demo: setup build ## what runs today: the lossy 100 MB transfer, then instances on a tap serving the kernel and a program under the library
 	$(PY) scripts/demo.py
 
 bench: build bench-engine bench-instances bench-shim ## benchmarks (not tests); numbers go in the README

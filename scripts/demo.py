@@ -6,13 +6,15 @@ and removes.
    reorders and duplicates 5% of frames (build/pair).
 2. `shardsock up` starts one pinned instance per core on a tap device; the
    kernel on the host side pings the stack and sends 10 MB through its echo
-   service; `status` and `stat` show the instances; `shardsock down` leaves
-   nothing behind.
+   service; `shardsock run -- python3 -m http.server` serves curl from the
+   host through the stack; `status` and `stat` show the instances;
+   `shardsock down` leaves nothing behind.
 """
 import json
 import os
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
@@ -46,6 +48,22 @@ def main():
         step("TCP echo from the kernel: 10 MB through the stack and back")
         out = ns.python(ECHO, "198.18.0.2", 10_000_000)
         print("sent %d bytes, received %d, byte-exact: %s" % (out["sent"], out["received"], out["same"]))
+        step("shardsock run -- python3 -m http.server 8000; curl http://198.18.0.2:8000/ from the host side")
+        srv = subprocess.Popen(["ip", "netns", "exec", ns.name, sys.executable, "-m", "preload.cli", "run", *args,
+                                "--", sys.executable, "-m", "http.server", "8000", "--directory", ROOT],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=dict(os.environ, PYTHONPATH=ROOT))
+        try:
+            for _ in range(50):
+                r = ns.run(["curl", "-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code} %{size_download} bytes",
+                            "http://198.18.0.2:8000/README.md"])
+                if r.returncode == 0:
+                    break
+                time.sleep(0.1)
+            print("curl: HTTP %s, served by a program whose sockets are the stack's" % r.stdout)
+        finally:
+            srv.terminate()
+            srv.wait()
         step("shardsock status")
         print(ns.shardsock("status", *args).stdout.rstrip())
         step("shardsock stat")
