@@ -16,8 +16,8 @@ from test_instances import CLOSE_BOTH_WAYS, REFUSED, RUN_DIR, THOUSAND, Group, a
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and tap devices")
 
 IMPAIR = dict(delay_ms=5, loss=0.02, dup=0.02, reorder=0.05, limit=20000)
-# 20 MB each way in `make test` (about 20 s a backend here); `make soak`
-# moves 100 MB each way.
+# `make test` moves 100 MB each way in its first pass (about 90 s a backend
+# here) and 20 MB under the sanitizers; `make soak` moves 500 MB.
 ECHO_BYTES = int(os.environ.get("SHARDSOCK_IMPAIRED_MB", "20")) * 1_000_000
 
 
