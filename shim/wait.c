@@ -303,6 +303,12 @@ int ss_epoll_ctl(int ep, int op, int fd, struct epoll_event *ev)
     }
     if (ep == fd)
         return fail(EINVAL);
+    /* Linux: EPOLLEXCLUSIVE only on ADD, and not with EPOLLONESHOT.  Every
+     * set that holds the socket is told of its readiness; exclusive wake-up
+     * only thins the herd, and the kernel promises no more than one. */
+    if (ev && (ev->events & EPOLLEXCLUSIVE) &&
+        (op == EPOLL_CTL_MOD || (ev->events & EPOLLONESHOT)))
+        return fail(EINVAL);
     pthread_mutex_lock(&ep_lock);
     struct ep_set *set = find_set(ep, op == EPOLL_CTL_ADD);
     struct ep_item *it = NULL;
@@ -349,6 +355,10 @@ int ss_epoll_ctl(int ep, int op, int fd, struct epoll_event *ev)
     case EPOLL_CTL_MOD:
         if (!it) {
             rc = ENOENT;
+            break;
+        }
+        if (it->events & EPOLLEXCLUSIVE) {
+            rc = EINVAL; /* Linux: an exclusive registration cannot be modified */
             break;
         }
         it->events = ev->events;

@@ -228,6 +228,15 @@ int main(int argc, char **argv)
     recv(s, buf, 2, 0);
     show("epoll drained", epoll_wait(ep, out, 4, 50));
     show("epoll_ctl del", epoll_ctl(ep, EPOLL_CTL_DEL, s, NULL));
+    ev.events = EPOLLIN | EPOLLEXCLUSIVE | EPOLLONESHOT;
+    show("epoll exclusive+oneshot", epoll_ctl(ep, EPOLL_CTL_ADD, s, &ev));
+    ev.events = EPOLLIN | EPOLLEXCLUSIVE;
+    show("epoll_ctl add exclusive", epoll_ctl(ep, EPOLL_CTL_ADD, s, &ev));
+    ev.events = EPOLLIN;
+    show("epoll_ctl mod exclusive", epoll_ctl(ep, EPOLL_CTL_MOD, s, &ev));
+    send(c, "e", 1, 0);
+    show("epoll exclusive wakes", epoll_wait(ep, out, 4, 1000));
+    recv(s, buf, 1, 0);
     close(ep);
 
     /* --- half-close, end of stream, resets --- */

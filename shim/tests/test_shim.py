@@ -99,6 +99,20 @@ def test_python_socket_layers_same_as_the_kernel(group, side):
     assert after - before >= 12, "the %s sockets were not the stack's" % side
 
 
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_gevent_same_as_the_kernel(group, side):
+    """gevent monkey-patched: a StreamServer and 50 greenlet clients."""
+    prog = os.path.join(HERE, "geventprog.py")
+    ref = kernel_run(group.ns, sys.executable, prog, "127.0.0.1", "47300")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    before = group.total("tcp_passive_opens" if side == "server" else "tcp_active_opens")
+    r = group.run(sys.executable, prog, STACK if side == "server" else HOST, "47300")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout) == json.loads(ref.stdout) == {"clients": 50, "same": 50}
+    after = group.total("tcp_passive_opens" if side == "server" else "tcp_active_opens")
+    assert after - before >= 50, "the %s sockets were not the stack's" % side
+
+
 def test_http_server_serves_curl_through_the_stack(group):
     """The issue's acceptance: `shardsock run -- python3 -m http.server`
     serves curl at the stack's address."""
