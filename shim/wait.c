@@ -255,7 +255,7 @@ static struct ep_set *find_set(int ep, bool create)
         return NULL;
     x->ep = ep;
     x->next = sets;
-    sets = x;
+    __atomic_store_n(&sets, x, __ATOMIC_RELEASE);
     return x;
 }
 
@@ -400,6 +400,10 @@ void ss_epoll_forget(int fd)
 
 void ss_epoll_close(int ep)
 {
+    /* every close() of a kernel descriptor comes here: no lock unless the
+     * program has an epoll set holding accelerated sockets at all */
+    if (!__atomic_load_n(&sets, __ATOMIC_ACQUIRE))
+        return;
     pthread_mutex_lock(&ep_lock);
     for (struct ep_set **pp = &sets; *pp; pp = &(*pp)->next) {
         struct ep_set *set = *pp;

@@ -71,46 +71,42 @@ def kernel_run(ns, *cmd, timeout=120):
     return ns.run(list(cmd), timeout=timeout)
 
 
+def same_as_the_kernel(group, side, cmd, port, min_opens, parse=str.splitlines):
+    """Runs cmd + [address, port] on the kernel (127.0.0.1) and under the
+    library (the stack's address for side "server", the kernel side's for
+    "client"); the outputs must be equal, and at least min_opens sockets
+    of that side the stack's.  Returns the parsed output."""
+    ref = kernel_run(group.ns, *cmd, "127.0.0.1", port)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    counter = "tcp_passive_opens" if side == "server" else "tcp_active_opens"
+    before = group.total(counter)
+    r = group.run(*cmd, STACK if side == "server" else HOST, port)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert parse(r.stdout) == parse(ref.stdout)
+    assert group.total(counter) - before >= min_opens, "the %s sockets were not the stack's" % side
+    return parse(r.stdout)
+
+
 @pytest.mark.parametrize("side", ["server", "client"])
 def test_sockcheck_same_as_the_kernel(group, side):
     """Every call of the scripted run, errno for errno."""
-    ref = kernel_run(group.ns, os.path.join(BUILD, "sockcheck"), "127.0.0.1", "47001")
-    assert ref.returncode == 0, ref.stderr
-    before = group.total("tcp_passive_opens" if side == "server" else "tcp_active_opens")
-    r = group.run(os.path.join(BUILD, "sockcheck"), STACK if side == "server" else HOST, "47001")
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == ref.stdout.splitlines()
-    after = group.total("tcp_passive_opens" if side == "server" else "tcp_active_opens")
-    assert after - before >= 4, "the %s sockets were not the stack's" % side
+    same_as_the_kernel(group, side, [os.path.join(BUILD, "sockcheck")], "47001", 4)
 
 
 @pytest.mark.parametrize("side", ["server", "client"])
 def test_python_socket_layers_same_as_the_kernel(group, side):
     """Blocking and non-blocking sockets, timeouts, the three selectors,
-    asyncio streams, a threading socketserver, http.server with urllib."""
-    prog = os.path.join(HERE, "pyprog.py")
-    ref = kernel_run(group.ns, sys.executable, prog, "127.0.0.1", "47100")
-    assert ref.returncode == 0, ref.stderr[-2000:]
-    before = group.total("tcp_passive_opens" if side == "server" else "tcp_active_opens")
-    r = group.run(sys.executable, prog, STACK if side == "server" else HOST, "47100")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert json.loads(r.stdout) == json.loads(ref.stdout)
-    after = group.total("tcp_passive_opens" if side == "server" else "tcp_active_opens")
-    assert after - before >= 12, "the %s sockets were not the stack's" % side
+    asyncio streams, threading and forking socketservers, http.server with
+    urllib, fork, dual stack."""
+    same_as_the_kernel(group, side, [sys.executable, os.path.join(HERE, "pyprog.py")], "47100", 12, json.loads)
 
 
 @pytest.mark.parametrize("side", ["server", "client"])
 def test_gevent_same_as_the_kernel(group, side):
     """gevent monkey-patched: a StreamServer and 50 greenlet clients."""
-    prog = os.path.join(HERE, "geventprog.py")
-    ref = kernel_run(group.ns, sys.executable, prog, "127.0.0.1", "47300")
-    assert ref.returncode == 0, ref.stderr[-2000:]
-    before = group.total("tcp_passive_opens" if side == "server" else "tcp_active_opens")
-    r = group.run(sys.executable, prog, STACK if side == "server" else HOST, "47300")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert json.loads(r.stdout) == json.loads(ref.stdout) == {"clients": 50, "same": 50}
-    after = group.total("tcp_passive_opens" if side == "server" else "tcp_active_opens")
-    assert after - before >= 50, "the %s sockets were not the stack's" % side
+    out = same_as_the_kernel(group, side, [sys.executable, os.path.join(HERE, "geventprog.py")], "47300", 50,
+                             json.loads)
+    assert out == {"clients": 50, "same": 50}
 
 
 def test_http_server_serves_curl_through_the_stack(group):
