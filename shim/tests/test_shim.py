@@ -8,7 +8,11 @@ and takes everything down again.  Under the library a program's servers
 listen on 0.0.0.0 (the stack and the kernel both) and its clients connect
 either to the stack's address (the server side is the stack's; the client
 is a kernel socket reaching it through the tap) or to the kernel side's
-(the client is the stack's)."""
+(the client is the stack's).
+
+The programs' ports lie below 32768: a port inside the ephemeral range
+(32768-60999) can be taken by some earlier client's connection, still in
+TIME_WAIT, and then bind() fails even with SO_REUSEADDR."""
 import json
 import os
 import subprocess
@@ -90,7 +94,7 @@ def same_as_the_kernel(group, side, cmd, port, min_opens, parse=str.splitlines):
 @pytest.mark.parametrize("side", ["server", "client"])
 def test_sockcheck_same_as_the_kernel(group, side):
     """Every call of the scripted run, errno for errno."""
-    same_as_the_kernel(group, side, [os.path.join(BUILD, "sockcheck")], "47001", 4)
+    same_as_the_kernel(group, side, [os.path.join(BUILD, "sockcheck")], "17001", 4)
 
 
 @pytest.mark.parametrize("side", ["server", "client"])
@@ -98,13 +102,13 @@ def test_python_socket_layers_same_as_the_kernel(group, side):
     """Blocking and non-blocking sockets, timeouts, the three selectors,
     asyncio streams, threading and forking socketservers, http.server with
     urllib, fork, dual stack."""
-    same_as_the_kernel(group, side, [sys.executable, os.path.join(HERE, "pyprog.py")], "47100", 12, json.loads)
+    same_as_the_kernel(group, side, [sys.executable, os.path.join(HERE, "pyprog.py")], "17100", 12, json.loads)
 
 
 @pytest.mark.parametrize("side", ["server", "client"])
 def test_gevent_same_as_the_kernel(group, side):
     """gevent monkey-patched: a StreamServer and 50 greenlet clients."""
-    out = same_as_the_kernel(group, side, [sys.executable, os.path.join(HERE, "geventprog.py")], "47300", 50,
+    out = same_as_the_kernel(group, side, [sys.executable, os.path.join(HERE, "geventprog.py")], "17300", 50,
                              json.loads)
     assert out == {"clients": 50, "same": 50}
 
@@ -189,7 +193,7 @@ os.kill(os.getpid(), signal.SIGKILL)
                             stdout=subprocess.PIPE, text=True)
     try:
         assert echo.stdout.readline().strip() == "listening"
-        r = group.run(sys.executable, "-c", code.replace(", 7)", ", 47200)"), HOST)
+        r = group.run(sys.executable, "-c", code.replace(", 7)", ", 17200)"), HOST)
         assert "connected" in r.stdout and r.returncode == -9
         deadline = time.time() + 5
         while time.time() < deadline and group.total("chan_detaches") < group.total("chan_attaches"):
@@ -197,7 +201,7 @@ os.kill(os.getpid(), signal.SIGKILL)
         assert group.total("chan_detaches") == group.total("chan_attaches")
         # the kernel's end saw the connection end, and the instance still serves
         assert echo.stdout.readline().strip() == "closed"
-        r = group.run(sys.executable, "-c", "import socket; c = socket.create_connection(('%s', 47200), "
+        r = group.run(sys.executable, "-c", "import socket; c = socket.create_connection(('%s', 17200), "
                       "timeout=10); c.sendall(b'again'); print(c.recv(5).decode())" % HOST)
         assert r.stdout.strip() == "again", r.stderr
     finally:
@@ -205,11 +209,11 @@ os.kill(os.getpid(), signal.SIGKILL)
         echo.wait()
 
 
-# Echoes each connection in turn on 0.0.0.0:47200, saying "closed" when one ends.
+# Echoes each connection in turn on 0.0.0.0:17200, saying "closed" when one ends.
 KERNEL_ECHO = r"""
 import socket
 l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-l.bind(("0.0.0.0", 47200)); l.listen()
+l.bind(("0.0.0.0", 17200)); l.listen()
 print("listening", flush=True)
 while True:
     c, _ = l.accept()
