@@ -206,16 +206,37 @@ bool ss_instance_alive(void)
     return true;
 }
 
-/* Sleeps on the wake sequence until the instance bumps it, or timeout. */
-static int sleep_on_instance(uint32_t seen, int timeout_ms)
+/* Sleeps on the wake sequence until the instance bumps it, or timeout.
+ *
+ * A signal's handler ends the sleep the way it ends the kernel's own
+ * socket waits (signal(7)): a call with no SO_RCVTIMEO/SO_SNDTIMEO is
+ * restarted when the handler has SA_RESTART and fails with EINTR when it
+ * has not; a call with a timeout, and poll/select/epoll, always fail with
+ * EINTR.  The kernel makes that choice itself for us: futex_waitv takes an
+ * absolute deadline and so is restarted (-ERESTARTSYS) exactly when the
+ * handler has SA_RESTART, while FUTEX_WAIT with a timeout never is. */
+static int sleep_on_instance(uint32_t seen, int timeout_ms, bool restartable)
 {
     struct timespec ts, *tp = NULL;
-    if (timeout_ms >= 0) {
-        ts.tv_sec = timeout_ms / 1000;
-        ts.tv_nsec = (long)(timeout_ms % 1000) * 1000000;
-        tp = &ts;
+    long r;
+    if (restartable && timeout_ms >= 0) {
+        struct futex_waitv w = {.val = seen, .uaddr = (uintptr_t)&ss_ch.r->app_wake_seq, .flags = FUTEX_32};
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += timeout_ms / 1000;
+        ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        r = syscall(SYS_futex_waitv, &w, 1, 0, &ts, CLOCK_MONOTONIC);
+    } else {
+        if (timeout_ms >= 0) {
+            ts.tv_sec = timeout_ms / 1000;
+            ts.tv_nsec = (long)(timeout_ms % 1000) * 1000000;
+            tp = &ts;
+        }
+        r = syscall(SYS_futex, &ss_ch.r->app_wake_seq, FUTEX_WAIT, seen, tp, NULL, 0);
     }
-    long r = syscall(SYS_futex, &ss_ch.r->app_wake_seq, FUTEX_WAIT, seen, tp, NULL, 0);
     return r < 0 ? -errno : 0;
 }
 
@@ -249,7 +270,7 @@ int ss_request(uint32_t op, uint32_t slot, int64_t a0, int64_t a1, int64_t *o0, 
         uint32_t seen = __atomic_load_n(&r->app_wake_seq, __ATOMIC_ACQUIRE);
         __atomic_add_fetch(&r->app_sleeping, 1, __ATOMIC_SEQ_CST);
         if (__atomic_load_n(&r->rep.seq, __ATOMIC_ACQUIRE) != seq)
-            sleep_on_instance(seen, 100);
+            sleep_on_instance(seen, 100, true);
         __atomic_sub_fetch(&r->app_sleeping, 1, __ATOMIC_SEQ_CST);
         if (__atomic_load_n(&r->rep.seq, __ATOMIC_ACQUIRE) != seq && !ss_instance_alive())
             break;
@@ -272,26 +293,28 @@ void ss_kick(uint32_t slot)
     wake_instance();
 }
 
-int ss_wait(uint32_t slot, uint32_t mask, uint64_t deadline_ms)
+int ss_wait(struct ss_sock *s, short events, uint64_t deadline_ms)
 {
     struct ss_chan_region *r = ss_ch.r;
-    struct ss_chan_socket *so = ss_so(slot);
     for (int spins = 0;; spins++) {
-        if (__atomic_load_n(&so->ready, __ATOMIC_ACQUIRE) & mask)
+        if (ss_sock_revents(s, events))
             return 0;
         if (spins < 2000)
             continue;
         uint64_t now = ss_now_ms();
         if (deadline_ms && now >= deadline_ms)
             return -ETIMEDOUT;
-        int slice = 100;
+        /* Slices, to see a dead instance within a second.  A signal
+         * that lands between two slices rather than in one is taken as
+         * restarted: slices are long so that this window stays small. */
+        int slice = 1000;
         if (deadline_ms && deadline_ms - now < (uint64_t)slice)
             slice = (int)(deadline_ms - now);
         uint32_t seen = __atomic_load_n(&r->app_wake_seq, __ATOMIC_ACQUIRE);
         __atomic_add_fetch(&r->app_sleeping, 1, __ATOMIC_SEQ_CST);
         int e = 0;
-        if (!(__atomic_load_n(&so->ready, __ATOMIC_ACQUIRE) & mask))
-            e = sleep_on_instance(seen, slice);
+        if (!ss_sock_revents(s, events))
+            e = sleep_on_instance(seen, slice, deadline_ms == 0);
         __atomic_sub_fetch(&r->app_sleeping, 1, __ATOMIC_SEQ_CST);
         if (e == -EINTR)
             return -EINTR;
@@ -300,7 +323,20 @@ int ss_wait(uint32_t slot, uint32_t mask, uint64_t deadline_ms)
     }
 }
 
-int ss_sleep_since(uint32_t seen, int timeout_ms) { return sleep_on_instance(seen, timeout_ms); }
+bool ss_handlers_restart(void)
+{
+    for (int sig = 1; sig < NSIG; sig++) {
+        struct sigaction sa;
+        if (sigaction(sig, NULL, &sa) != 0)
+            continue; /* glibc's own signals */
+        bool caught = (sa.sa_flags & SA_SIGINFO) || (sa.sa_handler != SIG_DFL && sa.sa_handler != SIG_IGN);
+        if (caught && !(sa.sa_flags & SA_RESTART))
+            return false;
+    }
+    return true;
+}
+
+int ss_sleep_since(uint32_t seen, int timeout_ms) { return sleep_on_instance(seen, timeout_ms, false); }
 
 /* ---- the descriptor table ---- */
 

@@ -81,13 +81,20 @@ static inline struct ss_sock *ss_lookup(int fd)
 bool ss_attach(void);       /* true once attached */
 int ss_request(uint32_t op, uint32_t slot, int64_t a0, int64_t a1, int64_t *o0, int64_t *o1);
 void ss_kick(uint32_t slot);
-/* Waits until the socket's readiness has a bit of mask, the deadline
- * passes (-ETIMEDOUT; deadline 0: none) or a signal arrives (-EINTR). */
-int ss_wait(uint32_t slot, uint32_t mask, uint64_t deadline_ms);
+/* Waits until the socket polls with a bit of events (its rings, not only
+ * the instance's word, which lags what this process took), the deadline
+ * passes (-ETIMEDOUT; deadline 0: none) or a signal's handler runs
+ * (-EINTR; with no deadline, only a handler without SA_RESTART: the
+ * kernel restarts the wait after one with it). */
+int ss_wait(struct ss_sock *s, short events, uint64_t deadline_ms);
 /* Sleeps until the instance's wake sequence moves past seen (read before
  * the caller last looked at the sockets, with app_sleeping raised), at
  * most timeout_ms (-1: forever).  -EINTR on a signal. */
 int ss_sleep_since(uint32_t seen, int timeout_ms);
+/* True when every signal handler the program installed has SA_RESTART:
+ * where the library waits in poll, which no handler restarts, this is how
+ * it tells whether the kernel would have restarted the call. */
+bool ss_handlers_restart(void);
 /* False once the instance is gone (its control connection closed). */
 bool ss_instance_alive(void);
 uint64_t ss_now_ms(void);

@@ -240,6 +240,12 @@ int ss_sock_accept(int fd, struct ss_sock *s, struct sockaddr *a, socklen_t *len
         }
         if (s->nonblock)
             return fail(EAGAIN);
+        if (!s->kernel_too) {
+            int w = ss_wait(s, POLLIN, until);
+            if (w < 0)
+                return fail(w == -ETIMEDOUT ? EAGAIN : -w);
+            continue;
+        }
         struct pollfd p = {.fd = fd, .events = POLLIN};
         int left = -1;
         if (until) {
@@ -248,9 +254,11 @@ int ss_sock_accept(int fd, struct ss_sock *s, struct sockaddr *a, socklen_t *len
                 return fail(EAGAIN);
             left = (int)(until - now);
         }
-        int r = ss_poll(&p, 1, left, NULL);
-        if (r < 0)
-            return -1; /* EINTR */
+        /* Both queues: poll, which a signal always interrupts.  Linux
+         * restarts accept after a handler with SA_RESTART (but not with
+         * SO_RCVTIMEO): do so when every handler the program has has it. */
+        if (ss_poll(&p, 1, left, NULL) < 0 && (errno != EINTR || until || !ss_handlers_restart()))
+            return -1;
     }
 }
 
@@ -309,7 +317,7 @@ int ss_sock_connect(int fd, struct ss_sock *s, const struct sockaddr *a, socklen
     s->connecting = true;
     if (s->nonblock)
         return fail(EINPROGRESS);
-    int w = ss_wait(s->slot, SS_CHAN_EV_CONNECTED | SS_EV_ERR | SS_EV_HUP, deadline(s->sndtimeo_ms));
+    int w = ss_wait(s, POLLOUT, deadline(s->sndtimeo_ms));
     if (w == -ETIMEDOUT)
         return fail(EINPROGRESS);
     if (w < 0)
@@ -410,7 +418,7 @@ ssize_t ss_sock_send(int fd, struct ss_sock *s, const struct iovec *iov, int cnt
         }
         if (nonblock)
             return done ? (ssize_t)done : fail(EAGAIN);
-        int w = ss_wait(s->slot, SS_EV_OUT | SS_EV_ERR | SS_EV_HUP, until);
+        int w = ss_wait(s, POLLOUT, until);
         if (w < 0)
             return done ? (ssize_t)done : fail(w == -ETIMEDOUT ? EAGAIN : -w);
         if (!(__atomic_load_n(&so->ready, __ATOMIC_ACQUIRE) & SS_EV_OUT) && !(so->ready & (SS_EV_ERR | SS_EV_HUP))) {
@@ -468,7 +476,7 @@ ssize_t ss_sock_recv(int fd, struct ss_sock *s, const struct iovec *iov, int cnt
         }
         if (nonblock)
             return fail(EAGAIN);
-        int w = ss_wait(s->slot, SS_EV_IN | SS_EV_ERR | SS_EV_HUP | SS_CHAN_EV_EOF, until);
+        int w = ss_wait(s, POLLIN, until);
         if (w < 0)
             return done ? (ssize_t)done : fail(w == -ETIMEDOUT ? EAGAIN : -w);
     }

@@ -28,6 +28,7 @@
 #include <sys/ioctl.h>
 #include <sys/select.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -37,7 +38,7 @@ static const char *ename(int e)
 #define E(x) case x: return #x;
     E(EAGAIN) E(EINPROGRESS) E(EALREADY) E(EISCONN) E(ENOTCONN) E(EPIPE) E(ECONNRESET) E(ECONNREFUSED)
     E(EBADF) E(EINVAL) E(EADDRINUSE) E(ENOTSOCK) E(EFAULT) E(ENOPROTOOPT) E(EAFNOSUPPORT) E(EOPNOTSUPP)
-    E(EDESTADDRREQ) E(ETIMEDOUT) E(EEXIST) E(ENOENT)
+    E(EDESTADDRREQ) E(ETIMEDOUT) E(EEXIST) E(ENOENT) E(EINTR)
 #undef E
     default: return "E?";
     }
@@ -65,6 +66,77 @@ static int sender_fd;
 static void *sender(void *data)
 {
     return (void *)(intptr_t)send(sender_fd, data, 1 << 20, 0);
+}
+
+/* --- a signal during a blocking call --- */
+static volatile sig_atomic_t alarms;
+static void on_alarm(int sig)
+{
+    (void)sig;
+    alarms++;
+}
+
+/* SIGALRM in 100 ms, its handler with or without SA_RESTART */
+static void alarm_soon(int restart)
+{
+    struct sigaction sa = {.sa_handler = on_alarm, .sa_flags = restart ? SA_RESTART : 0};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGALRM, &sa, NULL);
+    alarms = 0;
+    struct itimerval it = {.it_value = {0, 100000}};
+    setitimer(ITIMER_REAL, &it, NULL);
+}
+
+/* What a second thread, deaf to signals, does after 400 ms: send on fd,
+ * or (fd -1) connect a new socket to *to. */
+struct later {
+    int fd;
+    const struct sockaddr_in *to;
+    int made;
+};
+static void *act_later(void *p)
+{
+    struct later *l = p;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    usleep(400000);
+    if (l->fd >= 0) {
+        send(l->fd, "late", 4, 0);
+    } else {
+        l->made = socket(AF_INET, SOCK_STREAM, 0);
+        connect(l->made, (const struct sockaddr *)l->to, sizeof *l->to);
+    }
+    return NULL;
+}
+
+/* A blocking recv (on a, from b) or accept (on a listener; b -1) that a
+ * signal interrupts at 100 ms, 300 ms before its data or connection
+ * comes: with SA_RESTART the call goes on and succeeds, without it fails
+ * with EINTR. */
+static void interrupted(const char *what, int a, int b, const struct sockaddr_in *to)
+{
+    for (int restart = 1; restart >= 0; restart--) {
+        struct later lt = {.fd = b, .to = to, .made = -1};
+        pthread_t th;
+        pthread_create(&th, NULL, act_later, &lt);
+        alarm_soon(restart);
+        char buf[8], step[80];
+        long r = b >= 0 ? recv(a, buf, sizeof buf, 0) : accept(a, NULL, NULL);
+        int e = errno;
+        snprintf(step, sizeof step, "%s %s", what, restart ? "SA_RESTART" : "no SA_RESTART");
+        errno = e;
+        show(step, b >= 0 || r < 0 ? r : 0);
+        printf("%s alarms: %d\n", step, alarms);
+        pthread_join(th, NULL);
+        if (r < 0) /* what came late */
+            r = b >= 0 ? recv(a, buf, sizeof buf, 0) : accept(a, NULL, NULL);
+        if (b < 0) {
+            close((int)r);
+            close(lt.made);
+        }
+    }
+    signal(SIGALRM, SIG_IGN);
 }
 
 static int wait_fd(int fd, short ev, int ms)
@@ -238,6 +310,13 @@ int main(int argc, char **argv)
     show("epoll exclusive wakes", epoll_wait(ep, out, 4, 1000));
     recv(s, buf, 1, 0);
     close(ep);
+
+    /* --- signals: SA_RESTART --- */
+    interrupted("recv server side", s, c, NULL);
+    interrupted("recv client side", c, s, NULL);
+    fcntl(l, F_SETFL, fcntl(l, F_GETFL) & ~O_NONBLOCK);
+    interrupted("accept", l, -1, &dst);
+    fcntl(l, F_SETFL, fcntl(l, F_GETFL) | O_NONBLOCK);
 
     /* --- half-close, end of stream, resets --- */
     show("shutdown bad how", shutdown(c, 7));
