@@ -3,7 +3,9 @@
  * expands into the pointer to the next definition (libc's, found with
  * dlsym(RTLD_NEXT)) and into the exported definition, which calls shim.c's
  * hook_<name>.  The calls libc declares variadic (fcntl, ioctl) take their
- * third argument as one machine word, which is how it is passed.
+ * third argument as one machine word, which is how it is passed; execl,
+ * execlp and execle become execv, execvp and execve with their arguments
+ * gathered into a vector (libc's own go to execve inside libc, unseen).
  */
 #define SS_CALLS_PLAIN(X)                                                                                            \
     X(int, socket, (int domain, int type, int protocol), (domain, type, protocol))                               \
@@ -74,6 +76,9 @@
 #define SS_CALLS_VARIADIC(X) \
     X(int, fcntl, (int fd, int cmd, long arg), (fd, cmd, arg))                                                   \
     X(int, fcntl64, (int fd, int cmd, long arg), (fd, cmd, arg))                                                 \
-    X(int, ioctl, (int fd, unsigned long req, long arg), (fd, req, arg))
+    X(int, ioctl, (int fd, unsigned long req, long arg), (fd, req, arg))                                         \
+    X(int, execl, (const char *path, const char *arg, ...), (path, arg))                                         \
+    X(int, execlp, (const char *file, const char *arg, ...), (file, arg))                                        \
+    X(int, execle, (const char *path, const char *arg, ...), (path, arg))
 
 #define SS_CALLS(X) SS_CALLS_PLAIN(X) SS_CALLS_VARIADIC(X)

@@ -29,6 +29,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/sendfile.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <netinet/in.h>
 #include <sys/un.h>
@@ -57,11 +58,38 @@ static void resolve_all(void)
 
 void ss_resolve(void) { pthread_once(&resolved, resolve_all); }
 
-static bool verbose(void)
+/* The library's settings, read once when it is loaded: a program may
+ * empty its environment later (nginx keeps only TZ), and its forked
+ * workers must still find the instances, and the images it execs the
+ * library (ss_exec_env). */
+static struct {
+    char run_dir[256];
+    char instance[16];
+    char verbose[8];
+    char path[PATH_MAX]; /* this library's file, for LD_PRELOAD */
+} conf;
+
+static void copy_env(char *dst, size_t len, const char *name)
 {
-    const char *v = getenv("SHARDSOCK_VERBOSE");
-    return v && *v && *v != '0';
+    const char *v = getenv(name);
+    if (v && strlen(v) < len)
+        strcpy(dst, v);
 }
+
+static void inherited_at_exec(void);
+
+__attribute__((constructor)) static void load(void)
+{
+    copy_env(conf.run_dir, sizeof conf.run_dir, "SHARDSOCK_RUN_DIR");
+    copy_env(conf.instance, sizeof conf.instance, "SHARDSOCK_INSTANCE");
+    copy_env(conf.verbose, sizeof conf.verbose, "SHARDSOCK_VERBOSE");
+    Dl_info info;
+    if (dladdr((void *)load, &info) && info.dli_fname && strlen(info.dli_fname) < sizeof conf.path)
+        strcpy(conf.path, info.dli_fname);
+    inherited_at_exec();
+}
+
+static bool verbose(void) { return conf.verbose[0] && conf.verbose[0] != '0'; }
 
 void ss_verbose(const char *fmt, ...)
 {
@@ -95,15 +123,14 @@ uint64_t ss_now_ms(void)
 /* A connection to the instance's control socket; -1 when there is none. */
 static int control_connect(void)
 {
-    const char *dir = getenv("SHARDSOCK_RUN_DIR");
-    if (!dir || !*dir) {
+    const char *dir = conf.run_dir;
+    if (!*dir) {
         ss_verbose("shardsock: SHARDSOCK_RUN_DIR is not set; everything runs on the kernel "
                    "(start programs with 'shardsock run -- CMD')");
         return -1;
     }
-    const char *k = getenv("SHARDSOCK_INSTANCE");
     struct sockaddr_un a = {.sun_family = AF_UNIX};
-    int n = snprintf(a.sun_path, sizeof a.sun_path, "%s/instance-%d.sock", dir, k ? atoi(k) : 0);
+    int n = snprintf(a.sun_path, sizeof a.sun_path, "%s/instance-%d.sock", dir, atoi(conf.instance));
     if (n < 0 || (size_t)n >= sizeof a.sun_path)
         return -1;
     int fd = REAL(socket)(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
@@ -823,14 +850,18 @@ static struct {
 static pthread_mutex_t adopt_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* Asks the instance to keep the channel's sockets alive while the
- * returned connection is open, whatever the parent closes meanwhile. */
-static int fork_ticket(void)
+ * returned connection is open, whatever the parent closes meanwhile:
+ * those of slots (" SLOT SLOT..."), or all (NULL). */
+static int fork_ticket(const char *slots)
 {
     int fd = control_connect();
     if (fd < 0)
         return -1;
-    char req[64], rep[16];
-    int n = snprintf(req, sizeof req, "fork %u %llu", ss_ch.r->channel, (unsigned long long)ss_ch.r->token);
+    char req[8192], rep[16];
+    int n = snprintf(req, sizeof req, "fork %u %llu%s", ss_ch.r->channel, (unsigned long long)ss_ch.r->token,
+                     slots ? slots : "");
+    if (n >= (int)sizeof req)
+        n = snprintf(req, sizeof req, "fork %u %llu", ss_ch.r->channel, (unsigned long long)ss_ch.r->token);
     if (REAL(send)(fd, req, (size_t)n, MSG_NOSIGNAL) != n || REAL(recv)(fd, rep, sizeof rep, 0) < 2 ||
         memcmp(rep, "ok", 2) != 0) {
         REAL(close)(fd);
@@ -841,7 +872,9 @@ static int fork_ticket(void)
 
 static pid_t hook_fork(void)
 {
-    int ticket = ss_ch.state == SS_CH_ATTACHED ? fork_ticket() : -1;
+    if (ss_ch.state == SS_CH_INHERITED)
+        ss_adopt_inherited(); /* a child's child adopts from its own parent */
+    int ticket = ss_ch.state == SS_CH_ATTACHED ? fork_ticket(NULL) : -1;
     pid_t p = REAL(fork)();
     if (p != 0) {
         if (ticket >= 0)
@@ -864,6 +897,98 @@ static pid_t hook_fork(void)
     return 0;
 }
 
+/* exec: the new image's library finds the accelerated sockets that
+ * survive exec (no FD_CLOEXEC) in SHARDSOCK_INHERIT, written by the old
+ * image's exec hook: "TICKET CHAN TOKEN FD:SLOT:FLAGS:RCVTIMEO:SNDTIMEO ...".
+ * The ticket, a fork ticket whose descriptor survives exec too, keeps the
+ * sockets in the instance after the old image's channel closes, until the
+ * new image adopted them, at its first socket call. */
+#define SS_INHERIT_ENV "SHARDSOCK_INHERIT"
+enum { INH_NONBLOCK = 1, INH_LISTENING = 2, INH_KERNEL_TOO = 4, INH_CONNECTING = 8, INH_WR_SHUT = 16, INH_V6 = 32 };
+struct inherited {
+    int fd;
+    uint32_t slot, flags;
+    long long rcvtimeo_ms, sndtimeo_ms;
+};
+static struct {
+    int ticket;
+    uint32_t chan;
+    uint64_t token;
+    int n;
+    struct inherited *e;
+} exec_from = {.ticket = -1};
+
+static void inherited_at_exec(void)
+{
+    const char *v = getenv(SS_INHERIT_ENV);
+    if (!v)
+        return;
+    unsigned long long token;
+    int used = 0;
+    if (sscanf(v, "%d %u %llu%n", &exec_from.ticket, &exec_from.chan, &token, &used) == 3) {
+        exec_from.token = token;
+        size_t cap = 0;
+        for (const char *p = v + used; (p = strchr(p, ':')); p++)
+            cap++;
+        exec_from.e = calloc(cap / 4 + 1, sizeof *exec_from.e);
+        const char *p = v + used;
+        struct inherited in;
+        int k;
+        while (exec_from.e && sscanf(p, " %d:%u:%u:%lld:%lld%n", &in.fd, &in.slot, &in.flags, &in.rcvtimeo_ms,
+                                     &in.sndtimeo_ms, &k) == 5) {
+            if (in.fd >= 0 && in.fd < SS_FD_MAX && (size_t)exec_from.n < cap / 4 + 1)
+                exec_from.e[exec_from.n++] = in;
+            p += k;
+        }
+        if (exec_from.n)
+            ss_ch.state = SS_CH_INHERITED;
+    }
+    if (ss_ch.state != SS_CH_INHERITED && exec_from.ticket >= 0) {
+        REAL(close)(exec_from.ticket);
+        exec_from.ticket = -1;
+    }
+    unsetenv(SS_INHERIT_ENV); /* this image's children learn it from this image */
+}
+
+/* Adopts what an exec left: a socket per distinct slot, shared by the
+ * descriptors that named it. */
+static void adopt_after_exec(bool ok)
+{
+    for (int i = 0; i < exec_from.n; i++) {
+        struct inherited *in = &exec_from.e[i];
+        struct stat st;
+        if (!ok || fstat(in->fd, &st) < 0 || !S_ISSOCK(st.st_mode))
+            continue;
+        struct ss_sock *s = NULL;
+        for (int j = 0; j < i && !s; j++)
+            if (exec_from.e[j].slot == in->slot && exec_from.e[j].fd != in->fd)
+                s = ss_fds[exec_from.e[j].fd];
+        if (s) {
+            s->refs++;
+            fd_set_sock(in->fd, s);
+            continue;
+        }
+        int slot = ss_request(SS_OP_ADOPT, 0, (int64_t)((uint64_t)exec_from.chan << 32 | in->slot),
+                              (int64_t)exec_from.token, NULL, NULL);
+        if (slot < 0 || !(s = calloc(1, sizeof *s))) {
+            ss_verbose("shardsock: descriptor %d, inherited across exec, stays the kernel's: %s", in->fd,
+                       strerror(slot < 0 ? -slot : ENOMEM));
+            continue;
+        }
+        *s = (struct ss_sock){.refs = 1, .stack = true, .slot = (uint32_t)slot,
+                              .nonblock = in->flags & INH_NONBLOCK, .listening = in->flags & INH_LISTENING,
+                              .kernel_too = in->flags & INH_KERNEL_TOO, .connecting = in->flags & INH_CONNECTING,
+                              .wr_shut = in->flags & INH_WR_SHUT, .v6 = in->flags & INH_V6,
+                              .rcvtimeo_ms = in->rcvtimeo_ms, .sndtimeo_ms = in->sndtimeo_ms};
+        fd_set_sock(in->fd, s);
+    }
+    free(exec_from.e);
+    exec_from.e = NULL;
+    exec_from.n = 0;
+    REAL(close)(exec_from.ticket);
+    exec_from.ticket = -1;
+}
+
 void ss_adopt_inherited(void)
 {
     pthread_mutex_lock(&adopt_lock);
@@ -871,11 +996,16 @@ void ss_adopt_inherited(void)
         pthread_mutex_unlock(&adopt_lock);
         return;
     }
-    uint64_t from = (uint64_t)parent.r->channel << 32, token = parent.r->token;
     pthread_mutex_lock(&ss_ch.lock);
     bool ok = attach_locked();
     pthread_mutex_unlock(&ss_ch.lock);
     __atomic_store_n(&ss_ch.state, ok ? SS_CH_ATTACHED : SS_CH_DEAD, __ATOMIC_RELEASE);
+    if (!parent.r) {
+        adopt_after_exec(ok);
+        pthread_mutex_unlock(&adopt_lock);
+        return;
+    }
+    uint64_t from = (uint64_t)parent.r->channel << 32, token = parent.r->token;
     /* each socket once, whatever number of descriptors share it */
     static const uint32_t moved = 0x80000000u;
     for (int fd = 0; ok && fd < SS_FD_MAX; fd++) {
@@ -899,6 +1029,7 @@ void ss_adopt_inherited(void)
     REAL(close)(parent.inst_bell);
     if (parent.ticket >= 0)
         REAL(close)(parent.ticket); /* adopted: the parent's closes are its own again */
+    parent.r = NULL;
     if (ok)
         ss_epoll_after_fork();
     pthread_mutex_unlock(&adopt_lock);
@@ -908,17 +1039,165 @@ void ss_adopt_inherited(void)
  * run it as a fork, which is always correct where vfork is. */
 static pid_t hook_vfork(void) { return hook_fork(); }
 
+/* The environment an exec gets: envp without an old SHARDSOCK_INHERIT,
+ * with the library and its settings put back if the program dropped them
+ * (nginx empties its children's environment), and the sockets that
+ * survive the exec with a ticket that keeps them.  NULL: exec as asked.
+ * *ticket: the ticket's descriptor, to close if the exec fails. */
+static char **exec_env(char *const envp[], int *ticket)
+{
+    *ticket = -1;
+    if (ss_ch.state == SS_CH_INHERITED)
+        ss_adopt_inherited();
+    /* the sockets that stay open: " FD:SLOT:FLAGS:RCVTIMEO:SNDTIMEO" each,
+     * and their slots for the ticket (" SLOT" each) */
+    size_t cap = 256, len = 0, slen = 0;
+    char *inherit = malloc(cap), *slots = malloc(cap);
+    for (int fd = 0; inherit && slots && ss_ch.state == SS_CH_ATTACHED && fd < SS_FD_MAX; fd++) {
+        struct ss_sock *s = ss_fds[fd];
+        int fl;
+        if (!s || !s->stack || (fl = REAL(fcntl)(fd, F_GETFD, 0)) < 0 || (fl & FD_CLOEXEC))
+            continue;
+        if (cap - len < 96) {
+            cap *= 2;
+            char *bigger = realloc(inherit, cap), *more = bigger ? realloc(slots, cap) : NULL;
+            inherit = bigger ? bigger : inherit;
+            slots = more ? more : slots;
+            if (!bigger || !more)
+                break;
+        }
+        slen += (size_t)snprintf(slots + slen, cap - slen, " %u", s->slot);
+        unsigned flags = (s->nonblock ? INH_NONBLOCK : 0) | (s->listening ? INH_LISTENING : 0) |
+                         (s->kernel_too ? INH_KERNEL_TOO : 0) | (s->connecting ? INH_CONNECTING : 0) |
+                         (s->wr_shut ? INH_WR_SHUT : 0) | (s->v6 ? INH_V6 : 0);
+        len += (size_t)snprintf(inherit + len, cap - len, " %d:%u:%u:%lld:%lld", fd, s->slot, flags,
+                                (long long)s->rcvtimeo_ms, (long long)s->sndtimeo_ms);
+    }
+    if (!inherit || !slots) {
+        free(inherit);
+        free(slots);
+        return NULL;
+    }
+    char *head = NULL;
+    if (len) {
+        *ticket = fork_ticket(slots);
+        int fl = *ticket >= 0 ? REAL(fcntl)(*ticket, F_GETFD, 0) : -1;
+        if (fl < 0 || REAL(fcntl)(*ticket, F_SETFD, (long)(fl & ~FD_CLOEXEC)) < 0) {
+            ss_verbose("shardsock: no ticket for the sockets an exec inherits: they stay the kernel's");
+            if (*ticket >= 0)
+                REAL(close)(*ticket);
+            *ticket = -1;
+        } else if ((head = malloc(len + 96))) {
+            snprintf(head, len + 96, SS_INHERIT_ENV "=%d %u %llu%s", *ticket, ss_ch.r->channel,
+                     (unsigned long long)ss_ch.r->token, inherit);
+        }
+    }
+    free(inherit);
+    free(slots);
+    /* the new environment */
+    static const char *const keep[] = {"SHARDSOCK_RUN_DIR", "SHARDSOCK_INSTANCE", "SHARDSOCK_VERBOSE", "LD_PRELOAD"};
+    const char *vals[] = {conf.run_dir, conf.instance, conf.verbose, conf.path};
+    size_t n = 0;
+    while (envp && envp[n])
+        n++;
+    char **env = malloc((n + 6) * sizeof *env);
+    char *added[4] = {NULL};
+    if (!env) {
+        free(head);
+        return NULL;
+    }
+    size_t m = 0;
+    bool have[4] = {false};
+    for (size_t i = 0; i < n; i++) {
+        if (!strncmp(envp[i], SS_INHERIT_ENV "=", sizeof SS_INHERIT_ENV))
+            continue;
+        for (int k = 0; k < 4; k++) {
+            size_t kl = strlen(keep[k]);
+            if (!strncmp(envp[i], keep[k], kl) && envp[i][kl] == '=')
+                have[k] = k < 3 || strstr(envp[i], conf.path) != NULL;
+        }
+        env[m++] = envp[i];
+    }
+    for (int k = 0; k < 4; k++) {
+        if (have[k] || !*vals[k])
+            continue;
+        if (k == 3) {
+            /* LD_PRELOAD without the library: put it first, keep the rest */
+            const char *old = NULL;
+            for (size_t i = 0; i < m; i++)
+                if (!strncmp(env[i], "LD_PRELOAD=", 11))
+                    old = env[i] + 11;
+            size_t al = strlen(conf.path) + (old ? strlen(old) : 0) + 16;
+            if ((added[k] = malloc(al))) {
+                snprintf(added[k], al, "LD_PRELOAD=%s%s%s", conf.path, old && *old ? ":" : "", old ? old : "");
+                for (size_t i = 0; i < m; i++)
+                    if (!strncmp(env[i], "LD_PRELOAD=", 11))
+                        env[i] = added[k], added[k] = NULL;
+                if (added[k])
+                    env[m++] = added[k];
+            }
+            continue;
+        }
+        size_t al = strlen(keep[k]) + strlen(vals[k]) + 2;
+        if ((added[k] = malloc(al))) {
+            snprintf(added[k], al, "%s=%s", keep[k], vals[k]);
+            env[m++] = added[k];
+        }
+    }
+    if (head)
+        env[m++] = head;
+    env[m] = NULL;
+    return env; /* exec replaces the image; on failure the caller frees nothing it still needs */
+}
+
+/* The exec failed: the ticket goes, the sockets are this image's still,
+ * and what exec_env allocated is freed (the strings not from envp). */
+static int exec_failed(char **env, char *const envp[], int ticket)
+{
+    int e = errno;
+    if (ticket >= 0)
+        REAL(close)(ticket);
+    for (size_t i = 0; env && env[i]; i++) {
+        bool theirs = false;
+        for (size_t j = 0; envp && envp[j] && !theirs; j++)
+            theirs = env[i] == envp[j];
+        if (!theirs)
+            free(env[i]);
+    }
+    free(env);
+    errno = e;
+    return -1;
+}
+
+extern char **environ;
+
 static int hook_execve(const char *path, char *const argv[], char *const envp[])
 {
-    return REAL(execve)(path, argv, envp);
+    int ticket;
+    char **env = exec_env(envp, &ticket);
+    REAL(execve)(path, argv, env ? env : envp);
+    return exec_failed(env, envp, ticket);
 }
-static int hook_execv(const char *path, char *const argv[]) { return REAL(execv)(path, argv); }
-static int hook_execvp(const char *file, char *const argv[]) { return REAL(execvp)(file, argv); }
+
+static int hook_execv(const char *path, char *const argv[]) { return hook_execve(path, argv, environ); }
+
 static int hook_execvpe(const char *file, char *const argv[], char *const envp[])
 {
-    return REAL(execvpe)(file, argv, envp);
+    int ticket;
+    char **env = exec_env(envp, &ticket);
+    REAL(execvpe)(file, argv, env ? env : envp);
+    return exec_failed(env, envp, ticket);
 }
-static int hook_fexecve(int fd, char *const argv[], char *const envp[]) { return REAL(fexecve)(fd, argv, envp); }
+
+static int hook_execvp(const char *file, char *const argv[]) { return hook_execvpe(file, argv, environ); }
+
+static int hook_fexecve(int fd, char *const argv[], char *const envp[])
+{
+    int ticket;
+    char **env = exec_env(envp, &ticket);
+    REAL(fexecve)(fd, argv, env ? env : envp);
+    return exec_failed(env, envp, ticket);
+}
 
 static ssize_t hook___read_chk(int fd, void *buf, size_t n, size_t buflen)
 {
@@ -979,6 +1258,47 @@ __attribute__((visibility("default"))) int fcntl64(int fd, int cmd, ...)
     long arg = va_arg(ap, long);
     va_end(ap);
     return hook_fcntl64(fd, cmd, arg);
+}
+
+/* The arguments after arg, up to the NULL, into argv (n + 2 entries). */
+#define GATHER_ARGS(arg, ap, argv, n)                                                                          \
+    size_t n = 0;                                                                                              \
+    va_list count_;                                                                                            \
+    va_copy(count_, ap);                                                                                       \
+    while (va_arg(count_, char *))                                                                             \
+        n++;                                                                                                   \
+    va_end(count_);                                                                                            \
+    char *argv[n + 2];                                                                                         \
+    argv[0] = (char *)(arg);                                                                                   \
+    for (size_t i_ = 1; i_ <= n + 1; i_++)                                                                     \
+        argv[i_] = va_arg(ap, char *);
+
+__attribute__((visibility("default"))) int execl(const char *path, const char *arg, ...)
+{
+    va_list ap;
+    va_start(ap, arg);
+    GATHER_ARGS(arg, ap, argv, n)
+    va_end(ap);
+    return hook_execv(path, argv);
+}
+
+__attribute__((visibility("default"))) int execlp(const char *file, const char *arg, ...)
+{
+    va_list ap;
+    va_start(ap, arg);
+    GATHER_ARGS(arg, ap, argv, n)
+    va_end(ap);
+    return hook_execvp(file, argv);
+}
+
+__attribute__((visibility("default"))) int execle(const char *path, const char *arg, ...)
+{
+    va_list ap;
+    va_start(ap, arg);
+    GATHER_ARGS(arg, ap, argv, n)
+    char *const *envp = va_arg(ap, char *const *);
+    va_end(ap);
+    return hook_execve(path, argv, envp);
 }
 
 __attribute__((visibility("default"))) int ioctl(int fd, unsigned long req, ...)

@@ -37,13 +37,15 @@ struct slot {
     uint16_t pins;     /* fork tickets that keep it for a child */
 };
 
-/* A forked child's claim on its parent's sockets, for as long as its
- * control connection stays open. */
+/* A forked child's claim on its parent's sockets, or an exec'd image's on
+ * its old image's, for as long as its control connection stays open. */
 struct ss_fork_ticket {
     int fd;
     int chan;
     uint64_t token;    /* the channel's: it is still the same channel */
     struct ss_fork_ticket *next;
+    uint32_t n;        /* the slots it pins */
+    uint16_t slot[];
 };
 
 struct ss_chan_host {
@@ -54,6 +56,7 @@ struct ss_chan_host {
     uint8_t *base;
     uint32_t last_req;
     bool news;
+    bool gone;         /* its process exec'd or ended: kept only for the sockets tickets pin */
     struct slot s[SS_CHAN_SOCKETS];
 };
 
@@ -540,46 +543,81 @@ fail:
     return -1;
 }
 
-/* The process is gone (or broke the rules): its sockets close as the
- * kernel closes a dead process's sockets, after what it had written. */
-static void detach(struct ss_chans *cs, struct ss_chan_host *c)
+static void free_channel(struct ss_chans *cs, struct ss_chan_host *c)
 {
-    for (uint32_t k = 0; k < SS_CHAN_SOCKETS; k++) {
-        if (c->s[k].sid < 0)
-            continue;
-        c->s[k].pins = 0; /* the process is gone: a child that did not adopt yet cannot */
-        c->s[k].close_pending = true;
-        if (!pump(cs, c, k) || c->s[k].sid >= 0) {
-            /* corrupt rings, or the engine could not take all of it */
-            struct ss_chan_socket *so = &c->r->sock[k];
-            so->tx.tail = so->tx.head;
-            release(cs, c, k);
-        }
-    }
-    epoll_ctl(cs->epfd, EPOLL_CTL_DEL, c->inst_bell, NULL);
-    epoll_ctl(cs->epfd, EPOLL_CTL_DEL, c->ctl, NULL);
-    close(c->ctl);
-    close(c->app_bell);
-    close(c->inst_bell);
     close(c->memfd);
     munmap(c->base, SS_CHAN_SIZE);
     cs->c[c->idx] = NULL;
-    cs->ctr->chan_detaches++;
     free(c);
 }
 
+/* The process is gone (or broke the rules): its sockets close as the
+ * kernel closes a dead process's sockets, after what it had written.
+ * Those a ticket pins stay, and with them the channel, until the child or
+ * the exec'd image that holds the ticket adopted them: a parent may exit
+ * (daemons do) or exec before then. */
+static void detach(struct ss_chans *cs, struct ss_chan_host *c)
+{
+    bool kept = false;
+    for (uint32_t k = 0; k < SS_CHAN_SOCKETS; k++) {
+        if (c->s[k].sid < 0)
+            continue;
+        bool pinned = c->s[k].pins > 0;
+        c->s[k].close_pending = true;
+        bool sane = pump(cs, c, k);
+        if (!sane || (c->s[k].sid >= 0 && !pinned)) {
+            /* corrupt rings, or the engine could not take all of it */
+            struct ss_chan_socket *so = &c->r->sock[k];
+            so->tx.tail = so->tx.head;
+            c->s[k].pins = 0;
+            release(cs, c, k);
+        }
+        kept |= c->s[k].sid >= 0;
+    }
+    if (!c->gone) {
+        epoll_ctl(cs->epfd, EPOLL_CTL_DEL, c->inst_bell, NULL);
+        epoll_ctl(cs->epfd, EPOLL_CTL_DEL, c->ctl, NULL);
+        close(c->ctl);
+        close(c->app_bell);
+        close(c->inst_bell);
+        c->ctl = c->app_bell = c->inst_bell = -1;
+        c->gone = true;
+        cs->ctr->chan_detaches++;
+    }
+    if (!kept)
+        free_channel(cs, c);
+}
+
+/* "fork CHAN TOKEN [SLOT...]": pins the listed slots (an exec keeps only
+ * the descriptors without FD_CLOEXEC), or every live one (a fork). */
 int ss_chans_fork_ticket(struct ss_chans *cs, int fd, const char *req)
 {
     unsigned idx;
     unsigned long long token;
-    if (sscanf(req, "fork %u %llu", &idx, &token) != 2 || idx >= SS_MAX_CHANNELS || !cs->c[idx] ||
-        cs->c[idx]->token != token)
+    int used = 0;
+    if (sscanf(req, "fork %u %llu%n", &idx, &token, &used) != 2 || idx >= SS_MAX_CHANNELS || !cs->c[idx] ||
+        cs->c[idx]->token != token || cs->c[idx]->gone)
         return -1;
-    struct ss_fork_ticket *t = calloc(1, sizeof *t);
+    struct ss_chan_host *c = cs->c[idx];
+    struct ss_fork_ticket *t = calloc(1, sizeof *t + SS_CHAN_SOCKETS * sizeof t->slot[0]);
+    if (!t)
+        return -1;
+    const char *p = req + used;
+    unsigned k;
+    int n;
+    bool listed = false;
+    while (sscanf(p, " %u%n", &k, &n) == 1) {
+        p += n;
+        listed = true;
+        if (k < SS_CHAN_SOCKETS && c->s[k].sid >= 0 && t->n < SS_CHAN_SOCKETS)
+            t->slot[t->n++] = (uint16_t)k;
+    }
+    for (k = 0; !listed && k < SS_CHAN_SOCKETS; k++)
+        if (c->s[k].sid >= 0)
+            t->slot[t->n++] = (uint16_t)k;
     struct epoll_event ev = {.events = EPOLLRDHUP, .data.fd = fd};
-    if (!t || epoll_ctl(cs->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 || send(fd, "ok\n", 3, MSG_NOSIGNAL) != 3) {
-        if (t)
-            epoll_ctl(cs->epfd, EPOLL_CTL_DEL, fd, NULL);
+    if (epoll_ctl(cs->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 || send(fd, "ok\n", 3, MSG_NOSIGNAL) != 3) {
+        epoll_ctl(cs->epfd, EPOLL_CTL_DEL, fd, NULL);
         free(t);
         return -1;
     }
@@ -588,10 +626,8 @@ int ss_chans_fork_ticket(struct ss_chans *cs, int fd, const char *req)
     t->token = token;
     t->next = cs->tickets;
     cs->tickets = t;
-    struct ss_chan_host *c = cs->c[idx];
-    for (uint32_t k = 0; k < SS_CHAN_SOCKETS; k++)
-        if (c->s[k].sid >= 0)
-            c->s[k].pins++;
+    for (uint32_t i = 0; i < t->n; i++)
+        c->s[t->slot[i]].pins++;
     return 0;
 }
 
@@ -601,12 +637,15 @@ static void ticket_done(struct ss_chans *cs, struct ss_fork_ticket *t)
 {
     struct ss_chan_host *c = cs->c[t->chan];
     if (c && c->token == t->token) {
-        for (uint32_t k = 0; k < SS_CHAN_SOCKETS; k++) {
+        for (uint32_t i = 0; i < t->n; i++) {
+            uint32_t k = t->slot[i];
             if (c->s[k].sid < 0 || !c->s[k].pins)
                 continue;
             if (--c->s[k].pins == 0 && c->s[k].zombie)
                 release(cs, c, k);
         }
+        if (c->gone)
+            detach(cs, c); /* frees it once nothing is pinned */
     }
     epoll_ctl(cs->epfd, EPOLL_CTL_DEL, t->fd, NULL);
     close(t->fd);
@@ -629,7 +668,7 @@ bool ss_chans_owns_fd(struct ss_chans *cs, int fd)
     }
     for (int i = 0; i < SS_MAX_CHANNELS; i++) {
         struct ss_chan_host *c = cs->c[i];
-        if (!c)
+        if (!c || c->gone)
             continue;
         if (fd == c->inst_bell) {
             uint64_t x;
@@ -659,7 +698,7 @@ bool ss_chans_poll(struct ss_chans *cs)
     bool work = false;
     for (int i = 0; i < SS_MAX_CHANNELS; i++) {
         struct ss_chan_host *c = cs->c[i];
-        if (!c)
+        if (!c || c->gone)
             continue;
         uint32_t seq = __atomic_load_n(&c->r->req.seq, __ATOMIC_ACQUIRE);
         if (seq != c->last_req) {
@@ -720,6 +759,8 @@ void ss_chans_flush(struct ss_chans *cs)
         if (!c || !c->news)
             continue;
         c->news = false;
+        if (c->gone)
+            continue; /* nobody to wake */
         /* Pairs with the library's fence between raising app_sleeping
          * and its last look at the rings. */
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
@@ -738,7 +779,7 @@ bool ss_chans_may_sleep(struct ss_chans *cs)
     bool ok = true;
     for (int i = 0; i < SS_MAX_CHANNELS; i++) {
         struct ss_chan_host *c = cs->c[i];
-        if (!c)
+        if (!c || c->gone)
             continue;
         __atomic_store_n(&c->r->inst_sleeping, 1, __ATOMIC_RELAXED);
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
@@ -787,8 +828,7 @@ void ss_chans_destroy(struct ss_chans *cs)
     while (cs->tickets) {
         struct ss_fork_ticket *t = cs->tickets;
         cs->tickets = t->next;
-        epoll_ctl(cs->epfd, EPOLL_CTL_DEL, t->fd, NULL);
-        close(t->fd);
+        ticket_done(cs, t);
         free(t);
     }
     for (int i = 0; i < SS_MAX_CHANNELS; i++)

@@ -280,7 +280,7 @@ static void control_request(struct instance *in)
         return;
     struct ucred cred;
     socklen_t len = sizeof cred;
-    char req[256], rep[512];
+    char req[8192], rep[512]; /* a fork ticket may list every slot of a channel */
     /* Same user or root only; the socket's mode says the same. */
     if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || (cred.uid != 0 && cred.uid != getuid())) {
         close(c);

@@ -106,6 +106,18 @@ def test_python_socket_layers_same_as_the_kernel(group, side):
 
 
 @pytest.mark.parametrize("side", ["server", "client"])
+def test_sockets_across_exec_same_as_the_kernel(group, side):
+    """A listener, a connection with unread bytes and both its ends survive
+    exec; a close-on-exec socket does not; inetd's dup2 + exec of /bin/sh;
+    subprocess's children hold none of the parent's sockets."""
+    out = same_as_the_kernel(group, side, [sys.executable, os.path.join(HERE, "execprog.py")], "17400", 3,
+                             json.loads)
+    assert out["exec"] == {"unread": "sent before exec", "listener": True, "close_on_exec_peer": "",
+                           "answer": "answered after exec", "new_connection": "new"}
+    assert out["inetd"]["got"] == "got: hello from the client\n" and out["inetd"]["closed"] == ""
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
 def test_gevent_same_as_the_kernel(group, side):
     """gevent monkey-patched: a StreamServer and 50 greenlet clients."""
     out = same_as_the_kernel(group, side, [sys.executable, os.path.join(HERE, "geventprog.py")], "17300", 50,
