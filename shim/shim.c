@@ -461,12 +461,18 @@ static int hook_connect(int fd, const struct sockaddr *a, socklen_t len)
     return s ? ss_sock_connect(fd, s, a, len) : REAL(connect)(fd, a, len);
 }
 
-static int hook_close(int fd)
+/* The descriptor is about to close (close, close_range, or dup2 onto it). */
+static void fd_closing(int fd)
 {
     if (ss_lookup(fd))
         fd_drop(fd);
     else
         ss_epoll_close(fd);
+}
+
+static int hook_close(int fd)
+{
+    fd_closing(fd);
     return REAL(close)(fd);
 }
 
@@ -474,8 +480,7 @@ static int hook_close_range(unsigned first, unsigned last, int flags)
 {
     if (!(flags & CLOSE_RANGE_CLOEXEC))
         for (unsigned fd = first; fd <= last && fd < SS_FD_MAX; fd++)
-            if (ss_lookup((int)fd))
-                fd_drop((int)fd);
+            fd_closing((int)fd);
     return REAL(close_range)(first, last, flags);
 }
 
@@ -768,10 +773,13 @@ static int hook_dup(int fd)
     return r;
 }
 
+/* dup2 and dup3 close their target only when the source is open */
+static bool fcntl_ok(int fd) { return REAL(fcntl)(fd, F_GETFD, 0) >= 0; }
+
 static int hook_dup3(int fd, int to, int flags)
 {
-    if (fd != to && ss_lookup(to))
-        fd_drop(to);
+    if (fd != to && fcntl_ok(fd))
+        fd_closing(to);
     int r = REAL(dup3)(fd, to, flags);
     if (r >= 0 && ss_lookup(fd))
         fd_share(fd, r);
@@ -782,8 +790,8 @@ static int hook_dup2(int fd, int to)
 {
     if (fd == to)
         return REAL(dup2)(fd, to);
-    if (ss_lookup(to))
-        fd_drop(to);
+    if (fcntl_ok(fd))
+        fd_closing(to);
     int r = REAL(dup2)(fd, to);
     if (r >= 0 && ss_lookup(fd))
         fd_share(fd, r);
@@ -818,8 +826,19 @@ static int hook_pselect(int n, fd_set *r, fd_set *w, fd_set *e, const struct tim
     return ss_select(n, r, w, e, ts_ms(t), m);
 }
 
-static int hook_epoll_create(int size) { return REAL(epoll_create)(size); }
-static int hook_epoll_create1(int flags) { return REAL(epoll_create1)(flags); }
+static int hook_epoll_create(int size)
+{
+    int ep = REAL(epoll_create)(size);
+    ss_epoll_created(ep);
+    return ep;
+}
+
+static int hook_epoll_create1(int flags)
+{
+    int ep = REAL(epoll_create1)(flags);
+    ss_epoll_created(ep);
+    return ep;
+}
 static int hook_epoll_ctl(int ep, int op, int fd, struct epoll_event *ev) { return ss_epoll_ctl(ep, op, fd, ev); }
 
 static int hook_epoll_wait(int ep, struct epoll_event *ev, int max, int timeout)

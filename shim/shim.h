@@ -126,6 +126,7 @@ int ss_epoll_ctl(int ep, int op, int fd, struct epoll_event *ev);
 int ss_epoll_wait(int ep, struct epoll_event *ev, int max, int timeout_ms, const sigset_t *mask);
 void ss_epoll_forget(int fd);   /* a descriptor closed: leave every interest list */
 void ss_epoll_close(int ep);    /* an epoll descriptor closed */
+void ss_epoll_created(int ep);  /* epoll_create made it */
 /* After a forked child adopted its sockets: their new numbers, and the
  * child's doorbell in its (shared) epoll sets. */
 void ss_epoll_after_fork(void);

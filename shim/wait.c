@@ -14,6 +14,13 @@
  * change is posted once on the channel's event ring, so epoll_wait looks at
  * the sockets that changed and at those level-triggered ones it reported
  * ready last time: O(ready), not O(registered).
+ *
+ * An epoll descriptor inside another epoll set, or inside poll/select, is
+ * ready when its accelerated sockets are or its kernel descriptors are.
+ * The inner set is registered in the outer real set under a reserved tag,
+ * edge-triggered, so that the kernel says when the inner one's kernel side
+ * moved; an event on an inner socket queues the outer item too (watchers);
+ * the outer item's own mode (LT, ET, ONESHOT) is applied here like any.
  */
 #include "shim.h"
 
@@ -49,11 +56,15 @@ static int real_wait(struct pollfd *p, nfds_t n, int timeout_ms, const sigset_t 
     return REAL(ppoll)(p, n, timeout_ms < 0 ? NULL : &ts, mask);
 }
 
+struct ep_set;
+static struct ep_set *polled_set(int fd);
+static short set_revents(struct ep_set *set, short events);
+
 int ss_poll(struct pollfd *p, nfds_t n, int timeout_ms, const sigset_t *mask)
 {
     nfds_t nacc = 0;
     for (nfds_t i = 0; i < n; i++)
-        nacc += accelerated(p[i].fd) != NULL;
+        nacc += accelerated(p[i].fd) || polled_set(p[i].fd);
     if (!nacc)
         return real_wait(p, n, timeout_ms, mask);
     /* the kernel's share: kernel descriptors, the kernel side of wildcard
@@ -73,8 +84,10 @@ int ss_poll(struct pollfd *p, nfds_t n, int timeout_ms, const sigset_t *mask)
         total = 0;
         for (nfds_t i = 0; i < n; i++) {
             struct ss_sock *s = accelerated(p[i].fd);
-            p[i].revents = s ? ss_sock_revents(s, p[i].events) : 0;
+            struct ep_set *inner = s ? NULL : polled_set(p[i].fd);
+            p[i].revents = s ? ss_sock_revents(s, p[i].events) : inner ? set_revents(inner, p[i].events) : 0;
             total += p[i].revents != 0;
+            /* an epoll set's descriptor too, to wake on its kernel side */
             if (!s || s->kernel_too) {
                 kp[m] = (struct pollfd){.fd = p[i].fd, .events = p[i].events};
                 which[m++] = i;
@@ -140,16 +153,23 @@ int ss_poll(struct pollfd *p, nfds_t n, int timeout_ms, const sigset_t *mask)
         }
         if (sleep && kp[m].revents)
             drain_bell();
+        bool look_again = false;
         for (nfds_t j = 0; j < m; j++) {
             if (!kp[j].revents)
                 continue;
             struct pollfd *q = &p[which[j]];
+            if (polled_set(q->fd)) {
+                look_again = true; /* the doorbell in it, or its kernel side: set_revents says */
+                continue;
+            }
             if (!q->revents)
                 total++;
             q->revents |= kp[j].revents;
         }
         if (!sleep || total)
             break;
+        if (look_again)
+            continue;
         /* woken by the doorbell or a timeout: count again, then stop when
          * the time is up */
         if (r == 0 && left >= 0) {
@@ -222,22 +242,43 @@ int ss_select(int n, fd_set *r, fd_set *w, fd_set *e, int timeout_ms, const sigs
 
 #define BELL_TAG 0x5353424c4c000000ull /* "SSBLL": the doorbell in a real epoll set */
 
+struct ep_set;
+
 struct ep_item {
     int ep, fd;
-    struct ss_sock *s;
+    struct ss_sock *s;        /* an accelerated socket, or */
+    struct ep_set *inner;     /* an epoll set inside this one */
     uint32_t events;          /* EPOLLIN... | EPOLLET | EPOLLONESHOT */
     epoll_data_t data;
     bool disabled;            /* a ONESHOT that fired: until EPOLL_CTL_MOD */
     bool queued;              /* on its set's check list */
-    struct ep_item *next_in_set, *next_check, *next_of_slot;
+    struct ep_item *next_in_set, *next_check, *next_of_slot, *next_watcher;
 };
 
 struct ep_set {
     int ep;
     bool bell;                /* the doorbell is in the real set */
     struct ep_item *items, *check;
+    struct ep_item *watchers; /* the items that hold this set in other sets */
     struct ep_set *next;
 };
+
+#define NEST_TAG 0x5353455000000000ull /* "SSEP" | the inner set's descriptor */
+#define NEST_MAX 4                     /* Linux's EP_MAX_NESTS */
+
+/* Which descriptors are epoll sets (made by epoll_create here). */
+static uint8_t epoll_fds[SS_FD_MAX / 8];
+
+static bool is_epoll(int fd)
+{
+    return fd >= 0 && fd < SS_FD_MAX && (__atomic_load_n(&epoll_fds[fd / 8], __ATOMIC_RELAXED) & (1u << (fd % 8)));
+}
+
+void ss_epoll_created(int ep)
+{
+    if (ep >= 0 && ep < SS_FD_MAX)
+        __atomic_or_fetch(&epoll_fds[ep / 8], (uint8_t)(1u << (ep % 8)), __ATOMIC_RELAXED);
+}
 
 static pthread_mutex_t ep_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct ep_set *sets;
@@ -259,13 +300,69 @@ static struct ep_set *find_set(int ep, bool create)
     return x;
 }
 
+/* The item may be ready: look at it at the next collect, and at the items
+ * that hold its set in outer sets. */
 static void queue_check(struct ep_set *set, struct ep_item *it)
 {
-    if (it->queued)
-        return;
-    it->queued = true;
-    it->next_check = set->check;
-    set->check = it;
+    if (!it->queued) {
+        it->queued = true;
+        it->next_check = set->check;
+        set->check = it;
+    }
+    for (struct ep_item *w = set->watchers; w; w = w->next_watcher) {
+        struct ep_set *outer = find_set(w->ep, false);
+        if (outer && outer != set)
+            queue_check(outer, w); /* the kernel refuses loops (ELOOP) */
+    }
+}
+
+static uint32_t item_revents(struct ep_item *it, int depth);
+
+/* Would epoll_wait on the set report anything?  Its accelerated sockets
+ * as the check list has them, then its kernel side: the real set polled
+ * with the doorbell drained, so that only the program's descriptors
+ * count. */
+static bool set_ready(struct ep_set *set, int depth)
+{
+    if (depth > NEST_MAX)
+        return false;
+    for (struct ep_item *it = set->check; it; it = it->next_check)
+        if (!it->disabled && item_revents(it, depth + 1))
+            return true;
+    if (set->bell)
+        drain_bell();
+    struct pollfd p = {.fd = set->ep, .events = POLLIN};
+    return REAL(poll)(&p, 1, 0) == 1 && (p.revents & POLLIN);
+}
+
+static uint32_t item_revents(struct ep_item *it, int depth)
+{
+    if (it->s)
+        return (uint32_t)ss_sock_revents(it->s, (short)it->events) & (it->events | EPOLLERR | EPOLLHUP);
+    return set_ready(it->inner, depth) ? (EPOLLIN | EPOLLRDNORM) & it->events : 0;
+}
+
+static void take_events(void);
+
+/* An epoll descriptor in poll or select: the set, when it is one of ours. */
+static struct ep_set *polled_set(int fd)
+{
+    if (!is_epoll(fd) || !__atomic_load_n(&sets, __ATOMIC_ACQUIRE))
+        return NULL;
+    pthread_mutex_lock(&ep_lock);
+    struct ep_set *set = find_set(fd, false);
+    pthread_mutex_unlock(&ep_lock);
+    return set;
+}
+
+static short set_revents(struct ep_set *set, short events)
+{
+    pthread_mutex_lock(&ep_lock);
+    if (ss_ch.state == SS_CH_ATTACHED)
+        take_events();
+    bool ready = set_ready(set, 0);
+    pthread_mutex_unlock(&ep_lock);
+    return ready ? (short)((POLLIN | POLLRDNORM) & events) : 0;
 }
 
 static void unlink_item(struct ep_set *set, struct ep_item *it)
@@ -286,11 +383,66 @@ static void unlink_item(struct ep_set *set, struct ep_item *it)
                 *pp = it->next_of_slot;
                 break;
             }
+    if (it->inner)
+        for (struct ep_item **pp = &it->inner->watchers; *pp; pp = &(*pp)->next_watcher)
+            if (*pp == it) {
+                *pp = it->next_watcher;
+                break;
+            }
     free(it);
+}
+
+/* An epoll set added to, changed in or removed from another: the kernel
+ * takes the inner descriptor under our tag (and checks everything: EEXIST,
+ * ENOENT, ELOOP...), the item here keeps the program's events and data. */
+static int nested_ctl(int ep, int op, int fd, struct epoll_event *ev)
+{
+    if (op != EPOLL_CTL_DEL && !ev)
+        return fail(EFAULT);
+    if (op != EPOLL_CTL_DEL && (ev->events & EPOLLEXCLUSIVE))
+        return fail(EINVAL); /* Linux: not on an epoll descriptor */
+    struct epoll_event tagged = {.events = EPOLLIN | EPOLLET, .data.u64 = NEST_TAG | (uint32_t)fd};
+    if (REAL(epoll_ctl)(ep, op, fd, op == EPOLL_CTL_DEL ? NULL : &tagged) < 0)
+        return -1;
+    pthread_mutex_lock(&ep_lock);
+    struct ep_set *set = find_set(ep, op == EPOLL_CTL_ADD);
+    struct ep_item *it = NULL;
+    for (it = set ? set->items : NULL; it && it->fd != fd; it = it->next_in_set)
+        ;
+    int rc = 0;
+    if (op == EPOLL_CTL_ADD) {
+        struct ep_set *inner = find_set(fd, true);
+        it = set && inner ? calloc(1, sizeof *it) : NULL;
+        if (!it) {
+            rc = ENOMEM;
+        } else {
+            *it = (struct ep_item){.ep = ep, .fd = fd, .inner = inner, .events = ev->events, .data = ev->data};
+            it->next_in_set = set->items;
+            set->items = it;
+            it->next_watcher = inner->watchers;
+            inner->watchers = it;
+            queue_check(set, it);
+        }
+    } else if (it && op == EPOLL_CTL_MOD) {
+        it->events = ev->events;
+        it->data = ev->data;
+        it->disabled = false;
+        queue_check(set, it);
+    } else if (it) {
+        unlink_item(set, it);
+    }
+    pthread_mutex_unlock(&ep_lock);
+    if (rc) {
+        REAL(epoll_ctl)(ep, EPOLL_CTL_DEL, fd, NULL);
+        return fail(rc);
+    }
+    return 0;
 }
 
 int ss_epoll_ctl(int ep, int op, int fd, struct epoll_event *ev)
 {
+    if (is_epoll(fd) && is_epoll(ep) && ep != fd)
+        return nested_ctl(ep, op, fd, ev);
     struct ss_sock *s = accelerated(fd);
     if (!s)
         return REAL(epoll_ctl)(ep, op, fd, ev);
@@ -402,6 +554,8 @@ void ss_epoll_close(int ep)
 {
     /* every close() of a kernel descriptor comes here: no lock unless the
      * program has an epoll set holding accelerated sockets at all */
+    if (ep >= 0 && ep < SS_FD_MAX && is_epoll(ep))
+        __atomic_and_fetch(&epoll_fds[ep / 8], (uint8_t)~(1u << (ep % 8)), __ATOMIC_RELAXED);
     if (!__atomic_load_n(&sets, __ATOMIC_ACQUIRE))
         return;
     pthread_mutex_lock(&ep_lock);
@@ -411,6 +565,17 @@ void ss_epoll_close(int ep)
             continue;
         while (set->items)
             unlink_item(set, set->items);
+        /* the kernel drops a closed set from the sets that held it */
+        while (set->watchers) {
+            struct ep_item *w = set->watchers;
+            struct ep_set *outer = find_set(w->ep, false);
+            if (outer) {
+                unlink_item(outer, w);
+            } else {
+                set->watchers = w->next_watcher;
+                free(w);
+            }
+        }
         *pp = set->next;
         free(set);
         break;
@@ -448,8 +613,7 @@ static int collect(struct ep_set *set, struct epoll_event *ev, int max)
     while (it) {
         struct ep_item *next = it->next_check;
         it->queued = false;
-        uint32_t r = it->disabled || n >= max ? 0 : (uint32_t)ss_sock_revents(it->s, (short)it->events);
-        r &= it->events | EPOLLERR | EPOLLHUP;
+        uint32_t r = it->disabled || n >= max ? 0 : item_revents(it, 0);
         if (n >= max && !it->disabled) {
             it->queued = true; /* no room: keep it for the next call */
             it->next_check = again;
@@ -507,19 +671,29 @@ int ss_epoll_wait(int ep, struct epoll_event *ev, int max, int timeout_ms, const
             __atomic_sub_fetch(&ss_ch.r->app_sleeping, 1, __ATOMIC_SEQ_CST);
         if (k < 0)
             return n ? n : -1;
-        /* the doorbell is ours, not the program's */
+        /* the doorbell and inner sets' tags are ours, not the program's */
         int out = n;
-        bool rang = false;
+        bool rang = false, nested = false;
         for (int i = n; i < n + k; i++) {
             if (ev[i].data.u64 == BELL_TAG) {
                 rang = true;
+                continue;
+            }
+            if ((ev[i].data.u64 & ~0xffffffffull) == NEST_TAG) {
+                int fd = (int)(uint32_t)ev[i].data.u64;
+                pthread_mutex_lock(&ep_lock);
+                for (struct ep_item *it = set->items; it; it = it->next_in_set)
+                    if (it->inner && it->fd == fd)
+                        queue_check(set, it);
+                pthread_mutex_unlock(&ep_lock);
+                nested = true;
                 continue;
             }
             ev[out++] = ev[i];
         }
         if (rang)
             drain_bell();
-        if (out || !sleep || (left == 0 && !rang) || (until && ss_now_ms() >= until))
+        if (out || !sleep || (left == 0 && !rang && !nested) || (until && ss_now_ms() >= until))
             return out;
     }
 }
@@ -530,13 +704,16 @@ void ss_epoll_after_fork(void)
     memset(by_slot, 0, sizeof by_slot);
     for (struct ep_set *set = sets; set; set = set->next) {
         for (struct ep_item *it = set->items; it; it = it->next_in_set) {
-            it->next_of_slot = by_slot[it->s->slot];
-            by_slot[it->s->slot] = it;
+            if (it->s) {
+                it->next_of_slot = by_slot[it->s->slot];
+                by_slot[it->s->slot] = it;
+            }
             queue_check(set, it);
         }
         /* The set is the parent's too (one kernel object): the child's
          * doorbell joins it beside the parent's. */
         struct epoll_event b = {.events = EPOLLIN, .data.u64 = BELL_TAG};
-        REAL(epoll_ctl)(set->ep, EPOLL_CTL_ADD, ss_ch.app_bell, &b);
+        if (set->bell)
+            REAL(epoll_ctl)(set->ep, EPOLL_CTL_ADD, ss_ch.app_bell, &b);
     }
 }

@@ -25,10 +25,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/timerfd.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -38,7 +40,7 @@ static const char *ename(int e)
 #define E(x) case x: return #x;
     E(EAGAIN) E(EINPROGRESS) E(EALREADY) E(EISCONN) E(ENOTCONN) E(EPIPE) E(ECONNRESET) E(ECONNREFUSED)
     E(EBADF) E(EINVAL) E(EADDRINUSE) E(ENOTSOCK) E(EFAULT) E(ENOPROTOOPT) E(EAFNOSUPPORT) E(EOPNOTSUPP)
-    E(EDESTADDRREQ) E(ETIMEDOUT) E(EEXIST) E(ENOENT) E(EINTR)
+    E(EDESTADDRREQ) E(ETIMEDOUT) E(EEXIST) E(ENOENT) E(EINTR) E(ELOOP)
 #undef E
     default: return "E?";
     }
@@ -144,6 +146,94 @@ static int wait_fd(int fd, short ev, int ms)
     struct pollfd p = {.fd = fd, .events = ev};
     int r = poll(&p, 1, ms);
     return r <= 0 ? r : p.revents;
+}
+
+/* epoll_wait's count and the first event's data, on one line */
+static void show_wait(const char *side, const char *what, int ep, int ms)
+{
+    struct epoll_event out[8];
+    int r = epoll_wait(ep, out, 8, ms);
+    printf("%s %s: %d data %u\n", side, what, r, r > 0 ? out[0].data.u32 : 0);
+    fflush(stdout);
+}
+
+/* epoll sets inside epoll sets and inside poll, the socket x in two sets,
+ * beside a pipe, an eventfd and a timerfd; y sends to x. */
+static void epoll_mix(const char *side, int x, int y)
+{
+    char step[96], buf[16];
+#define STEP(name) (snprintf(step, sizeof step, "%s %s", side, name), step)
+    int inner = epoll_create1(0), outer = epoll_create1(0), other = epoll_create(1);
+    int pfd[2];
+    if (pipe(pfd) < 0)
+        return;
+    int efd = eventfd(0, EFD_NONBLOCK), tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = 1};
+    epoll_ctl(inner, EPOLL_CTL_ADD, x, &ev);
+    ev.data.u32 = 2;
+    epoll_ctl(inner, EPOLL_CTL_ADD, pfd[0], &ev);
+    ev.data.u32 = 3;
+    show(STEP("epoll second set"), epoll_ctl(other, EPOLL_CTL_ADD, x, &ev));
+    ev.data.u32 = 4;
+    epoll_ctl(other, EPOLL_CTL_ADD, efd, &ev);
+    ev.data.u32 = 5;
+    epoll_ctl(other, EPOLL_CTL_ADD, tfd, &ev);
+    ev = (struct epoll_event){.events = EPOLLIN | EPOLLEXCLUSIVE, .data.u32 = 9};
+    show(STEP("epoll nested exclusive"), epoll_ctl(outer, EPOLL_CTL_ADD, inner, &ev));
+    ev = (struct epoll_event){.events = EPOLLIN, .data.u32 = 10};
+    show(STEP("epoll nested add"), epoll_ctl(outer, EPOLL_CTL_ADD, inner, &ev));
+    show(STEP("epoll nested add again"), epoll_ctl(outer, EPOLL_CTL_ADD, inner, &ev));
+    show(STEP("epoll nested loop"), epoll_ctl(inner, EPOLL_CTL_ADD, outer, &ev));
+    show_wait(side, "nested idle", outer, 50);
+    show(STEP("poll epoll idle"), wait_fd(inner, POLLIN, 50));
+    send(y, "n", 1, 0);
+    show_wait(side, "nested socket", outer, 5000);
+    show(STEP("poll epoll ready"), wait_fd(inner, POLLIN, 5000));
+    show_wait(side, "second set", other, 5000);
+    show_wait(side, "inner", inner, 5000);
+    show(STEP("nested recv"), recv(x, buf, sizeof buf, 0));
+    show_wait(side, "nested drained", outer, 50);
+    show(STEP("poll epoll drained"), wait_fd(inner, POLLIN, 50));
+    show(STEP("pipe write"), write(pfd[1], "p", 1));
+    show_wait(side, "nested pipe", outer, 5000);
+    show_wait(side, "inner pipe", inner, 5000);
+    show(STEP("pipe read"), read(pfd[0], buf, sizeof buf));
+    ev = (struct epoll_event){.events = EPOLLIN | EPOLLET, .data.u32 = 11};
+    show(STEP("epoll nested mod ET"), epoll_ctl(outer, EPOLL_CTL_MOD, inner, &ev));
+    send(y, "e", 1, 0);
+    show_wait(side, "nested ET", outer, 5000);
+    show_wait(side, "nested ET again", outer, 50);
+    show(STEP("nested ET recv"), recv(x, buf, sizeof buf, 0));
+    ev = (struct epoll_event){.events = EPOLLIN | EPOLLONESHOT, .data.u32 = 12};
+    show(STEP("epoll nested mod ONESHOT"), epoll_ctl(outer, EPOLL_CTL_MOD, inner, &ev));
+    send(y, "o", 1, 0);
+    show_wait(side, "nested ONESHOT", outer, 5000);
+    show_wait(side, "nested ONESHOT disabled", outer, 50);
+    show(STEP("nested ONESHOT recv"), recv(x, buf, sizeof buf, 0));
+    uint64_t one = 1;
+    show(STEP("eventfd write"), write(efd, &one, sizeof one));
+    show_wait(side, "eventfd", other, 5000);
+    show(STEP("eventfd read"), read(efd, &one, sizeof one));
+    struct itimerspec its = {.it_value = {0, 20000000}};
+    timerfd_settime(tfd, 0, &its, NULL);
+    show_wait(side, "timerfd", other, 5000);
+    show(STEP("timerfd read"), read(tfd, &one, sizeof one));
+    show(STEP("epoll nested del"), epoll_ctl(outer, EPOLL_CTL_DEL, inner, NULL));
+    show(STEP("epoll nested del again"), epoll_ctl(outer, EPOLL_CTL_DEL, inner, NULL));
+    ev = (struct epoll_event){.events = EPOLLIN, .data.u32 = 13};
+    epoll_ctl(outer, EPOLL_CTL_ADD, inner, &ev);
+    close(inner);
+    send(y, "c", 1, 0);
+    show_wait(side, "inner closed", outer, 100);
+    show_wait(side, "second set after", other, 5000);
+    recv(x, buf, sizeof buf, 0);
+    close(outer);
+    close(other);
+    close(pfd[0]);
+    close(pfd[1]);
+    close(efd);
+    close(tfd);
+#undef STEP
 }
 
 int main(int argc, char **argv)
@@ -310,6 +400,10 @@ int main(int argc, char **argv)
     show("epoll exclusive wakes", epoll_wait(ep, out, 4, 1000));
     recv(s, buf, 1, 0);
     close(ep);
+
+    /* --- epoll sets in sets and in poll; a socket in two sets --- */
+    epoll_mix("server side", s, c);
+    epoll_mix("client side", c, s);
 
     /* --- signals: SA_RESTART --- */
     interrupted("recv server side", s, c, NULL);
