@@ -109,7 +109,13 @@ void ss_verbose(const char *fmt, ...)
     (void)r;
 }
 
-void ss_count_fallback(const char *why) { ss_verbose("shardsock: a socket stays on the kernel: %s", why); }
+void ss_count_fallback(enum ss_fallback reason, const char *why)
+{
+    if (why)
+        ss_verbose("shardsock: a socket stays on the kernel: %s", why);
+    if (ss_ch.state == SS_CH_ATTACHED)
+        ss_request(SS_OP_FALLBACK, 0, reason, 0, NULL, NULL);
+}
 
 uint64_t ss_now_ms(void)
 {
@@ -412,11 +418,14 @@ static int hook_socket(int domain, int type, int protocol)
      * addresses (a dual-stack wildcard listener, as Python's http.server
      * makes); what they do with real IPv6 stays the kernel's. */
     if (fd < 0 || (domain != AF_INET && domain != AF_INET6) || base != SOCK_STREAM ||
-        (protocol != 0 && protocol != IPPROTO_TCP))
+        (protocol != 0 && protocol != IPPROTO_TCP)) {
+        if (fd >= 0 && ss_ch.state == SS_CH_ATTACHED)
+            ss_count_fallback(SS_FB_NOT_TCP, NULL);
         return fd;
+    }
     if (fd >= SS_FD_MAX || !ss_attach()) {
         if (fd >= SS_FD_MAX)
-            ss_count_fallback("descriptor number beyond the table");
+            ss_count_fallback(SS_FB_FD_TABLE, "descriptor number beyond the table");
         return fd;
     }
     /* Undecided until bind or connect says where it goes. */
@@ -432,7 +441,10 @@ static int hook_socket(int domain, int type, int protocol)
 
 static int hook_socketpair(int domain, int type, int protocol, int sv[2])
 {
-    return REAL(socketpair)(domain, type, protocol, sv); /* AF_UNIX only on Linux: the kernel's */
+    int r = REAL(socketpair)(domain, type, protocol, sv); /* AF_UNIX only on Linux: the kernel's */
+    if (r == 0 && ss_ch.state == SS_CH_ATTACHED)
+        ss_count_fallback(SS_FB_NOT_TCP, NULL);
+    return r;
 }
 
 static int hook_bind(int fd, const struct sockaddr *a, socklen_t len)

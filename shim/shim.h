@@ -99,7 +99,8 @@ bool ss_handlers_restart(void);
 bool ss_instance_alive(void);
 uint64_t ss_now_ms(void);
 void ss_verbose(const char *fmt, ...);
-void ss_count_fallback(const char *why);
+/* A socket left to the kernel: said (SHARDSOCK_VERBOSE) and counted. */
+void ss_count_fallback(enum ss_fallback reason, const char *why);
 
 static inline struct ss_chan_socket *ss_so(uint32_t slot) { return &ss_ch.r->sock[slot]; }
 

@@ -53,13 +53,13 @@ static int make_stack(struct ss_sock *s)
 }
 
 /* The socket is the kernel's for good: it leaves the table. */
-static void to_kernel(int fd, struct ss_sock *s, const char *why)
+static void to_kernel(int fd, struct ss_sock *s, enum ss_fallback reason, const char *why)
 {
     if (ss_lookup(fd) == s) {
         __atomic_store_n(&ss_fds[fd], NULL, __ATOMIC_RELEASE);
         free(s);
     }
-    ss_count_fallback(why);
+    ss_count_fallback(reason, why);
 }
 
 /* The IPv4 address and port a call names: 0, a negative errno for a
@@ -110,14 +110,14 @@ int ss_sock_bind(int fd, struct ss_sock *s, const struct sockaddr *a, socklen_t 
         /* the kernel names the mistake; the socket stays undecided */
         int r = REAL(bind)(fd, a, len);
         if (r == 0)
-            to_kernel(fd, s, "bound with an address that is not IPv4");
+            to_kernel(fd, s, SS_FB_ADDRESS, "bound with an address that is not IPv4");
         return r;
     }
     int v6only = 0;
     socklen_t vl = sizeof v6only;
     if (e == 1 || (s->v6 && ip == INADDR_ANY &&
                    (REAL(getsockopt)(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &vl) < 0 || v6only))) {
-        to_kernel(fd, s, "bound to an IPv6 address");
+        to_kernel(fd, s, SS_FB_ADDRESS, "bound to an IPv6 address");
         return REAL(bind)(fd, a, len);
     }
     if (ip == INADDR_ANY) {
@@ -132,7 +132,7 @@ int ss_sock_bind(int fd, struct ss_sock *s, const struct sockaddr *a, socklen_t 
             port = ntohs(got.sin6_port); /* where sin_port is too */
         s->kernel_too = true;
     } else if (ip != ss_ch.r->stack_ip) {
-        to_kernel(fd, s, "bound to an address that is not the stack's");
+        to_kernel(fd, s, SS_FB_ADDRESS, "bound to an address that is not the stack's");
         return REAL(bind)(fd, a, len);
     }
     e = make_stack(s);
@@ -143,7 +143,7 @@ int ss_sock_bind(int fd, struct ss_sock *s, const struct sockaddr *a, socklen_t 
             ss_request(SS_OP_CLOSE, s->slot, 0, 0, NULL, NULL);
         s->stack = false;
         if (s->kernel_too) {
-            to_kernel(fd, s, "the stack could not bind the port");
+            to_kernel(fd, s, SS_FB_PORT, "the stack could not bind the port");
             return 0; /* the kernel socket is bound: it serves alone */
         }
         return fail(-e);
@@ -154,7 +154,7 @@ int ss_sock_bind(int fd, struct ss_sock *s, const struct sockaddr *a, socklen_t 
 int ss_sock_listen(int fd, struct ss_sock *s, int backlog)
 {
     if (!s->stack) {
-        to_kernel(fd, s, "listen without bind (the kernel picks the port)");
+        to_kernel(fd, s, SS_FB_LISTEN_UNBOUND, "listen without bind (the kernel picks the port)");
         return REAL(listen)(fd, backlog);
     }
     int e = ss_request(SS_OP_LISTEN, s->slot, backlog, 0, NULL, NULL);
@@ -291,7 +291,7 @@ int ss_sock_connect(int fd, struct ss_sock *s, const struct sockaddr *a, socklen
     int e = parse_addr(s, a, len, &ip, &port);
     if (!s->stack) {
         if (e != 0 || !routed_through_stack(ip)) {
-            to_kernel(fd, s, "the destination is not behind the stack");
+            to_kernel(fd, s, SS_FB_DESTINATION, "the destination is not behind the stack");
             return REAL(connect)(fd, a, len);
         }
         if ((e = make_stack(s)) < 0)

@@ -323,7 +323,7 @@ static void handle_request(struct ss_chans *cs, struct ss_chan_host *c, uint32_t
     uint64_t t = now_us();
     int64_t res = 0, a0 = 0, a1 = 0;
     uint32_t k = rq.slot;
-    bool any = rq.op == SS_OP_SOCKET || rq.op == SS_OP_ADOPT; /* need no slot of their own */
+    bool any = rq.op == SS_OP_SOCKET || rq.op == SS_OP_ADOPT || rq.op == SS_OP_FALLBACK; /* no slot of their own */
     bool valid = any || (k < SS_CHAN_SOCKETS && c->s[k].sid >= 0 && !c->s[k].close_pending && !c->s[k].zombie);
     int sid = valid && !any ? c->s[k].sid : -1;
     if (!valid) {
@@ -452,6 +452,21 @@ static void handle_request(struct ss_chans *cs, struct ss_chan_host *c, uint32_t
         _Static_assert(sizeof ti <= sizeof c->r->rep.info, "tcp_info fits the reply");
         res = ss_tcp_info(cs->e, sid, &ti);
         memcpy(c->r->rep.info, &ti, sizeof ti);
+        break;
+    }
+    case SS_OP_FALLBACK: {
+        uint64_t *ctr[] = {
+            [SS_FB_ADDRESS] = &cs->ctr->fallback_address,
+            [SS_FB_PORT] = &cs->ctr->fallback_port,
+            [SS_FB_LISTEN_UNBOUND] = &cs->ctr->fallback_listen_unbound,
+            [SS_FB_DESTINATION] = &cs->ctr->fallback_destination,
+            [SS_FB_FD_TABLE] = &cs->ctr->fallback_fd_table,
+            [SS_FB_NOT_TCP] = &cs->ctr->fallback_not_tcp,
+        };
+        if (rq.a0 < 0 || (uint64_t)rq.a0 >= sizeof ctr / sizeof ctr[0])
+            res = -EINVAL;
+        else
+            (*ctr[rq.a0])++;
         break;
     }
     default:

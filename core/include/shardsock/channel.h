@@ -67,6 +67,17 @@ enum ss_chan_op {
     SS_OP_ADOPT,       /* a forked child takes a share of its parent's socket:
                         * a0 = parent channel << 32 | parent slot, a1 = the
                         * parent channel's token -> a slot here */
+    SS_OP_FALLBACK,    /* a0 enum ss_fallback: a socket left to the kernel, counted */
+};
+
+/* Why the library left a socket to the kernel (counters fallback_*). */
+enum ss_fallback {
+    SS_FB_ADDRESS = 0,     /* bound to an address that is not the stack's, or not IPv4 */
+    SS_FB_PORT,            /* the stack could not bind the port */
+    SS_FB_LISTEN_UNBOUND,  /* listen() without bind(): the kernel picks the port */
+    SS_FB_DESTINATION,     /* connecting to a destination not behind the stack */
+    SS_FB_FD_TABLE,        /* descriptor number beyond the library's table */
+    SS_FB_NOT_TCP,         /* UDP, AF_UNIX, raw...: never the stack's */
 };
 
 /* Readiness word bits: the engine's SS_EV_* (engine.h), plus */

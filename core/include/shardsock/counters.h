@@ -115,6 +115,13 @@
     X(chan_attaches, "application processes attached")                              \
     X(chan_detaches, "application processes detached (exited, crashed or broke the rules)") \
     X(chan_corrupt, "channels detached because the application corrupted them")     \
+    /* the library's sockets left to the kernel, by reason (SS_OP_FALLBACK) */      \
+    X(fallback_address, "sockets left to the kernel: bound to an address not the stack's") \
+    X(fallback_port, "sockets left to the kernel: the stack could not bind the port") \
+    X(fallback_listen_unbound, "sockets left to the kernel: listen() without bind()") \
+    X(fallback_destination, "sockets left to the kernel: destination not behind the stack") \
+    X(fallback_fd_table, "sockets left to the kernel: descriptor beyond the library's table") \
+    X(fallback_not_tcp, "sockets of attached processes that are not TCP (UDP, AF_UNIX...)") \
     X(neigh_shared_hits, "next hops resolved from the group's shared ARP table")
 
 /* TCP states, RFC 9293 section 3.3.2, in the order of its diagram. */
