@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 PY=${PY:-python3}
 DEBS="build-essential python3-dev valgrind iproute2 pkg-config iputils-ping ethtool libxdp-dev libbpf-dev clang curl strace liburing-dev"
+# the real programs the compatibility tests run (compat_tests/)
+DEBS="$DEBS nginx redis-server redis-tools wrk apache2-utils"
 
 missing=""
 for p in $DEBS; do
@@ -17,8 +19,18 @@ if [ -n "$missing" ]; then
         echo "setup: Debian packages missing:$missing; run 'make setup' as root" >&2
         exit 1
     fi
+    # Installing a server must not start it (nginx, redis): the tests start
+    # their own, in namespaces they make.  policy-rc.d says so to the
+    # packages' scripts, unless the machine has one already.
+    own_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        own_policy=1
+    fi
     apt-get update
     DEBIAN_FRONTEND=noninteractive apt-get install -y $missing
+    [ -z "$own_policy" ] || rm -f /usr/sbin/policy-rc.d
 fi
 
 # Build dependencies first, so the editable install needs no isolated build

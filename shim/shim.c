@@ -870,8 +870,10 @@ static int hook_epoll_pwait2(int ep, struct epoll_event *ev, int max, const stru
 
 /* fork: the child must not speak on its parent's channel (one mailbox per
  * process).  It attaches a channel of its own and adopts every socket it
- * inherited (SS_OP_ADOPT), at its first socket call: a child that only
- * execs pays nothing.  Each socket then closes with its last holder. */
+ * inherited (SS_OP_ADOPT) before fork returns in it: a child may give up
+ * its privileges next (nginx's workers become www-data), after which the
+ * instance's control socket would refuse it.  Each socket then closes with
+ * its last holder. */
 static struct {
     struct ss_chan_region *r;
     uint8_t *base;
@@ -925,6 +927,9 @@ static pid_t hook_fork(void)
     parent.app_bell = ss_ch.app_bell;
     parent.inst_bell = ss_ch.inst_bell;
     __atomic_store_n(&ss_ch.state, SS_CH_INHERITED, __ATOMIC_RELEASE);
+    int e = errno;
+    ss_adopt_inherited();
+    errno = e;
     return 0;
 }
 
