@@ -161,7 +161,11 @@ struct ss_tcb {
     uint32_t lip, rip;
     uint16_t lport, rport;
     /* options and flags set by the user */
-    bool nodelay, keepalive, reuseaddr, linger_zero;
+    bool nodelay, keepalive, reuseaddr, reuseport, linger_zero;
+    uint8_t cork;          /* SS_OPT_CORK bits */
+    bool in_send;          /* output on behalf of ss_tcp_send (MSG_MORE applies) */
+    uint32_t defer_accept_s; /* listener: TCP_DEFER_ACCEPT */
+    uint64_t syn_us;       /* a passive child: when its SYN came (TCP_DEFER_ACCEPT) */
     uint32_t ka_idle_ms, ka_intvl_ms, ka_probes;
     uint16_t user_mss;
     /* shutdown and close */
@@ -299,7 +303,7 @@ void ss_tcb_free(struct ss_tcb *t);
 void ss_tcp_set_state(struct ss_tcb *t, int state);
 struct ss_tcb *ss_flow_lookup(struct ss_engine *e, uint32_t lip, uint16_t lport, uint32_t rip, uint16_t rport);
 void ss_flow_insert(struct ss_tcb *t);
-struct ss_tcb *ss_listener_lookup(struct ss_engine *e, uint32_t lip, uint16_t lport);
+struct ss_tcb *ss_listener_lookup(struct ss_engine *e, uint32_t lip, uint16_t lport, uint32_t rip, uint16_t rport);
 void ss_bind_insert(struct ss_tcb *t);
 /* Ends the connection: error (negative errno or 0) becomes SO_ERROR,
  * the state becomes CLOSED and an orphan is freed. */

@@ -125,7 +125,7 @@ static void publish_listen(struct ss_tcb *t, int add)
     struct ss_engine *e = t->e;
     if (!e->cfg.listen_publish)
         return;
-    if (!add && ss_listener_lookup(e, e->cfg.ip, t->lport))
+    if (!add && ss_listener_lookup(e, e->cfg.ip, t->lport, 0, 0))
         return; /* another listener here still holds the port */
     e->cfg.listen_publish(e->cfg.flow_ctx, t->lport, add);
 }
@@ -227,24 +227,39 @@ void ss_bind_insert(struct ss_tcb *t)
     t->bound = true;
 }
 
-struct ss_tcb *ss_listener_lookup(struct ss_engine *e, uint32_t lip, uint16_t lport)
+/* The listener for a segment to lip:lport from rip:rport: one bound to
+ * lip before a wildcard one, as Linux scores them; among SO_REUSEPORT
+ * listeners of the same rank, the one a hash of the peer picks, the same
+ * for every segment of a connection. */
+struct ss_tcb *ss_listener_lookup(struct ss_engine *e, uint32_t lip, uint16_t lport, uint32_t rip, uint16_t rport)
 {
     struct ss_list *b = &e->listens[lport & (SS_BIND_BUCKETS - 1)];
-    struct ss_tcb *wild = NULL;
+    struct ss_tcb *best = NULL;
+    uint32_t nbest = 0;
+    for (int exact = 1; exact >= 0 && !best; exact--) {
+        for (struct ss_list *n = b->next; n != b; n = n->next) {
+            struct ss_tcb *t = SS_CONTAINER_OF(n, struct ss_tcb, listen_link);
+            if (t->lport == lport && t->lip == (exact ? lip : 0)) {
+                if (!best)
+                    best = t;
+                nbest++;
+            }
+        }
+    }
+    if (nbest <= 1 || !best->reuseport)
+        return best;
+    uint32_t pick = (rip * 2654435761u ^ rport * 40503u) % nbest;
     for (struct ss_list *n = b->next; n != b; n = n->next) {
         struct ss_tcb *t = SS_CONTAINER_OF(n, struct ss_tcb, listen_link);
-        if (t->lport != lport)
-            continue;
-        if (t->lip == lip)
+        if (t->lport == lport && t->lip == best->lip && t->reuseport && pick-- == 0)
             return t;
-        if (t->lip == 0)
-            wild = t;
     }
-    return wild;
+    return best;
 }
 
 /* Linux's rule: two sockets may share a port when their addresses differ
- * (neither a wildcard), or when both set SO_REUSEADDR and neither listens;
+ * (neither a wildcard), when both set SO_REUSEADDR and neither listens, or
+ * when both set SO_REUSEPORT;
  * a TIME-WAIT orphan yields to a socket that set SO_REUSEADDR. */
 static bool bind_conflict(struct ss_engine *e, const struct ss_tcb *t, uint32_t ip, uint16_t port, bool listening)
 {
@@ -257,6 +272,8 @@ static bool bind_conflict(struct ss_engine *e, const struct ss_tcb *t, uint32_t 
             continue;
         if (o->state == SS_TCP_TIME_WAIT && o->sid < 0 && t->reuseaddr)
             continue;
+        if (t->reuseport && o->reuseport)
+            continue; /* SO_REUSEPORT on both: listening or not */
         if (t->reuseaddr && o->reuseaddr && !listening && o->state != SS_TCP_LISTEN)
             continue;
         if (listening && o->state != SS_TCP_LISTEN && t->reuseaddr && o->reuseaddr)
@@ -545,7 +562,9 @@ ssize_t ss_tcp_send(struct ss_engine *e, int sid, const void *buf, size_t len, u
     uint32_t n = ss_ring_push(&t->sndbuf, buf, (uint32_t)SS_MIN(len, (size_t)UINT32_MAX));
     if (n == 0)
         return ss_ring_space(&t->sndbuf) ? -ENOBUFS : -EAGAIN;
+    t->in_send = true; /* MSG_MORE holds this send's output only */
     ss_tcp_output(t);
+    t->in_send = false;
     return n;
 }
 
@@ -763,6 +782,19 @@ int ss_tcp_setopt(struct ss_engine *e, int sid, int opt, int value, uint64_t now
     case SS_OPT_REUSEADDR:
         t->reuseaddr = value != 0;
         return 0;
+    case SS_OPT_REUSEPORT:
+        t->reuseport = value != 0;
+        return 0;
+    case SS_OPT_CORK: {
+        bool was = t->cork != 0;
+        t->cork = (uint8_t)(value & 3);
+        if (was && !t->cork)
+            ss_tcp_output(t); /* Linux pushes what the cork held */
+        return 0;
+    }
+    case SS_OPT_DEFER_ACCEPT:
+        t->defer_accept_s = value > 0 ? (uint32_t)value : 0;
+        return 0;
     case SS_OPT_LINGER_ZERO:
         t->linger_zero = value != 0;
         return 0;
@@ -791,6 +823,9 @@ int ss_tcp_getopt(struct ss_engine *e, int sid, int opt, int *value)
     case SS_OPT_RCVBUF: *value = (int)t->rcvbuf.cap; return 0;
     case SS_OPT_SNDBUF: *value = (int)t->sndbuf.cap; return 0;
     case SS_OPT_REUSEADDR: *value = t->reuseaddr; return 0;
+    case SS_OPT_REUSEPORT: *value = t->reuseport; return 0;
+    case SS_OPT_CORK: *value = t->cork; return 0;
+    case SS_OPT_DEFER_ACCEPT: *value = (int)t->defer_accept_s; return 0;
     case SS_OPT_LINGER_ZERO: *value = t->linger_zero; return 0;
     case SS_OPT_MAXSEG:
         *value = t->smss ? (int)t->smss : (t->user_mss ? t->user_mss : 536);

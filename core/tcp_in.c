@@ -75,6 +75,9 @@ static struct ss_tcb *new_child(struct ss_tcb *l, const struct ss_ip_repr *ip, c
     c->user_mss = l->user_mss;
     c->linger_zero = l->linger_zero;
     c->reuseaddr = l->reuseaddr;
+    c->reuseport = l->reuseport;
+    c->cork = l->cork & 1;
+    c->syn_us = e->now_us;
     ss_ring_init(&c->rcvbuf, l->rcvbuf.cap);
     ss_ring_init(&c->sndbuf, l->sndbuf.cap);
     return c;
@@ -739,6 +742,15 @@ static void segment_arrives(struct ss_tcb *t, const struct ss_ip_repr *ip, struc
             ss_tcp_send_rst_for(e, ip, s);
             return;
         }
+        /* TCP_DEFER_ACCEPT as Linux has it: a bare ACK leaves the
+         * connection half-open while the listener defers; data completes
+         * it, and so does the ACK that answers a SYN-ACK retransmitted
+         * once the time has passed. */
+        if (t->listener && t->listener->defer_accept_s && !t->cookie && !s->len && !(s->flags & SS_TH_FIN) &&
+            e->now_us - t->syn_us < (uint64_t)t->listener->defer_accept_s * 1000000) {
+            e->ctr->tcp_defer_accept_drops++;
+            return;
+        }
         if (t->listener && t->listener->accept_len > t->listener->backlog) {
             /* Linux without tcp_abort_on_overflow: ignore the ACK; the
              * SYN-ACK is retransmitted and the peer's next ACK may fit. */
@@ -780,7 +792,7 @@ void ss_tcp_input(struct ss_engine *e, const struct ss_ip_repr *ip, struct ss_tc
     if (t && t->state == SS_TCP_TIME_WAIT && (s->flags & (SS_TH_SYN | SS_TH_ACK | SS_TH_RST)) == SS_TH_SYN) {
         /* A new SYN for a pair in TIME-WAIT may reopen it: RFC 6191 with
          * timestamps, RFC 1122 4.2.2.13 by sequence number without. */
-        struct ss_tcb *l = ss_listener_lookup(e, ip->dst, s->dport);
+        struct ss_tcb *l = ss_listener_lookup(e, ip->dst, s->dport, ip->src, s->sport);
         bool newer = (t->ts_ok && s->has_ts) ? (int32_t)(s->tsval - t->ts_recent) > 0 : SEQ_GT(s->seq, t->rcv_nxt);
         if (l && newer) {
             uint32_t min_iss = t->snd_nxt + 128 * 1024;
@@ -795,7 +807,7 @@ void ss_tcp_input(struct ss_engine *e, const struct ss_ip_repr *ip, struct ss_tc
          * of its segments here): then it goes there, unanswered. */
         if (ss_engine_forward(e, ip->src, s->sport, s->dport, false))
             return;
-        struct ss_tcb *l = ss_listener_lookup(e, ip->dst, s->dport);
+        struct ss_tcb *l = ss_listener_lookup(e, ip->dst, s->dport, ip->src, s->sport);
         if (l) {
             ss_tcp_listen_input(l, ip, s, 0);
             return;

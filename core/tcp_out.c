@@ -234,9 +234,14 @@ void ss_tcp_output(struct ss_tcb *t)
         uint32_t mss = mss_now(t);
         uint32_t len = SS_MIN(SS_MIN(avail, span), SS_MIN(usable, mss));
         if (avail) {
-            bool ok = len == mss || SEQ_LT(t->snd_nxt, t->snd_max) ||
-                      (len == avail && (t->nodelay || flight == 0 || t->wr_shut)) ||
-                      (len && t->max_snd_wnd && len >= t->max_snd_wnd / 2);
+            /* TCP_CORK holds partial segments back until the cork goes, the
+             * FIN, or the persist timer (Linux's probe timer); MSG_MORE
+             * only the send that carried it, as Linux's tcp_push: the next
+             * ACK sends them under Nagle's rule. */
+            bool corked = (t->cork & 1) || ((t->cork & 2) && t->in_send);
+            bool ok = len == mss || SEQ_LT(t->snd_nxt, t->snd_max) || (len == avail && t->wr_shut) ||
+                      (!corked && ((len == avail && (t->nodelay || flight == 0)) ||
+                                   (len && t->max_snd_wnd && len >= t->max_snd_wnd / 2)));
             if (!len || !ok)
                 break;
         } else if (t->snd_wnd == 0 && flight) {

@@ -132,7 +132,11 @@ static void on_rtx(struct ss_tcb *t)
 static void on_persist(struct ss_tcb *t)
 {
     struct ss_engine *e = t->e;
-    e->ctr->tcp_zero_window_probes++;
+    uint32_t flight = t->snd_nxt - t->snd_una;
+    if (t->snd_wnd > flight)
+        e->ctr->tcp_cork_timeouts++; /* the window is open: a cork held the data */
+    else
+        e->ctr->tcp_zero_window_probes++;
     ss_tcp_send_probe(t);
     if (t->deadline[SS_T_RTX])
         return; /* the window had room: data went out under the RTO */

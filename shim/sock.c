@@ -33,9 +33,10 @@ static size_t iov_total(const struct iovec *iov, int cnt)
 
 /* ---- deciding where a socket lives ---- */
 
-static const int opt_of_bit[] = {SS_OPT_NODELAY, SS_OPT_KEEPALIVE, SS_OPT_KEEPIDLE, SS_OPT_KEEPINTVL,
-                                 SS_OPT_KEEPCNT, SS_OPT_RCVBUF,    SS_OPT_SNDBUF,   SS_OPT_REUSEADDR,
-                                 SS_OPT_LINGER_ZERO, SS_OPT_MAXSEG};
+static const int opt_of_bit[] = {SS_OPT_NODELAY,      SS_OPT_KEEPALIVE, SS_OPT_KEEPIDLE,  SS_OPT_KEEPINTVL,
+                                 SS_OPT_KEEPCNT,      SS_OPT_RCVBUF,    SS_OPT_SNDBUF,    SS_OPT_REUSEADDR,
+                                 SS_OPT_LINGER_ZERO,  SS_OPT_MAXSEG,    SS_OPT_CORK,      SS_OPT_DEFER_ACCEPT,
+                                 SS_OPT_REUSEPORT};
 
 /* The stack socket is made when the first bind or connect says the socket
  * is the stack's; options set before that are replayed on it. */
@@ -410,6 +411,9 @@ ssize_t ss_sock_send(int fd, struct ss_sock *s, const struct iovec *iov, int cnt
             uint32_t n = ring_copy(ring, SS_CHAN_TXBUF, head, want, &cur, true);
             head += n;
             done += n;
+            uint32_t more = (flags & MSG_MORE) != 0;
+            if (n && __atomic_load_n(&so->more, __ATOMIC_RELAXED) != more)
+                __atomic_store_n(&so->more, more, __ATOMIC_RELAXED); /* published with head */
             __atomic_store_n(&so->tx.head, head, __ATOMIC_RELEASE);
             if (done)
                 ss_kick(s->slot);
@@ -475,7 +479,7 @@ ssize_t ss_sock_recv(int fd, struct ss_sock *s, const struct iovec *iov, int cnt
             return err ? fail(-err) : 0;
         }
         if (nonblock)
-            return fail(EAGAIN);
+            return done ? (ssize_t)done : fail(EAGAIN); /* MSG_WAITALL with MSG_DONTWAIT: what there is */
         int w = ss_wait(s, POLLIN, until);
         if (w < 0)
             return done ? (ssize_t)done : fail(w == -ETIMEDOUT ? EAGAIN : -w);
@@ -550,6 +554,7 @@ int ss_sock_setsockopt(int fd, struct ss_sock *s, int lvl, int opt, const void *
     if (lvl == SOL_SOCKET) {
         switch (opt) {
         case SO_REUSEADDR: stack_opt(s, SS_OPT_REUSEADDR, iv != 0); break;
+        case SO_REUSEPORT: stack_opt(s, SS_OPT_REUSEPORT, iv != 0); break;
         case SO_KEEPALIVE: stack_opt(s, SS_OPT_KEEPALIVE, iv != 0); break;
         case SO_RCVBUF: stack_opt(s, SS_OPT_RCVBUF, iv); break;
         case SO_SNDBUF: stack_opt(s, SS_OPT_SNDBUF, iv); break;
@@ -569,7 +574,9 @@ int ss_sock_setsockopt(int fd, struct ss_sock *s, int lvl, int opt, const void *
         case TCP_KEEPINTVL: stack_opt(s, SS_OPT_KEEPINTVL, iv); break;
         case TCP_KEEPCNT: stack_opt(s, SS_OPT_KEEPCNT, iv); break;
         case TCP_MAXSEG: stack_opt(s, SS_OPT_MAXSEG, iv); break;
-        default: break; /* TCP_CORK, TCP_DEFER_ACCEPT...: held by the kernel socket only, for now */
+        case TCP_CORK: stack_opt(s, SS_OPT_CORK, iv != 0); break;
+        case TCP_DEFER_ACCEPT: stack_opt(s, SS_OPT_DEFER_ACCEPT, iv); break;
+        default: break; /* the kernel socket holds the rest: they change nothing the stack does */
         }
     }
     return 0;

@@ -34,6 +34,7 @@ struct slot {
     bool shut_pending; /* SHUT_WR once the tx ring is drained */
     bool close_pending;
     bool zombie;       /* closed by its process, kept for a child to adopt */
+    bool more;         /* MSG_MORE held the engine's cork (SS_OPT_CORK bit 1) */
     uint16_t pins;     /* fork tickets that keep it for a child */
 };
 
@@ -217,6 +218,14 @@ static void release(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
               SS_CHAN_RXBUF + SS_CHAN_TXBUF);
 }
 
+static void set_more(struct ss_chans *cs, struct slot *st, int sid, bool more, uint64_t t)
+{
+    int cork = 0;
+    ss_tcp_getopt(cs->e, sid, SS_OPT_CORK, &cork);
+    st->more = more;
+    ss_tcp_setopt(cs->e, sid, SS_OPT_CORK, (cork & 1) | (more ? 2 : 0), t);
+}
+
 /* Moves bytes between the socket's rings and the engine, then publishes
  * its readiness.  False: the application corrupted the rings. */
 static bool pump(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
@@ -232,6 +241,11 @@ static bool pump(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
     if (head - tail > SS_CHAN_TXBUF)
         return false;
     uint8_t *tx = c->base + SS_CHAN_TX_OFF(k);
+    /* MSG_MORE: corked before its bytes go in, uncorked after the bytes
+     * of a send without it, which pushes them out */
+    bool more = __atomic_load_n(&so->more, __ATOMIC_ACQUIRE) == 1;
+    if (more && !st->more)
+        set_more(cs, st, sid, true, t);
     while (head != tail) {
         uint32_t off = tail & (SS_CHAN_TXBUF - 1);
         uint32_t n = head - tail < SS_CHAN_TXBUF - off ? head - tail : SS_CHAN_TXBUF - off;
@@ -248,6 +262,8 @@ static bool pump(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
             break;
     }
     __atomic_store_n(&so->tx.tail, tail, __ATOMIC_RELEASE);
+    if (!more && st->more)
+        set_more(cs, st, sid, false, t);
     if (head == tail && st->shut_pending) {
         st->shut_pending = false;
         ss_tcp_shutdown(cs->e, sid, 1, t);
@@ -437,6 +453,8 @@ static void handle_request(struct ss_chans *cs, struct ss_chan_host *c, uint32_t
         break;
     }
     case SS_OP_SETOPT:
+        if (rq.a0 == SS_OPT_CORK) /* TCP_CORK: bit 0; bit 1 is MSG_MORE's, kept by pump */
+            rq.a1 = (rq.a1 != 0) | (c->s[k].more ? 2 : 0);
         res = ss_tcp_setopt(cs->e, sid, (int)rq.a0, (int)rq.a1, t);
         break;
     case SS_OP_GETOPT: {

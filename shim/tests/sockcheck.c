@@ -7,7 +7,7 @@
  *   The program listens on 0.0.0.0:PORT and connects to CONNECT_ADDR:PORT:
  *   on the kernel, 127.0.0.1; under the library, the stack's address (the
  *   listener's side is the stack's) or the kernel side's (the client's is).
- *   Ports PORT+1 and PORT+2 must be closed.
+ *   Ports PORT+1 and PORT+2 must be closed; PORT+3 and PORT+4 it listens on.
  *
  * Lines hold only what both runs must agree on: return values, errno
  * names, byte counts and contents, readiness bits.
@@ -146,6 +146,33 @@ static int wait_fd(int fd, short ev, int ms)
     struct pollfd p = {.fd = fd, .events = ev};
     int r = poll(&p, 1, ms);
     return r <= 0 ? r : p.revents;
+}
+
+/* TCP_CORK and MSG_MORE on x hold a partial segment back from y until the
+ * cork goes or a send without MSG_MORE comes. */
+static void cork_check(const char *side, int x, int y)
+{
+    char step[96], buf[16] = {0};
+    int on = 1, off = 0;
+#define STEP(name) (snprintf(step, sizeof step, "%s %s", side, name), step)
+    show(STEP("TCP_CORK on"), setsockopt(x, IPPROTO_TCP, TCP_CORK, &on, sizeof on));
+    send(x, "cork", 4, 0);
+    show(STEP("corked: nothing comes"), wait_fd(y, POLLIN, 50));
+    show(STEP("TCP_CORK off"), setsockopt(x, IPPROTO_TCP, TCP_CORK, &off, sizeof off));
+    show(STEP("uncorked: it comes"), wait_fd(y, POLLIN, 5000));
+    show(STEP("recv corked"), recv(y, buf, sizeof buf, 0));
+    /* Linux sends MSG_MORE's bytes on the next ACK: let the delayed ACKs
+     * of what went before arrive first */
+    usleep(100000);
+    show(STEP("send MSG_MORE"), send(x, "mo", 2, MSG_MORE));
+    show(STEP("more: nothing comes"), wait_fd(y, POLLIN, 50));
+    show(STEP("send the rest"), send(x, "re", 2, 0));
+    show(STEP("then it comes"), wait_fd(y, POLLIN, 5000));
+    usleep(20000);
+    memset(buf, 0, sizeof buf);
+    show(STEP("recv more"), recv(y, buf, sizeof buf, MSG_WAITALL | MSG_DONTWAIT));
+    printf("%s got: %s\n", side, buf);
+#undef STEP
 }
 
 /* epoll_wait's count and the first event's data, on one line */
@@ -404,6 +431,67 @@ int main(int argc, char **argv)
     /* --- epoll sets in sets and in poll; a socket in two sets --- */
     epoll_mix("server side", s, c);
     epoll_mix("client side", c, s);
+
+    /* --- TCP_CORK, MSG_MORE --- */
+    cork_check("server side", s, c);
+    cork_check("client side", c, s);
+
+    /* --- TCP_DEFER_ACCEPT: accept waits for the first bytes --- */
+    struct sockaddr_in any3 = sin_of("0.0.0.0", port + 3), dst3 = sin_of(peer, port + 3);
+    int dl = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    int defer = 5;
+    setsockopt(dl, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    show("setsockopt TCP_DEFER_ACCEPT", setsockopt(dl, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer, sizeof defer));
+    bind(dl, (struct sockaddr *)&any3, sizeof any3);
+    listen(dl, 8);
+    int dc = socket(AF_INET, SOCK_STREAM, 0);
+    show("connect to a deferring listener", connect(dc, (struct sockaddr *)&dst3, sizeof dst3));
+    show("deferred: no connection to accept", wait_fd(dl, POLLIN, 300));
+    show("accept deferred", accept(dl, NULL, NULL));
+    send(dc, "first", 5, 0);
+    show("data: the connection comes", wait_fd(dl, POLLIN, 5000));
+    int ds = accept(dl, NULL, NULL);
+    printf("accept after data: %s\n", ds >= 0 ? "fd" : ename(errno));
+    memset(buf, 0, 16);
+    show("recv deferred", recv(ds, buf, 16, MSG_DONTWAIT));
+    close(ds);
+    close(dc);
+    close(dl);
+
+    /* --- SO_REUSEPORT: listeners share a port; each connection goes to one --- */
+    struct sockaddr_in any4 = sin_of("0.0.0.0", port + 4), dst4 = sin_of(peer, port + 4);
+    int rl[3];
+    for (int i = 0; i < 3; i++) {
+        rl[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        if (i < 2)
+            show("setsockopt SO_REUSEPORT", setsockopt(rl[i], SOL_SOCKET, SO_REUSEPORT, &one, sizeof one));
+        show(i < 2 ? "bind SO_REUSEPORT" : "bind without SO_REUSEPORT",
+             bind(rl[i], (struct sockaddr *)&any4, sizeof any4));
+    }
+    show("listen SO_REUSEPORT", listen(rl[0], 16) + listen(rl[1], 16));
+    int rc[8], accepted = 0;
+    for (int i = 0; i < 8; i++) {
+        rc[i] = socket(AF_INET, SOCK_STREAM, 0);
+        connect(rc[i], (struct sockaddr *)&dst4, sizeof dst4);
+    }
+    for (int tries = 0; accepted < 8 && tries < 500; tries++) {
+        int got_one = 0;
+        for (int i = 0; i < 2; i++) {
+            int a = accept(rl[i], NULL, NULL);
+            if (a >= 0) {
+                accepted++;
+                got_one = 1;
+                close(a);
+            }
+        }
+        if (!got_one)
+            usleep(10000);
+    }
+    printf("SO_REUSEPORT accepted: %d\n", accepted);
+    for (int i = 0; i < 8; i++)
+        close(rc[i]);
+    for (int i = 0; i < 3; i++)
+        close(rl[i]);
 
     /* --- signals: SA_RESTART --- */
     interrupted("recv server side", s, c, NULL);

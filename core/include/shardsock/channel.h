@@ -44,7 +44,7 @@
 #endif
 
 #define SS_CHAN_MAGIC 0x53534348 /* "SSCH" */
-#define SS_CHAN_VERSION 1
+#define SS_CHAN_VERSION 2
 #define SS_CHAN_SOCKETS 1024     /* stack sockets per process */
 #define SS_CHAN_RXBUF 65536      /* bytes, each a power of two */
 #define SS_CHAN_TXBUF 65536
@@ -114,7 +114,8 @@ struct ss_chan_socket {
     uint32_t in_use;       /* 1 from SS_OP_SOCKET/ACCEPT until SS_OP_CLOSE */
     uint32_t local_ip, remote_ip;
     uint16_t local_port, remote_port;
-    uint8_t _pad[32];
+    uint32_t more;         /* 1: the application's last send had MSG_MORE */
+    uint8_t _pad[28];
     struct ss_chan_bytes rx; /* instance -> application */
     struct ss_chan_bytes tx; /* application -> instance */
 };

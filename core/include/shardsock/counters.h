@@ -99,6 +99,8 @@
     X(tcp_ooo_segments, "out-of-order segments queued")                             \
     X(tcp_delayed_acks, "ACKs sent by the delayed-ACK timer")                       \
     X(tcp_zero_window_probes, "zero-window probes sent")                            \
+    X(tcp_cork_timeouts, "corked partial segments sent because they waited an RTO") \
+    X(tcp_defer_accept_drops, "bare ACKs ignored while the listener defers accept")  \
     X(tcp_keepalive_probes, "keepalive probes sent")                                \
     X(tcp_syncookies_sent, "SYN cookies sent (SYN queue full)")                     \
     X(tcp_syncookies_ok, "connections completed from a valid SYN cookie")           \

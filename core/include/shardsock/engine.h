@@ -155,6 +155,12 @@ enum ss_tcp_opt {
     SS_OPT_LINGER_ZERO,    /* SO_LINGER with l_linger 0: close sends RST */
     SS_OPT_MAXSEG,         /* TCP_MAXSEG */
     SS_OPT_ERROR,          /* SO_ERROR (get only; reading clears it) */
+    SS_OPT_CORK,           /* bit 0 TCP_CORK, bit 1 MSG_MORE on the last send: only
+                            * full segments go out; clearing both pushes the rest */
+    SS_OPT_DEFER_ACCEPT,   /* TCP_DEFER_ACCEPT, seconds: a listener's bare ACKs do
+                            * not complete handshakes until data or the time */
+    SS_OPT_REUSEPORT,      /* SO_REUSEPORT: listeners share a port, a connection
+                            * goes to one by a hash of the peer's address */
 };
 
 /* What ss_tcp_info() reports; sequence numbers are absolute. */
