@@ -141,6 +141,11 @@ void ss_engine_destroy(struct ss_engine *e)
         if (e->socks[i])
             ss_tcb_free(e->socks[i]);
     ss_arp_destroy(e);
+    while (e->loop_head) {
+        struct ss_pkt *p = e->loop_head;
+        e->loop_head = p->next;
+        free(p);
+    }
     free(e->flows);
     free(e->socks);
     free(e->free_ids);
@@ -191,6 +196,11 @@ void ss_engine_input(struct ss_engine *e, const uint8_t *frame, size_t len, uint
     input(e, frame, len, now_us);
 }
 
+void ss_engine_input_looped(struct ss_engine *e, const uint8_t *frame, size_t len)
+{
+    input(e, frame, len, e->now_us);
+}
+
 void ss_engine_input_forwarded(struct ss_engine *e, const uint8_t *frame, size_t len, uint64_t now_us)
 {
     /* Counted once on the device, by the instance that received it. */
@@ -220,6 +230,7 @@ void ss_engine_poll(struct ss_engine *e, uint64_t now_us)
     struct ss_list due;
     e->now_us = now_us;
     ss_list_init(&due);
+    ss_ip_loop_drain(e);
     ss_wheel_collect(&e->wheel, now_us, &due);
     while (!ss_list_empty(&due)) {
         struct ss_timer *tm = SS_CONTAINER_OF(due.next, struct ss_timer, link);
@@ -240,7 +251,10 @@ void ss_engine_reap(struct ss_engine *e)
     }
 }
 
-uint64_t ss_engine_next_deadline(struct ss_engine *e) { return ss_wheel_next(&e->wheel); }
+uint64_t ss_engine_next_deadline(struct ss_engine *e)
+{
+    return e->loop_head ? e->now_us : ss_wheel_next(&e->wheel); /* looped packets: at once */
+}
 
 const struct ss_counters *ss_engine_counters(const struct ss_engine *e) { return e->ctr; }
 

@@ -241,6 +241,11 @@ struct ss_engine {
     const uint8_t *in_frame;
     size_t in_len;
     bool in_forwarded; /* it came from another instance: never forward it */
+    bool in_loopback;  /* it was looped back here: 127.0.0.0/8 addresses are ours */
+    /* packets to 127.0.0.0/8, as Ethernet frames to ourselves, input by
+     * the next ss_engine_poll (the engine's lo) */
+    struct ss_pkt *loop_head, *loop_tail;
+    uint32_t loop_len;
     uint16_t ip_id;
     /* ARP */
     struct ss_arp_entry arp[SS_ARP_ENTRIES];
@@ -291,7 +296,12 @@ void ss_arp_destroy(struct ss_engine *e);
 void ss_ip_input(struct ss_engine *e, const uint8_t *pkt, size_t len);
 /* The frame scratch holds the transport payload at SS_ETH_HLEN + SS_IP_HLEN,
  * payload_len bytes; adds the IPv4 header and sends.  Returns 0 or -errno. */
-int ss_ip_output(struct ss_engine *e, uint32_t dst, uint8_t proto, size_t payload_len);
+int ss_ip_output(struct ss_engine *e, uint32_t src, uint32_t dst, uint8_t proto, size_t payload_len);
+#define SS_IP_LOOPBACK(a) (((a) >> 24) == 127)
+#define SS_IP_LOOPBACK_SRC 0x7f000001u /* 127.0.0.1: Linux's source towards 127.0.0.0/8 */
+#define SS_LOOP_QUEUE_MAX 1024
+void ss_ip_loop_drain(struct ss_engine *e);
+void ss_engine_input_looped(struct ss_engine *e, const uint8_t *frame, size_t len);
 bool ss_ip_routable(const struct ss_engine *e, uint32_t dst);
 
 /* icmp.c */

@@ -17,7 +17,7 @@ static void echo_reply(struct ss_engine *e, const struct ss_ip_repr *ip, const s
     struct ss_icmp_repr rep = {
         .type = SS_ICMP_ECHO_REPLY, .code = 0, .rest = req->rest, .payload = icmp + SS_ICMP_HLEN, .payload_len = n};
     ss_icmp_emit(icmp, &rep);
-    if (ss_ip_output(e, ip->src, SS_IPPROTO_ICMP, SS_ICMP_HLEN + n) == 0)
+    if (ss_ip_output(e, ip->dst, ip->src, SS_IPPROTO_ICMP, SS_ICMP_HLEN + n) == 0)
         e->ctr->icmp_echo_replies++;
 }
 

@@ -2,8 +2,12 @@
  * IPv4 (RFC 791, host requirements RFC 1122 section 3).
  *
  * ss_ip_input: validate -> drop what a host must not accept -> ICMP or TCP.
- * ss_ip_output: header (DF set, RFC 1191 path MTU discovery) -> next hop -> ARP.
+ * ss_ip_output: header (DF set, RFC 1191 path MTU discovery) -> next hop -> ARP,
+ *   or, to 127.0.0.0/8, the loopback queue: the engine's own lo, which
+ *   ss_engine_poll feeds back to input (and so, by the flow directory, to
+ *   whichever instance of the group holds the other end).
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "engine_int.h"
@@ -14,8 +18,8 @@ static bool bad_source(const struct ss_engine *e, uint32_t src)
 {
     if (src == 0 || src == 0xffffffffu || src >= 0xe0000000u)
         return true;
-    if ((src >> 24) == 127)
-        return true;
+    if (SS_IP_LOOPBACK(src))
+        return !e->in_loopback && !e->in_forwarded; /* only from our own lo */
     uint32_t m = e->cfg.netmask;
     /* the directed broadcast of our own subnet */
     if (m != 0xffffffffu && (src & m) == (e->cfg.ip & m) && (src | m) == 0xffffffffu)
@@ -46,7 +50,8 @@ void ss_ip_input(struct ss_engine *e, const uint8_t *pkt, size_t len)
         e->ctr->drop_ip_checksum++;
         return;
     }
-    if (ip.dst != e->cfg.ip) {
+    bool looped = e->in_loopback || e->in_forwarded; /* forwarded: checked where it came in */
+    if (ip.dst != e->cfg.ip && !(looped && SS_IP_LOOPBACK(ip.dst))) {
         e->ctr->drop_ip_not_ours++;
         return;
     }
@@ -99,14 +104,69 @@ void ss_ip_input(struct ss_engine *e, const uint8_t *pkt, size_t len)
 
 bool ss_ip_routable(const struct ss_engine *e, uint32_t dst)
 {
-    if ((dst & e->cfg.netmask) == (e->cfg.ip & e->cfg.netmask))
+    if (SS_IP_LOOPBACK(dst) || (dst & e->cfg.netmask) == (e->cfg.ip & e->cfg.netmask))
         return true;
     return e->cfg.gateway != 0;
 }
 
-int ss_ip_output(struct ss_engine *e, uint32_t dst, uint8_t proto, size_t payload_len)
+/* To 127.0.0.0/8: the frame waits on the loopback queue, addressed to our
+ * own MAC, until ss_engine_poll inputs it.  Not inline: output may run
+ * inside input, and a segment looping straight back would re-enter it. */
+static void loop_output(struct ss_engine *e, size_t ip_len)
+{
+    if (e->loop_len >= SS_LOOP_QUEUE_MAX) {
+        e->ctr->drop_ip_loop_full++;
+        return;
+    }
+    struct ss_pkt *p = malloc(sizeof *p + SS_ETH_HLEN + ip_len);
+    if (!p) {
+        e->ctr->drop_ip_loop_full++;
+        return;
+    }
+    struct ss_eth_repr eth = {.type = SS_ETHERTYPE_IPV4};
+    memcpy(eth.dst, e->cfg.mac, 6);
+    memcpy(eth.src, e->cfg.mac, 6);
+    ss_eth_emit(e->frame, &eth);
+    p->next = NULL;
+    p->len = (uint16_t)(SS_ETH_HLEN + ip_len);
+    memcpy(p->data, e->frame, p->len);
+    if (e->loop_tail)
+        e->loop_tail->next = p;
+    else
+        e->loop_head = p;
+    e->loop_tail = p;
+    e->loop_len++;
+    e->ctr->ip_loop_packets++;
+}
+
+/* Inputs what was queued before the call; what that sends to 127/8 in
+ * turn waits for the next call (ss_engine_next_deadline says "now"). */
+void ss_ip_loop_drain(struct ss_engine *e)
+{
+    struct ss_pkt *p = e->loop_head;
+    e->loop_head = e->loop_tail = NULL;
+    e->loop_len = 0;
+    while (p) {
+        struct ss_pkt *next = p->next;
+        e->in_loopback = true;
+        ss_engine_input_looped(e, p->data, p->len);
+        e->in_loopback = false;
+        free(p);
+        p = next;
+    }
+}
+
+int ss_ip_output(struct ss_engine *e, uint32_t src, uint32_t dst, uint8_t proto, size_t payload_len)
 {
     uint32_t nh = dst;
+    if (SS_IP_LOOPBACK(dst) || dst == e->cfg.ip) { /* local: through lo, as Linux routes it */
+        struct ss_ip_repr ip = {.src = src, .dst = dst, .proto = proto, .ttl = 64, .id = e->ip_id++,
+                                .frag = SS_IP_DF, .total_len = (uint16_t)(SS_IP_HLEN + payload_len)};
+        ss_ip_emit(e->frame + SS_ETH_HLEN, &ip);
+        e->ctr->ip_tx_packets++;
+        loop_output(e, SS_IP_HLEN + payload_len);
+        return 0;
+    }
     if ((dst & e->cfg.netmask) != (e->cfg.ip & e->cfg.netmask)) {
         if (!e->cfg.gateway) {
             e->ctr->drop_ip_no_route++;
@@ -115,7 +175,7 @@ int ss_ip_output(struct ss_engine *e, uint32_t dst, uint8_t proto, size_t payloa
         nh = e->cfg.gateway;
     }
     struct ss_ip_repr ip = {
-        .src = e->cfg.ip,
+        .src = src,
         .dst = dst,
         .proto = proto,
         .ttl = 64,

@@ -257,6 +257,15 @@ struct ss_tcb *ss_listener_lookup(struct ss_engine *e, uint32_t lip, uint16_t lp
     return best;
 }
 
+int ss_tcp_port_listened(struct ss_engine *e, uint16_t port)
+{
+    struct ss_list *b = &e->listens[port & (SS_BIND_BUCKETS - 1)];
+    for (struct ss_list *n = b->next; n != b; n = n->next)
+        if (SS_CONTAINER_OF(n, struct ss_tcb, listen_link)->lport == port)
+            return 1;
+    return e->cfg.listen_owner && e->cfg.listen_owner(e->cfg.flow_ctx, 0, 0, port) >= 0;
+}
+
 /* Linux's rule: two sockets may share a port when their addresses differ
  * (neither a wildcard), when both set SO_REUSEADDR and neither listens, or
  * when both set SO_REUSEPORT;
@@ -325,14 +334,14 @@ static int pick_free_port(struct ss_engine *e)
  * destination as the starting offset, so a given peer sees unpredictable
  * ports; a port shared with other connections only if all are autobound
  * and the 4-tuple is free. */
-static int pick_connect_port(struct ss_engine *e, uint32_t rip, uint16_t rport)
+static int pick_connect_port(struct ss_engine *e, uint32_t lip, uint32_t rip, uint16_t rport)
 {
     uint32_t key[2] = {rip, rport};
     uint32_t range = ephemeral_count(e);
     uint32_t offset = (uint32_t)ss_siphash(e->cfg.secret, key, sizeof key);
     for (uint32_t i = 0; i < range; i++) {
         uint16_t port = ephemeral_port(e, offset + e->port_next + i);
-        if (ss_flow_lookup(e, e->cfg.ip, port, rip, rport))
+        if (ss_flow_lookup(e, lip, port, rip, rport))
             continue;
         bool ok = true;
         struct ss_list *b = bind_bucket(e, port);
@@ -424,7 +433,7 @@ int ss_tcp_bind(struct ss_engine *e, int sid, uint32_t ip, uint16_t port)
         return -EBADF;
     if (t->bound || t->state != SS_TCP_CLOSED)
         return -EINVAL;
-    if (ip != 0 && ip != e->cfg.ip)
+    if (ip != 0 && ip != e->cfg.ip && !SS_IP_LOOPBACK(ip))
         return -EADDRNOTAVAIL;
     if (port == 0) {
         int p = pick_free_port(e);
@@ -508,17 +517,22 @@ int ss_tcp_connect(struct ss_engine *e, int sid, uint32_t ip, uint16_t port, uin
         return -ENETUNREACH;
     if (!ss_ip_routable(e, ip))
         return -ENETUNREACH;
+    /* the source address: the bound one, else 127.0.0.1 towards the
+     * loopback net (Linux's choice on lo), else the stack's */
+    uint32_t src = t->lip ? t->lip : SS_IP_LOOPBACK(ip) ? SS_IP_LOOPBACK_SRC : e->cfg.ip;
+    if (SS_IP_LOOPBACK(src) && !SS_IP_LOOPBACK(ip))
+        return -EINVAL; /* as Linux: a loopback source does not leave lo */
     if (!t->bound) {
-        int p = pick_connect_port(e, ip, port);
+        int p = pick_connect_port(e, src, ip, port);
         if (p < 0)
             return p;
         t->lport = (uint16_t)p;
         t->autobound = true;
         ss_bind_insert(t);
-    } else if (ss_flow_lookup(e, e->cfg.ip, t->lport, ip, port)) {
+    } else if (ss_flow_lookup(e, src, t->lport, ip, port)) {
         return -EADDRNOTAVAIL;
     }
-    t->lip = e->cfg.ip;
+    t->lip = src;
     t->rip = ip;
     t->rport = port;
     t->error = 0;

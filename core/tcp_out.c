@@ -110,7 +110,8 @@ static void emit(struct ss_tcb *t, uint8_t flags, uint32_t seq, uint32_t len)
     uint8_t *th = e->frame + SS_ETH_HLEN + SS_IP_HLEN;
     if (len)
         ss_ring_peek(&t->sndbuf, seq - t->buf_seq, th + hl, len);
-    ss_tcp_emit(th, &r, e->cfg.ip, t->rip);
+    uint32_t src = t->lip ? t->lip : e->cfg.ip;
+    ss_tcp_emit(th, &r, src, t->rip);
     if (flags & SS_TH_ACK) {
         t->last_ack_sent = t->rcv_nxt;
         t->unacked_segs = 0;
@@ -120,7 +121,7 @@ static void emit(struct ss_tcb *t, uint8_t flags, uint32_t seq, uint32_t len)
     if (flags & SS_TH_RST)
         e->ctr->tcp_rst_tx++;
     e->ctr->tcp_tx_segments++;
-    ss_ip_output(e, t->rip, SS_IPPROTO_TCP, hl + len);
+    ss_ip_output(e, src, t->rip, SS_IPPROTO_TCP, hl + len);
 }
 
 static uint32_t data_end(const struct ss_tcb *t) { return t->buf_seq + t->sndbuf.len; }
@@ -369,10 +370,10 @@ void ss_tcp_send_rst_for(struct ss_engine *e, const struct ss_ip_repr *ip, const
         r.flags = SS_TH_RST | SS_TH_ACK;
     }
     uint8_t *th = e->frame + SS_ETH_HLEN + SS_IP_HLEN;
-    size_t hl = ss_tcp_emit(th, &r, e->cfg.ip, ip->src);
+    size_t hl = ss_tcp_emit(th, &r, ip->dst, ip->src);
     e->ctr->tcp_rst_tx++;
     e->ctr->tcp_tx_segments++;
-    ss_ip_output(e, ip->src, SS_IPPROTO_TCP, hl);
+    ss_ip_output(e, ip->dst, ip->src, SS_IPPROTO_TCP, hl);
 }
 
 /* A SYN-ACK that keeps no state: its ISN is the cookie, and it offers only
@@ -392,7 +393,7 @@ void ss_tcp_send_cookie_synack(struct ss_engine *e, const struct ss_ip_repr *ip,
     r.has_mss = 1;
     r.mss = mss;
     uint8_t *th = e->frame + SS_ETH_HLEN + SS_IP_HLEN;
-    size_t hl = ss_tcp_emit(th, &r, e->cfg.ip, ip->src);
+    size_t hl = ss_tcp_emit(th, &r, ip->dst, ip->src);
     e->ctr->tcp_tx_segments++;
-    ss_ip_output(e, ip->src, SS_IPPROTO_TCP, hl);
+    ss_ip_output(e, ip->dst, ip->src, SS_IPPROTO_TCP, hl);
 }

@@ -66,6 +66,7 @@ static struct {
     char run_dir[256];
     char instance[16];
     char verbose[8];
+    char loopback[8];    /* "0": 127/8 always the kernel's */
     char path[PATH_MAX]; /* this library's file, for LD_PRELOAD */
 } conf;
 
@@ -83,6 +84,7 @@ __attribute__((constructor)) static void load(void)
     copy_env(conf.run_dir, sizeof conf.run_dir, "SHARDSOCK_RUN_DIR");
     copy_env(conf.instance, sizeof conf.instance, "SHARDSOCK_INSTANCE");
     copy_env(conf.verbose, sizeof conf.verbose, "SHARDSOCK_VERBOSE");
+    copy_env(conf.loopback, sizeof conf.loopback, "SHARDSOCK_LOOPBACK");
     Dl_info info;
     if (dladdr((void *)load, &info) && info.dli_fname && strlen(info.dli_fname) < sizeof conf.path)
         strcpy(conf.path, info.dli_fname);
@@ -90,6 +92,8 @@ __attribute__((constructor)) static void load(void)
 }
 
 static bool verbose(void) { return conf.verbose[0] && conf.verbose[0] != '0'; }
+
+bool ss_loopback_on(void) { return strcmp(conf.loopback, "0") != 0; }
 
 void ss_verbose(const char *fmt, ...)
 {
@@ -1131,33 +1135,35 @@ static char **exec_env(char *const envp[], int *ticket)
     free(inherit);
     free(slots);
     /* the new environment */
-    static const char *const keep[] = {"SHARDSOCK_RUN_DIR", "SHARDSOCK_INSTANCE", "SHARDSOCK_VERBOSE", "LD_PRELOAD"};
-    const char *vals[] = {conf.run_dir, conf.instance, conf.verbose, conf.path};
+    static const char *const keep[] = {"SHARDSOCK_RUN_DIR", "SHARDSOCK_INSTANCE", "SHARDSOCK_VERBOSE",
+                                       "SHARDSOCK_LOOPBACK", "LD_PRELOAD"};
+    const char *vals[] = {conf.run_dir, conf.instance, conf.verbose, conf.loopback, conf.path};
+    enum { NKEEP = 5, PRELOAD = 4 };
     size_t n = 0;
     while (envp && envp[n])
         n++;
-    char **env = malloc((n + 6) * sizeof *env);
-    char *added[4] = {NULL};
+    char **env = malloc((n + NKEEP + 2) * sizeof *env);
+    char *added[NKEEP] = {NULL};
     if (!env) {
         free(head);
         return NULL;
     }
     size_t m = 0;
-    bool have[4] = {false};
+    bool have[NKEEP] = {false};
     for (size_t i = 0; i < n; i++) {
         if (!strncmp(envp[i], SS_INHERIT_ENV "=", sizeof SS_INHERIT_ENV))
             continue;
-        for (int k = 0; k < 4; k++) {
+        for (int k = 0; k < NKEEP; k++) {
             size_t kl = strlen(keep[k]);
             if (!strncmp(envp[i], keep[k], kl) && envp[i][kl] == '=')
-                have[k] = k < 3 || strstr(envp[i], conf.path) != NULL;
+                have[k] = k != PRELOAD || strstr(envp[i], conf.path) != NULL;
         }
         env[m++] = envp[i];
     }
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < NKEEP; k++) {
         if (have[k] || !*vals[k])
             continue;
-        if (k == 3) {
+        if (k == PRELOAD) {
             /* LD_PRELOAD without the library: put it first, keep the rest */
             const char *old = NULL;
             for (size_t i = 0; i < m; i++)

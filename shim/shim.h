@@ -99,6 +99,9 @@ bool ss_handlers_restart(void);
 bool ss_instance_alive(void);
 uint64_t ss_now_ms(void);
 void ss_verbose(const char *fmt, ...);
+/* Loopback (127/8) between preloaded programs in the stack: on unless
+ * SHARDSOCK_LOOPBACK=0. */
+bool ss_loopback_on(void);
 /* A socket left to the kernel: said (SHARDSOCK_VERBOSE) and counted. */
 void ss_count_fallback(enum ss_fallback reason, const char *why);
 

@@ -121,10 +121,13 @@ int ss_sock_bind(int fd, struct ss_sock *s, const struct sockaddr *a, socklen_t 
         to_kernel(fd, s, SS_FB_ADDRESS, "bound to an IPv6 address");
         return REAL(bind)(fd, a, len);
     }
-    if (ip == INADDR_ANY) {
+    bool loopback = (ip >> 24) == 127 && ss_loopback_on();
+    if (ip == INADDR_ANY || loopback) {
         /* A wildcard socket is the kernel's too: host and loopback clients
-         * that are not preloaded still reach it.  The kernel also picks
-         * the port when none is given, and says EADDRINUSE as it would. */
+         * that are not preloaded still reach it, and so is one bound to
+         * 127/8, which preloaded clients reach inside the stack.  The
+         * kernel also picks the port when none is given, and says
+         * EADDRINUSE as it would. */
         if (REAL(bind)(fd, a, len) < 0)
             return -1;
         struct sockaddr_in6 got;
@@ -263,8 +266,15 @@ int ss_sock_accept(int fd, struct ss_sock *s, struct sockaddr *a, socklen_t *len
     }
 }
 
-static bool routed_through_stack(uint32_t ip)
+/* Whether a connection to ip:port is the stack's: a destination in the
+ * stack's subnet other than the stack itself (a connection to its own
+ * address goes through the kernel and the device, as a host client's
+ * would), or 127/8 when a stack listener holds the port in the group
+ * (otherwise a kernel program does, or nobody: the kernel answers). */
+static bool routed_through_stack(uint32_t ip, uint16_t port)
 {
+    if ((ip >> 24) == 127)
+        return ss_loopback_on() && ss_request(SS_OP_LISTENED, 0, port, 0, NULL, NULL) == 1;
     uint32_t mask = ss_ch.r->stack_netmask;
     return ip != ss_ch.r->stack_ip && (ip & mask) == (ss_ch.r->stack_ip & mask) && ip != (ss_ch.r->stack_ip | ~mask);
 }
@@ -291,7 +301,7 @@ int ss_sock_connect(int fd, struct ss_sock *s, const struct sockaddr *a, socklen
     uint16_t port = 0;
     int e = parse_addr(s, a, len, &ip, &port);
     if (!s->stack) {
-        if (e != 0 || !routed_through_stack(ip)) {
+        if (e != 0 || !routed_through_stack(ip, port)) {
             to_kernel(fd, s, SS_FB_DESTINATION, "the destination is not behind the stack");
             return REAL(connect)(fd, a, len);
         }

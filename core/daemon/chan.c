@@ -339,7 +339,8 @@ static void handle_request(struct ss_chans *cs, struct ss_chan_host *c, uint32_t
     uint64_t t = now_us();
     int64_t res = 0, a0 = 0, a1 = 0;
     uint32_t k = rq.slot;
-    bool any = rq.op == SS_OP_SOCKET || rq.op == SS_OP_ADOPT || rq.op == SS_OP_FALLBACK; /* no slot of their own */
+    bool any = rq.op == SS_OP_SOCKET || rq.op == SS_OP_ADOPT || rq.op == SS_OP_FALLBACK ||
+               rq.op == SS_OP_LISTENED; /* no slot of their own */
     bool valid = any || (k < SS_CHAN_SOCKETS && c->s[k].sid >= 0 && !c->s[k].close_pending && !c->s[k].zombie);
     int sid = valid && !any ? c->s[k].sid : -1;
     if (!valid) {
@@ -472,6 +473,9 @@ static void handle_request(struct ss_chans *cs, struct ss_chan_host *c, uint32_t
         memcpy(c->r->rep.info, &ti, sizeof ti);
         break;
     }
+    case SS_OP_LISTENED:
+        res = rq.a0 > 0 && rq.a0 < 65536 && ss_tcp_port_listened(cs->e, (uint16_t)rq.a0);
+        break;
     case SS_OP_FALLBACK: {
         uint64_t *ctr[] = {
             [SS_FB_ADDRESS] = &cs->ctr->fallback_address,

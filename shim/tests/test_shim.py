@@ -40,11 +40,15 @@ class Group:
         r = ns.shardsock("up", *self.args, "--echo", "7")
         assert r.returncode == 0, r.stderr
 
-    def run(self, *cmd, timeout=120, verbose=False):
+    def command(self, *cmd, verbose=False):
+        """The command line that runs cmd under the library."""
+        return [sys.executable, "-m", "preload.cli", "run", *self.args, *(["--verbose"] if verbose else []), "--",
+                *cmd]
+
+    def run(self, *cmd, timeout=120, verbose=False, env=None):
         """A program under the library; returns the CompletedProcess."""
-        extra = ["--verbose"] if verbose else []
-        return self.ns.run([sys.executable, "-m", "preload.cli", "run", *self.args, *extra, "--", *cmd],
-                           timeout=timeout, env=dict(os.environ, PYTHONPATH=ROOT))
+        return self.ns.run(self.command(*cmd, verbose=verbose), timeout=timeout,
+                           env=dict(os.environ, PYTHONPATH=ROOT, **(env or {})))
 
     def counters(self):
         r = self.ns.shardsock("stat", *self.args, "--json")
@@ -152,7 +156,8 @@ def test_http_server_serves_curl_through_the_stack(group):
 
 
 def test_other_sockets_stay_the_kernels(group):
-    """UDP, AF_UNIX, loopback TCP: the kernel's, working, unaccelerated."""
+    """UDP, AF_UNIX, and loopback TCP with SHARDSOCK_LOOPBACK=0: the
+    kernel's, working, unaccelerated, and counted by reason."""
     code = r"""
 import json, socket
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 0))
@@ -165,7 +170,7 @@ w = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # after the first TCP sock
 print(json.dumps([u.recv(10).decode(), b.recv(10).decode(), s.recv(10).decode()]))
 """
     before = group.counters()
-    r = group.run(sys.executable, "-c", code, verbose=True)
+    r = group.run(sys.executable, "-c", code, verbose=True, env={"SHARDSOCK_LOOPBACK": "0"})
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == ["udp", "unix", "loop"]
     assert "stays on the kernel" in r.stderr   # the loopback TCP socket, and why
@@ -305,6 +310,98 @@ sys.stdin.read()
         assert 0 < per_conn < 2048
     finally:
         for p in (cli, srv):
+            if p:
+                p.kill()
+                p.wait()
+
+
+# Echoes every connection on 0.0.0.0:17600 and 127.0.0.1:17601, a thread each.
+LOOP_SERVER = r"""
+import socket, threading
+def serve(l):
+    while True:
+        c, _ = l.accept()
+        threading.Thread(target=echo, args=(c,), daemon=True).start()
+def echo(c):
+    while True:
+        b = c.recv(65536)
+        if not b:
+            break
+        c.sendall(b)
+    c.close()
+for addr in (("0.0.0.0", 17600), ("127.0.0.1", 17601)):
+    l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(addr); l.listen()
+    threading.Thread(target=serve, args=(l,), daemon=True).start()
+print("listening", flush=True)
+import sys; sys.stdin.read()
+"""
+
+# 1 MB to each port given, echoed back; prints what came back and the names.
+LOOP_CLIENT = r"""
+import hashlib, json, socket, sys, threading
+out = {}
+for port in map(int, sys.argv[1:]):
+    c = socket.create_connection(("127.0.0.1", port), timeout=10)
+    data = bytes(range(256)) * 4096
+    t = threading.Thread(target=c.sendall, args=(data,)); t.start()
+    got = b""
+    while len(got) < len(data):
+        b = c.recv(65536)
+        if not b:
+            break
+        got += b
+    t.join()
+    out[port] = {"same": got == data, "peer": c.getpeername(), "local": c.getsockname()[0]}
+    c.close()
+print(json.dumps(out))
+"""
+
+
+def test_loopback_between_preloaded_programs_stays_in_the_stack(group):
+    """Preloaded clients reach preloaded servers (wildcard and 127.0.0.1
+    listeners) over 127.0.0.1 inside the stack; a client that is not
+    preloaded reaches the same servers through the kernel; a preloaded
+    client of a server that is not preloaded goes to the kernel; with
+    SHARDSOCK_LOOPBACK=0 everything on 127/8 is the kernel's."""
+    srv = subprocess.Popen(["ip", "netns", "exec", group.ns.name, *group.command(sys.executable, "-c", LOOP_SERVER)],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                           env=dict(os.environ, PYTHONPATH=ROOT))
+    plain = None
+    try:
+        assert srv.stdout.readline().strip() == "listening"
+        before = group.counters()
+
+        def grew(name):
+            return sum(a[name] - b[name] for b, a in zip(before, group.counters()))
+
+        r = group.run(sys.executable, "-c", LOOP_CLIENT, "17600", "17601")
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        for port in ("17600", "17601"):
+            assert out[port] == {"same": True, "peer": ["127.0.0.1", int(port)], "local": "127.0.0.1"}
+        assert grew("tcp_active_opens") == 2 and grew("tcp_passive_opens") == 2
+        assert grew("ip_loop_packets") > 1000 and grew("fallback_destination") == 0
+        # not preloaded: the kernel sockets of the same listeners
+        before = group.counters()
+        r = group.ns.run([sys.executable, "-c", LOOP_CLIENT, "17600", "17601"], timeout=60)
+        assert r.returncode == 0 and all(v["same"] for v in json.loads(r.stdout).values()), r.stderr
+        assert grew("tcp_passive_opens") == 0
+        # a server that is not preloaded: the preloaded client goes to the kernel
+        plain = subprocess.Popen(["ip", "netns", "exec", group.ns.name, sys.executable, "-c",
+                                  LOOP_SERVER.replace("17600", "17602").replace("17601", "17603")],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert plain.stdout.readline().strip() == "listening"
+        before = group.counters()
+        r = group.run(sys.executable, "-c", LOOP_CLIENT, "17602")
+        assert r.returncode == 0 and json.loads(r.stdout)["17602"]["same"], r.stderr
+        assert grew("tcp_active_opens") == 0 and grew("fallback_destination") == 1
+        # loopback off: the kernel's, although the stack listens
+        before = group.counters()
+        r = group.run(sys.executable, "-c", LOOP_CLIENT, "17600", env={"SHARDSOCK_LOOPBACK": "0"})
+        assert r.returncode == 0 and json.loads(r.stdout)["17600"]["same"], r.stderr
+        assert grew("tcp_active_opens") == 0 and grew("ip_loop_packets") == 0
+    finally:
+        for p in (plain, srv):
             if p:
                 p.kill()
                 p.wait()

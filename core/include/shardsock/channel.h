@@ -68,6 +68,7 @@ enum ss_chan_op {
                         * a0 = parent channel << 32 | parent slot, a1 = the
                         * parent channel's token -> a slot here */
     SS_OP_FALLBACK,    /* a0 enum ss_fallback: a socket left to the kernel, counted */
+    SS_OP_LISTENED,    /* a0 port -> 1 when a stack listener holds it in the group */
 };
 
 /* Why the library left a socket to the kernel (counters fallback_*). */

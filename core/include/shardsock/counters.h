@@ -39,6 +39,8 @@
     /* IPv4 */                                                                      \
     X(ip_rx_packets, "IPv4 packets received")                                       \
     X(ip_tx_packets, "IPv4 packets sent")                                           \
+    X(ip_loop_packets, "IPv4 packets to 127.0.0.0/8, looped back inside the stack")  \
+    X(drop_ip_loop_full, "looped-back packets dropped: the loopback queue full")      \
     X(ip_options_skipped, "IPv4 packets whose options were skipped")                \
     X(drop_ip_short, "IPv4 packet shorter than its header")                         \
     X(drop_ip_version, "IP version not 4")                                          \

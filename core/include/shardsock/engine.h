@@ -201,6 +201,9 @@ int ss_tcp_getopt(struct ss_engine *e, int sid, int opt, int *value);
 int ss_tcp_info(struct ss_engine *e, int sid, struct ss_tcp_info *info);
 /* Readiness as SS_EV_* bits, or a negative errno. */
 int ss_tcp_poll(struct ss_engine *e, int sid);
+/* Whether a listener holds the port here or, by the listener map, in another
+ * instance of the group: a loopback connection to it stays in the stack. */
+int ss_tcp_port_listened(struct ss_engine *e, uint16_t port);
 /* Socket ids whose readiness may have changed since the last call, each at
  * most once; returns how many were written. */
 int ss_engine_take_events(struct ss_engine *e, int *sids, int max);
