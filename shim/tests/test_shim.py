@@ -7,8 +7,9 @@ instances on this machine), runs the programs there with `shardsock run`,
 and takes everything down again.  Under the library a program's servers
 listen on 0.0.0.0 (the stack and the kernel both) and its clients connect
 either to the stack's address (the server side is the stack's; the client
-is a kernel socket reaching it through the tap) or to the kernel side's
-(the client is the stack's).
+is a kernel socket reaching it through the tap), to the kernel side's
+(the client is the stack's), or to 127.0.0.1 (both ends are the stack's,
+through its lo).
 
 The programs' ports lie below 32768: a port inside the ephemeral range
 (32768-60999) can be taken by some earlier client's connection, still in
@@ -79,29 +80,36 @@ def kernel_run(ns, *cmd, timeout=120):
     return ns.run(list(cmd), timeout=timeout)
 
 
+SIDES = ["server", "client", "loopback"]
+
+
 def same_as_the_kernel(group, side, cmd, port, min_opens, parse=str.splitlines):
     """Runs cmd + [address, port] on the kernel (127.0.0.1) and under the
-    library (the stack's address for side "server", the kernel side's for
-    "client"); the outputs must be equal, and at least min_opens sockets
-    of that side the stack's.  Returns the parsed output."""
+    library: to the stack's address for side "server" (the servers are the
+    stack's), to the kernel side's for "client" (the clients are), and to
+    127.0.0.1 for "loopback" (both, through the stack's lo).  The outputs
+    must be equal, and at least min_opens sockets of that side the stack's.
+    Returns the parsed output."""
     ref = kernel_run(group.ns, *cmd, "127.0.0.1", port)
     assert ref.returncode == 0, ref.stderr[-2000:]
-    counter = "tcp_passive_opens" if side == "server" else "tcp_active_opens"
-    before = group.total(counter)
-    r = group.run(*cmd, STACK if side == "server" else HOST, port)
+    counters = {"server": ["tcp_passive_opens"], "client": ["tcp_active_opens"],
+                "loopback": ["tcp_passive_opens", "tcp_active_opens"]}[side]
+    before = [group.total(c) for c in counters]
+    r = group.run(*cmd, {"server": STACK, "client": HOST, "loopback": "127.0.0.1"}[side], port)
     assert r.returncode == 0, r.stderr[-2000:]
     assert parse(r.stdout) == parse(ref.stdout)
-    assert group.total(counter) - before >= min_opens, "the %s sockets were not the stack's" % side
+    for c, b in zip(counters, before):
+        assert group.total(c) - b >= min_opens, "the %s sockets were not the stack's (%s)" % (side, c)
     return parse(r.stdout)
 
 
-@pytest.mark.parametrize("side", ["server", "client"])
+@pytest.mark.parametrize("side", SIDES)
 def test_sockcheck_same_as_the_kernel(group, side):
     """Every call of the scripted run, errno for errno."""
     same_as_the_kernel(group, side, [os.path.join(BUILD, "sockcheck")], "17001", 4)
 
 
-@pytest.mark.parametrize("side", ["server", "client"])
+@pytest.mark.parametrize("side", SIDES)
 def test_python_socket_layers_same_as_the_kernel(group, side):
     """Blocking and non-blocking sockets, timeouts, the three selectors,
     asyncio streams, threading and forking socketservers, http.server with
@@ -109,7 +117,7 @@ def test_python_socket_layers_same_as_the_kernel(group, side):
     same_as_the_kernel(group, side, [sys.executable, os.path.join(HERE, "pyprog.py")], "17100", 12, json.loads)
 
 
-@pytest.mark.parametrize("side", ["server", "client"])
+@pytest.mark.parametrize("side", SIDES)
 def test_sockets_across_exec_same_as_the_kernel(group, side):
     """A listener, a connection with unread bytes and both its ends survive
     exec; a close-on-exec socket does not; inetd's dup2 + exec of /bin/sh;
@@ -121,7 +129,7 @@ def test_sockets_across_exec_same_as_the_kernel(group, side):
     assert out["inetd"]["got"] == "got: hello from the client\n" and out["inetd"]["closed"] == ""
 
 
-@pytest.mark.parametrize("side", ["server", "client"])
+@pytest.mark.parametrize("side", SIDES)
 def test_gevent_same_as_the_kernel(group, side):
     """gevent monkey-patched: a StreamServer and 50 greenlet clients."""
     out = same_as_the_kernel(group, side, [sys.executable, os.path.join(HERE, "geventprog.py")], "17300", 50,
