@@ -210,16 +210,20 @@ void ss_engine_input_forwarded(struct ss_engine *e, const uint8_t *frame, size_t
     e->in_forwarded = false;
 }
 
-bool ss_engine_forward(struct ss_engine *e, uint32_t rip, uint16_t rport, uint16_t lport, bool syn)
+bool ss_engine_forward(struct ss_engine *e, uint32_t rip, uint16_t rport, uint16_t lport, int mode)
 {
     if (!e->cfg.flow_owner || e->in_forwarded || !e->in_frame)
         return false;
-    int owner = syn ? (e->cfg.listen_owner ? e->cfg.listen_owner(e->cfg.flow_ctx, rip, rport, lport) : -1)
-                    : e->cfg.flow_owner(e->cfg.flow_ctx, rip, rport, lport);
+    int owner = mode == SS_FWD_FLOW ? e->cfg.flow_owner(e->cfg.flow_ctx, rip, rport, lport)
+                : e->cfg.listen_owner ? e->cfg.listen_owner(e->cfg.flow_ctx, rip, rport, lport, mode == SS_FWD_ACTIVE)
+                                      : -1;
     if (owner < 0)
         return false;
-    if (e->cfg.forward(e->cfg.flow_ctx, owner, e->in_frame, e->in_len) == 0)
+    if (e->cfg.forward(e->cfg.flow_ctx, owner, e->in_frame, e->in_len) == 0) {
         e->ctr->fwd_frames++;
+        if (mode == SS_FWD_ACTIVE)
+            e->ctr->fwd_syn_fallback++;
+    }
     else
         e->ctr->drop_fwd_full++;
     return true;

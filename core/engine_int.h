@@ -162,6 +162,9 @@ struct ss_tcb {
     uint16_t lport, rport;
     /* options and flags set by the user */
     bool nodelay, keepalive, reuseaddr, reuseport, linger_zero;
+    uint16_t active;       /* listener: how many processes use it (SS_OPT_ACTIVE) */
+    bool spawned;          /* listener: a process's local share of an inherited one */
+    bool via_fallback;     /* child: its SYN was handed over by another instance */
     uint8_t cork;          /* SS_OPT_CORK bits */
     bool in_send;          /* output on behalf of ss_tcp_send (MSG_MORE applies) */
     uint32_t defer_accept_s; /* listener: TCP_DEFER_ACCEPT */
@@ -280,7 +283,10 @@ void ss_tcb_notify(struct ss_tcb *t);
  * instance owns the flow (syn: listens on the port) and the frame being
  * served went to it (or was dropped because its ring was full; counted
  * either way). */
-bool ss_engine_forward(struct ss_engine *e, uint32_t rip, uint16_t rport, uint16_t lport, bool syn);
+/* mode: SS_FWD_FLOW (the flow's owner), SS_FWD_LISTENER (any listener),
+ * SS_FWD_ACTIVE (a listener in use). */
+enum { SS_FWD_FLOW, SS_FWD_LISTENER, SS_FWD_ACTIVE };
+bool ss_engine_forward(struct ss_engine *e, uint32_t rip, uint16_t rport, uint16_t lport, int mode);
 /* Frees the orphans that ended during the current call. */
 void ss_engine_reap(struct ss_engine *e);
 

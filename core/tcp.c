@@ -118,22 +118,26 @@ void ss_tcb_free(struct ss_tcb *t)
     free(t);
 }
 
-/* The group learns which ports this engine listens on: on the first
- * listener of a port, and when its last one goes. */
-static void publish_listen(struct ss_tcb *t, int add)
+/* The group learns, per port, whether this engine has listeners and
+ * whether one is in use: when a listener comes, goes, or is first used. */
+static void publish_listen(struct ss_engine *e, uint16_t port)
 {
-    struct ss_engine *e = t->e;
     if (!e->cfg.listen_publish)
         return;
-    if (!add && ss_listener_lookup(e, e->cfg.ip, t->lport, 0, 0))
-        return; /* another listener here still holds the port */
-    e->cfg.listen_publish(e->cfg.flow_ctx, t->lport, add);
+    int state = 0;
+    struct ss_list *b = &e->listens[port & (SS_BIND_BUCKETS - 1)];
+    for (struct ss_list *n = b->next; n != b; n = n->next) {
+        struct ss_tcb *l = SS_CONTAINER_OF(n, struct ss_tcb, listen_link);
+        if (l->lport == port)
+            state = SS_MAX(state, l->active ? 2 : 1);
+    }
+    e->cfg.listen_publish(e->cfg.flow_ctx, port, state);
 }
 
 static void leave_listen(struct ss_tcb *t)
 {
     ss_list_del(&t->listen_link);
-    publish_listen(t, 0);
+    publish_listen(t->e, t->lport);
 }
 
 void ss_tcp_set_state(struct ss_tcb *t, int state)
@@ -147,7 +151,7 @@ void ss_tcp_set_state(struct ss_tcb *t, int state)
     t->state = (uint8_t)state;
     if (state == SS_TCP_LISTEN) {
         ss_list_add_tail(&t->e->listens[t->lport & (SS_BIND_BUCKETS - 1)], &t->listen_link);
-        publish_listen(t, 1);
+        publish_listen(t->e, t->lport);
     }
     if (state == SS_TCP_CLOSED)
         unhash(t);
@@ -236,22 +240,30 @@ struct ss_tcb *ss_listener_lookup(struct ss_engine *e, uint32_t lip, uint16_t lp
     struct ss_list *b = &e->listens[lport & (SS_BIND_BUCKETS - 1)];
     struct ss_tcb *best = NULL;
     uint32_t nbest = 0;
+    /* the address's listeners, else the wildcard's; of those, the ones in
+     * use if any (listen spawn) */
     for (int exact = 1; exact >= 0 && !best; exact--) {
         for (struct ss_list *n = b->next; n != b; n = n->next) {
             struct ss_tcb *t = SS_CONTAINER_OF(n, struct ss_tcb, listen_link);
-            if (t->lport == lport && t->lip == (exact ? lip : 0)) {
-                if (!best)
-                    best = t;
-                nbest++;
+            if (t->lport != lport || t->lip != (exact ? lip : 0))
+                continue;
+            if (best && best->active && !t->active)
+                continue;
+            if (!best || (t->active && !best->active)) {
+                best = t;
+                nbest = 0;
             }
+            nbest++;
         }
     }
-    if (nbest <= 1 || !best->reuseport)
+    if (nbest <= 1 || !(best->reuseport || best->spawned))
         return best;
+    /* a shared port (SO_REUSEPORT, spawned listeners): a hash of the peer
+     * picks one, the same for every segment of a connection */
     uint32_t pick = (rip * 2654435761u ^ rport * 40503u) % nbest;
     for (struct ss_list *n = b->next; n != b; n = n->next) {
         struct ss_tcb *t = SS_CONTAINER_OF(n, struct ss_tcb, listen_link);
-        if (t->lport == lport && t->lip == best->lip && t->reuseport && pick-- == 0)
+        if (t->lport == lport && t->lip == best->lip && !t->active == !best->active && pick-- == 0)
             return t;
     }
     return best;
@@ -263,7 +275,7 @@ int ss_tcp_port_listened(struct ss_engine *e, uint16_t port)
     for (struct ss_list *n = b->next; n != b; n = n->next)
         if (SS_CONTAINER_OF(n, struct ss_tcb, listen_link)->lport == port)
             return 1;
-    return e->cfg.listen_owner && e->cfg.listen_owner(e->cfg.flow_ctx, 0, 0, port) >= 0;
+    return e->cfg.listen_owner && e->cfg.listen_owner(e->cfg.flow_ctx, 0, 0, port, 0) >= 0;
 }
 
 /* Linux's rule: two sockets may share a port when their addresses differ
@@ -283,6 +295,8 @@ static bool bind_conflict(struct ss_engine *e, const struct ss_tcb *t, uint32_t 
             continue;
         if (t->reuseport && o->reuseport)
             continue; /* SO_REUSEPORT on both: listening or not */
+        if (t->spawned && o->spawned)
+            continue; /* the local listeners of an inherited socket share its port */
         if (t->reuseaddr && o->reuseaddr && !listening && o->state != SS_TCP_LISTEN)
             continue;
         if (listening && o->state != SS_TCP_LISTEN && t->reuseaddr && o->reuseaddr)
@@ -488,6 +502,10 @@ int ss_tcp_accept(struct ss_engine *e, int sid, uint64_t now_us)
     struct ss_tcb *c = SS_CONTAINER_OF(l->accept_q.next, struct ss_tcb, child_link);
     if (!e->nfree)
         return -EMFILE;
+    if (c->via_fallback)
+        e->ctr->accept_global++;
+    else
+        e->ctr->accept_local++;
     detach_from_listener(c);
     int r = assign_sid(c);
     ss_tcb_notify(c);
@@ -631,8 +649,47 @@ ssize_t ss_tcp_recv(struct ss_engine *e, int sid, void *buf, size_t len, uint64_
     return -EAGAIN;
 }
 
+/* Another listener for the same address and port, the one in use first:
+ * where the connections queued on a closing listener can go. */
+static struct ss_tcb *heir_of(struct ss_tcb *l)
+{
+    struct ss_list *b = &l->e->listens[l->lport & (SS_BIND_BUCKETS - 1)];
+    struct ss_tcb *heir = NULL;
+    for (struct ss_list *n = b->next; n != b; n = n->next) {
+        struct ss_tcb *o = SS_CONTAINER_OF(n, struct ss_tcb, listen_link);
+        if (o != l && o->lport == l->lport && o->lip == l->lip && (!heir || (o->active && !heir->active)))
+            heir = o;
+    }
+    return heir;
+}
+
 static void close_listener(struct ss_tcb *l)
 {
+    /* Listen spawn: when a process's local listener goes (an nginx worker
+     * exiting on reload) and another listener of the port remains here,
+     * its queued connections move there instead of being reset: the
+     * kernel's one shared queue would have kept them. */
+    struct ss_tcb *heir = (l->spawned || l->active) ? heir_of(l) : NULL;
+    while (heir && !ss_list_empty(&l->accept_q)) {
+        struct ss_tcb *c = SS_CONTAINER_OF(l->accept_q.next, struct ss_tcb, child_link);
+        ss_list_del(&c->child_link);
+        l->accept_len--;
+        ss_list_add_tail(&heir->accept_q, &c->child_link);
+        heir->accept_len++;
+        c->listener = heir;
+        l->e->ctr->accept_queue_moved++;
+        ss_tcb_notify(heir);
+    }
+    while (heir && !ss_list_empty(&l->syn_q)) {
+        struct ss_tcb *c = SS_CONTAINER_OF(l->syn_q.next, struct ss_tcb, child_link);
+        ss_list_del(&c->child_link);
+        if (!c->cookie) {
+            l->syn_len--;
+            heir->syn_len++;
+        }
+        ss_list_add_tail(&heir->syn_q, &c->child_link);
+        c->listener = heir;
+    }
     /* Half-open children vanish; accepted-but-unclaimed ones are reset,
      * as Linux does when a listener closes. */
     while (!ss_list_empty(&l->syn_q)) {
@@ -809,6 +866,22 @@ int ss_tcp_setopt(struct ss_engine *e, int sid, int opt, int value, uint64_t now
     case SS_OPT_DEFER_ACCEPT:
         t->defer_accept_s = value > 0 ? (uint32_t)value : 0;
         return 0;
+    case SS_OPT_ACTIVE: {
+        /* 1: one more process uses the listener, 0: one fewer */
+        bool was = t->active != 0;
+        if (value)
+            t->active++;
+        else if (t->active)
+            t->active--;
+        if (was != (t->active != 0) && t->state == SS_TCP_LISTEN)
+            publish_listen(e, t->lport);
+        return 0;
+    }
+    case SS_OPT_SPAWNED:
+        if (t->bound)
+            return -EINVAL; /* before bind: it decides whom the port is shared with */
+        t->spawned = value != 0;
+        return 0;
     case SS_OPT_LINGER_ZERO:
         t->linger_zero = value != 0;
         return 0;
@@ -840,6 +913,8 @@ int ss_tcp_getopt(struct ss_engine *e, int sid, int opt, int *value)
     case SS_OPT_REUSEPORT: *value = t->reuseport; return 0;
     case SS_OPT_CORK: *value = t->cork; return 0;
     case SS_OPT_DEFER_ACCEPT: *value = (int)t->defer_accept_s; return 0;
+    case SS_OPT_ACTIVE: *value = t->active; return 0;
+    case SS_OPT_SPAWNED: *value = t->spawned; return 0;
     case SS_OPT_LINGER_ZERO: *value = t->linger_zero; return 0;
     case SS_OPT_MAXSEG:
         *value = t->smss ? (int)t->smss : (t->user_mss ? t->user_mss : 536);
@@ -883,6 +958,9 @@ int ss_tcp_info(struct ss_engine *e, int sid, struct ss_tcp_info *i)
     i->ts_ok = t->ts_ok;
     i->sack_ok = t->sack_ok;
     i->retransmits = t->backoff;
+    i->accept_queued = t->state == SS_TCP_LISTEN ? t->accept_len : 0;
+    i->backlog = t->state == SS_TCP_LISTEN ? t->backlog : 0;
+    i->active = t->active != 0;
     return 0;
 }
 

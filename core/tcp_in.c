@@ -78,6 +78,7 @@ static struct ss_tcb *new_child(struct ss_tcb *l, const struct ss_ip_repr *ip, c
     c->reuseport = l->reuseport;
     c->cork = l->cork & 1;
     c->syn_us = e->now_us;
+    c->via_fallback = e->in_forwarded;
     ss_ring_init(&c->rcvbuf, l->rcvbuf.cap);
     ss_ring_init(&c->sndbuf, l->sndbuf.cap);
     return c;
@@ -805,15 +806,20 @@ void ss_tcp_input(struct ss_engine *e, const struct ss_ip_repr *ip, struct ss_tc
     if (!t) {
         /* Another instance of the group may own it (the device steered one
          * of its segments here): then it goes there, unanswered. */
-        if (ss_engine_forward(e, ip->src, s->sport, s->dport, false))
+        if (ss_engine_forward(e, ip->src, s->sport, s->dport, SS_FWD_FLOW))
             return;
+        bool syn = (s->flags & (SS_TH_SYN | SS_TH_ACK | SS_TH_RST)) == SS_TH_SYN;
         struct ss_tcb *l = ss_listener_lookup(e, ip->dst, s->dport, ip->src, s->sport);
+        /* Listen spawn: a connection goes to a listener a process uses,
+         * here first, else in another instance (the global fallback); an
+         * unused one here takes it only when none is used anywhere. */
+        if (l && !l->active && syn && ss_engine_forward(e, ip->src, s->sport, s->dport, SS_FWD_ACTIVE))
+            return;
         if (l) {
             ss_tcp_listen_input(l, ip, s, 0);
             return;
         }
-        if ((s->flags & (SS_TH_SYN | SS_TH_ACK | SS_TH_RST)) == SS_TH_SYN &&
-            ss_engine_forward(e, ip->src, s->sport, s->dport, true))
+        if (syn && ss_engine_forward(e, ip->src, s->sport, s->dport, SS_FWD_LISTENER))
             return;
         /* RFC 9293 3.10.7.1: CLOSED, a reset answers anything but a reset. */
         e->ctr->drop_tcp_no_socket++;

@@ -37,7 +37,7 @@ extern "Python" void ss_py_flow_publish(void *, uint32_t, uint16_t, uint16_t, in
 extern "Python" int ss_py_flow_owner(void *, uint32_t, uint16_t, uint16_t);
 extern "Python" int ss_py_forward(void *, int, const uint8_t *, size_t);
 extern "Python" void ss_py_listen_publish(void *, uint16_t, int);
-extern "Python" int ss_py_listen_owner(void *, uint32_t, uint16_t, uint16_t);
+extern "Python" int ss_py_listen_owner(void *, uint32_t, uint16_t, uint16_t, int);
 """
 
 

@@ -54,7 +54,12 @@ def build_parser():
     st.add_argument("--json", action="store_true", help="print JSON")
     r = sub.add_parser("run", help="run a program with its TCP sockets served by the instances: run -- CMD ARGS")
     group_opts(r)
-    r.add_argument("--instance", type=int, default=0, help="the instance to attach to (default: 0)")
+    r.add_argument("--instance", type=int, default=None,
+                   help="attach every process to this instance (default: place each process on the next "
+                        "instance, round-robin, and run it on that instance's core)")
+    r.add_argument("--no-pin", action="store_true",
+                   help="leave placement to the program: each process attaches to the instance of the core "
+                        "it runs on")
     r.add_argument("--verbose", action="store_true", help="the library says on stderr why a socket stays on "
                    "the kernel")
     r.add_argument("cmd", nargs=argparse.REMAINDER, help="the program and its arguments, after --")
@@ -160,7 +165,7 @@ def cmd_run(args):
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         raise GroupError("name the program to run: shardsock run -- CMD ARGS")
-    env = run_env(settings(args), args.instance, args.verbose)
+    env = run_env(settings(args), args.instance, args.verbose, pin=not args.no_pin)
     try:
         os.execvpe(cmd[0], cmd, env)
     except OSError as e:

@@ -198,18 +198,25 @@ def up(cfg):
 LIBRARY = os.environ.get("SHARDSOCK_LIBRARY", os.path.join(ROOT, "build", "libshardsock.so"))
 
 
-def run_env(cfg, instance=0, verbose=False):
+def run_env(cfg, instance=None, verbose=False, pin=True):
     """The environment of a program run under the library: preloaded, and
-    pointed at the group's run directory.  A group that is not up is no
-    error: the program runs on the kernel (the library says so when
-    verbose)."""
+    pointed at the group's run directory.  Each process is placed on the
+    next instance and its core (instance None), or attached to the given
+    instance; pin False leaves placement to the program (the instance of
+    the core a process runs on).  A group that is not up is no error: the
+    program runs on the kernel (the library says so when verbose)."""
     if not os.path.exists(LIBRARY):
         raise GroupError("%s is missing: run 'make build'" % LIBRARY)
     env = dict(os.environ)
     pre = [p for p in env.get("LD_PRELOAD", "").replace(":", " ").split() if p != LIBRARY]
     env["LD_PRELOAD"] = " ".join([LIBRARY] + pre)
     env["SHARDSOCK_RUN_DIR"] = group_dir(cfg)
-    env["SHARDSOCK_INSTANCE"] = str(instance)
+    env.pop("SHARDSOCK_INSTANCE", None)
+    env.pop("SHARDSOCK_PIN", None)
+    if instance is not None:
+        env["SHARDSOCK_INSTANCE"] = str(instance)
+    if not pin:
+        env["SHARDSOCK_PIN"] = "0"
     if verbose:
         env["SHARDSOCK_VERBOSE"] = "1"
     return env

@@ -19,8 +19,8 @@ class Netns:
         subprocess.run(["ip", "netns", "add", self.name], check=True)
         self.run(["ip", "link", "set", "lo", "up"], check=True)
 
-    def run(self, argv, timeout=120, check=False, **kw):
-        return subprocess.run(["ip", "netns", "exec", self.name] + list(argv), capture_output=True, text=True,
+    def run(self, argv, timeout=120, check=False, text=True, **kw):
+        return subprocess.run(["ip", "netns", "exec", self.name] + list(argv), capture_output=True, text=text,
                               timeout=timeout, check=check, **kw)
 
     def shardsock(self, *args, timeout=60):
@@ -35,6 +35,50 @@ class Netns:
 
     def delete(self):
         subprocess.run(["ip", "netns", "del", self.name], check=False)
+
+
+class Group:
+    """A group of instances on a tap device in the namespace ns (one per
+    core), with what runs programs under the library there and reads the
+    instances' counters."""
+
+    def __init__(self, ns, name, run_dir, *up_args):
+        self.ns = ns
+        self.name = name
+        self.args = ["--group", name, "--run-dir", run_dir]
+        r = ns.shardsock("up", *self.args, *up_args)
+        assert r.returncode == 0, r.stderr
+
+    def command(self, *cmd, verbose=False, run_args=()):
+        """The command line that runs cmd under the library."""
+        return [sys.executable, "-m", "preload.cli", "run", *self.args, *(["--verbose"] if verbose else []),
+                *run_args, "--", *cmd]
+
+    def env(self, extra=None):
+        return dict(os.environ, PYTHONPATH=ROOT, **(extra or {}))
+
+    def run(self, *cmd, timeout=120, verbose=False, env=None, run_args=()):
+        """A program under the library; returns the CompletedProcess."""
+        return self.ns.run(self.command(*cmd, verbose=verbose, run_args=run_args), timeout=timeout,
+                           env=self.env(env))
+
+    def popen(self, *cmd, run_args=(), **kw):
+        """A program under the library, left running (stop it by its pid)."""
+        return subprocess.Popen(["ip", "netns", "exec", self.ns.name, *self.command(*cmd, run_args=run_args)],
+                                env=self.env(kw.pop("env", None)), **kw)
+
+    def status(self):
+        return json.loads(self.ns.shardsock("status", *self.args, "--json").stdout)
+
+    def counters(self):
+        r = self.ns.shardsock("stat", *self.args, "--json")
+        return [i["counters"] for i in json.loads(r.stdout)["instances"]]
+
+    def total(self, name):
+        return sum(c[name] for c in self.counters())
+
+    def down(self):
+        return self.ns.shardsock("down", *self.args)
 
 
 def _veth(a, a_ns, b, b_ns, queues=None):

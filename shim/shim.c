@@ -33,6 +33,7 @@
 #include <sys/syscall.h>
 #include <netinet/in.h>
 #include <sys/un.h>
+#include <sched.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -67,6 +68,7 @@ static struct {
     char instance[16];
     char verbose[8];
     char loopback[8];    /* "0": 127/8 always the kernel's */
+    char pin[8];         /* "0": placement follows the CPU the process is on, no pinning */
     char path[PATH_MAX]; /* this library's file, for LD_PRELOAD */
 } conf;
 
@@ -85,6 +87,7 @@ __attribute__((constructor)) static void load(void)
     copy_env(conf.instance, sizeof conf.instance, "SHARDSOCK_INSTANCE");
     copy_env(conf.verbose, sizeof conf.verbose, "SHARDSOCK_VERBOSE");
     copy_env(conf.loopback, sizeof conf.loopback, "SHARDSOCK_LOOPBACK");
+    copy_env(conf.pin, sizeof conf.pin, "SHARDSOCK_PIN");
     Dl_info info;
     if (dladdr((void *)load, &info) && info.dli_fname && strlen(info.dli_fname) < sizeof conf.path)
         strcpy(conf.path, info.dli_fname);
@@ -130,8 +133,8 @@ uint64_t ss_now_ms(void)
 
 /* ---- the channel ---- */
 
-/* A connection to the instance's control socket; -1 when there is none. */
-static int control_connect(void)
+/* A connection to instance k's control socket; -1 when there is none. */
+static int control_connect(int k)
 {
     const char *dir = conf.run_dir;
     if (!*dir) {
@@ -140,7 +143,7 @@ static int control_connect(void)
         return -1;
     }
     struct sockaddr_un a = {.sun_family = AF_UNIX};
-    int n = snprintf(a.sun_path, sizeof a.sun_path, "%s/instance-%d.sock", dir, atoi(conf.instance));
+    int n = snprintf(a.sun_path, sizeof a.sun_path, "%s/instance-%d.sock", dir, k);
     if (n < 0 || (size_t)n >= sizeof a.sun_path)
         return -1;
     int fd = REAL(socket)(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
@@ -154,9 +157,63 @@ static int control_connect(void)
     return fd;
 }
 
-static bool attach_locked(void)
+/* One request to instance k's control socket and its one-line answer. */
+static int control_ask(int k, const char *req, char *rep, size_t len)
 {
-    int fd = control_connect();
+    int fd = control_connect(k);
+    if (fd < 0)
+        return -1;
+    ssize_t n = -1;
+    if (REAL(send)(fd, req, strlen(req), MSG_NOSIGNAL) == (ssize_t)strlen(req))
+        n = REAL(recv)(fd, rep, len - 1, 0);
+    REAL(close)(fd);
+    if (n <= 0)
+        return -1;
+    rep[n] = 0;
+    return 0;
+}
+
+static bool placed(void) { return !conf.instance[0]; }
+
+/* The instance a process attaches to (spawn placement, DESIGN.md): the
+ * one SHARDSOCK_INSTANCE names; else, pinning, the next in instance 0's
+ * round-robin; else (SHARDSOCK_PIN=0) the one on the CPU the process runs
+ * on, the round-robin's if none is. */
+static int home_instance(void)
+{
+    if (!placed())
+        return atoi(conf.instance);
+    char rep[64];
+    unsigned k, n;
+    if (control_ask(0, "place", rep, sizeof rep) < 0 || sscanf(rep, "place %u %u", &k, &n) != 2)
+        return 0;
+    if (strcmp(conf.pin, "0") != 0)
+        return (int)k;
+    int cpu = sched_getcpu();
+    for (unsigned i = 0; i < n; i++) {
+        int pid, inst, core;
+        if (control_ask((int)i, "ping", rep, sizeof rep) == 0 && sscanf(rep, "pong %d %d %d", &pid, &inst, &core) == 3 &&
+            core == cpu)
+            return (int)i;
+    }
+    return (int)k;
+}
+
+/* A placed process runs on its instance's core. */
+static void pin_to_instance(void)
+{
+    if (!placed() || strcmp(conf.pin, "0") == 0 || ss_ch.r->core < 0)
+        return;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(ss_ch.r->core, &set);
+    if (sched_setaffinity(0, sizeof set, &set) < 0)
+        ss_verbose("shardsock: cannot run on core %d: %s", ss_ch.r->core, strerror(errno));
+}
+
+static bool attach_locked(int k)
+{
+    int fd = control_connect(k);
     if (fd < 0)
         return false;
     char msg[64];
@@ -201,7 +258,8 @@ static bool attach_locked(void)
     ss_ch.inst_bell = fds[2];
     ss_ch.seq = r->rep.seq;
     ss_ch.pid = getpid();
-    ss_verbose("shardsock: attached to instance %u", r->instance);
+    pin_to_instance();
+    ss_verbose("shardsock: attached to instance %u (core %d)", r->instance, r->core);
     return true;
 }
 
@@ -213,7 +271,8 @@ bool ss_attach(void)
         return ss_ch.state == SS_CH_ATTACHED;
     pthread_mutex_lock(&ss_ch.lock);
     if (ss_ch.state == SS_CH_UNTRIED)
-        __atomic_store_n(&ss_ch.state, attach_locked() ? SS_CH_ATTACHED : SS_CH_NONE, __ATOMIC_RELEASE);
+        __atomic_store_n(&ss_ch.state, attach_locked(home_instance()) ? SS_CH_ATTACHED : SS_CH_NONE,
+                         __ATOMIC_RELEASE);
     pthread_mutex_unlock(&ss_ch.lock);
     return ss_ch.state == SS_CH_ATTACHED;
 }
@@ -891,7 +950,7 @@ static pthread_mutex_t adopt_lock = PTHREAD_MUTEX_INITIALIZER;
  * those of slots (" SLOT SLOT..."), or all (NULL). */
 static int fork_ticket(const char *slots)
 {
-    int fd = control_connect();
+    int fd = control_connect((int)ss_ch.r->instance);
     if (fd < 0)
         return -1;
     char req[8192], rep[16];
@@ -939,7 +998,7 @@ static pid_t hook_fork(void)
 
 /* exec: the new image's library finds the accelerated sockets that
  * survive exec (no FD_CLOEXEC) in SHARDSOCK_INHERIT, written by the old
- * image's exec hook: "TICKET CHAN TOKEN FD:SLOT:FLAGS:RCVTIMEO:SNDTIMEO ...".
+ * image's exec hook: "TICKET INSTANCE CHAN TOKEN FD:SLOT:FLAGS:RCVTIMEO:SNDTIMEO ...".
  * The ticket, a fork ticket whose descriptor survives exec too, keeps the
  * sockets in the instance after the old image's channel closes, until the
  * new image adopted them, at its first socket call. */
@@ -952,7 +1011,7 @@ struct inherited {
 };
 static struct {
     int ticket;
-    uint32_t chan;
+    uint32_t instance, chan;
     uint64_t token;
     int n;
     struct inherited *e;
@@ -965,7 +1024,7 @@ static void inherited_at_exec(void)
         return;
     unsigned long long token;
     int used = 0;
-    if (sscanf(v, "%d %u %llu%n", &exec_from.ticket, &exec_from.chan, &token, &used) == 3) {
+    if (sscanf(v, "%d %u %u %llu%n", &exec_from.ticket, &exec_from.instance, &exec_from.chan, &token, &used) == 4) {
         exec_from.token = token;
         size_t cap = 0;
         for (const char *p = v + used; (p = strchr(p, ':')); p++)
@@ -1029,40 +1088,9 @@ static void adopt_after_exec(bool ok)
     exec_from.ticket = -1;
 }
 
-void ss_adopt_inherited(void)
+/* The parent's channel, as the fork left it in the child: gone now. */
+static void drop_parent_channel(void)
 {
-    pthread_mutex_lock(&adopt_lock);
-    if (ss_ch.state != SS_CH_INHERITED) {
-        pthread_mutex_unlock(&adopt_lock);
-        return;
-    }
-    pthread_mutex_lock(&ss_ch.lock);
-    bool ok = attach_locked();
-    pthread_mutex_unlock(&ss_ch.lock);
-    __atomic_store_n(&ss_ch.state, ok ? SS_CH_ATTACHED : SS_CH_DEAD, __ATOMIC_RELEASE);
-    if (!parent.r) {
-        adopt_after_exec(ok);
-        pthread_mutex_unlock(&adopt_lock);
-        return;
-    }
-    uint64_t from = (uint64_t)parent.r->channel << 32, token = parent.r->token;
-    /* each socket once, whatever number of descriptors share it */
-    static const uint32_t moved = 0x80000000u;
-    for (int fd = 0; ok && fd < SS_FD_MAX; fd++) {
-        struct ss_sock *s = ss_fds[fd];
-        if (!s || !s->stack || (s->slot & moved))
-            continue;
-        int slot = ss_request(SS_OP_ADOPT, 0, (int64_t)(from | s->slot), (int64_t)token, NULL, NULL);
-        if (slot < 0) {
-            ss_verbose("shardsock: a forked child could not adopt a socket: %s", strerror(-slot));
-            s->stack = false; /* its kernel socket answers from now on (ENOTCONN) */
-            continue;
-        }
-        s->slot = (uint32_t)slot | moved;
-    }
-    for (int fd = 0; fd < SS_FD_MAX; fd++)
-        if (ss_fds[fd] && (ss_fds[fd]->slot & moved))
-            ss_fds[fd]->slot &= ~moved;
     munmap(parent.base, SS_CHAN_SIZE);
     REAL(close)(parent.ctl);
     REAL(close)(parent.app_bell);
@@ -1070,8 +1098,83 @@ void ss_adopt_inherited(void)
     if (parent.ticket >= 0)
         REAL(close)(parent.ticket); /* adopted: the parent's closes are its own again */
     parent.r = NULL;
+}
+
+/* A forked child takes its share of what it inherited.  Listen spawn
+ * (DESIGN.md): a child that inherited only listening sockets is placed
+ * like any process, on its own instance, and makes a local listener there
+ * for each (one on its parent's instance shares the parent's); a child
+ * that inherited connections stays on its parent's instance, which holds
+ * them; one that inherited nothing attaches when it first needs to. */
+static void adopt_after_fork(void)
+{
+    bool any = false, conns = false;
+    for (int fd = 0; fd < SS_FD_MAX; fd++) {
+        struct ss_sock *s = ss_fds[fd];
+        if (s && s->stack) {
+            any = true;
+            conns |= !s->listening;
+        }
+    }
+    if (!any) {
+        drop_parent_channel();
+        __atomic_store_n(&ss_ch.state, SS_CH_UNTRIED, __ATOMIC_RELEASE);
+        return;
+    }
+    int from_inst = (int)parent.r->instance;
+    int home = conns ? from_inst : home_instance();
+    pthread_mutex_lock(&ss_ch.lock);
+    bool ok = attach_locked(home);
+    pthread_mutex_unlock(&ss_ch.lock);
+    __atomic_store_n(&ss_ch.state, ok ? SS_CH_ATTACHED : SS_CH_DEAD, __ATOMIC_RELEASE);
+    uint64_t from = (uint64_t)parent.r->channel << 32, token = parent.r->token;
+    /* each socket once, whatever number of descriptors share it */
+    static const uint32_t moved = 0x80000000u;
+    for (int fd = 0; ok && fd < SS_FD_MAX; fd++) {
+        struct ss_sock *s = ss_fds[fd];
+        if (!s || !s->stack || (s->slot & moved))
+            continue;
+        int slot;
+        if (home == from_inst) {
+            slot = ss_request(SS_OP_ADOPT, 0, (int64_t)(from | s->slot), (int64_t)token, NULL, NULL);
+        } else {
+            struct ss_chan_socket *so = &parent.r->sock[s->slot];
+            slot = ss_sock_spawn(s, so->local_ip, so->local_port);
+            slot = slot < 0 ? slot : (int)s->slot;
+        }
+        if (slot < 0) {
+            ss_verbose("shardsock: a forked child could not take its share of a socket: %s", strerror(-slot));
+            s->stack = false; /* its kernel socket answers from now on */
+            continue;
+        }
+        s->slot = (uint32_t)slot | moved;
+    }
+    for (int fd = 0; fd < SS_FD_MAX; fd++) {
+        struct ss_sock *s = ss_fds[fd];
+        if (s && (s->slot & moved)) {
+            s->slot &= ~moved;
+            ss_sock_tell_use(s); /* the child's share, used as the parent used it */
+        }
+    }
+    drop_parent_channel();
     if (ok)
         ss_epoll_after_fork();
+}
+
+void ss_adopt_inherited(void)
+{
+    pthread_mutex_lock(&adopt_lock);
+    if (ss_ch.state == SS_CH_INHERITED) {
+        if (parent.r) {
+            adopt_after_fork();
+        } else {
+            pthread_mutex_lock(&ss_ch.lock);
+            bool ok = attach_locked((int)exec_from.instance);
+            pthread_mutex_unlock(&ss_ch.lock);
+            __atomic_store_n(&ss_ch.state, ok ? SS_CH_ATTACHED : SS_CH_DEAD, __ATOMIC_RELEASE);
+            adopt_after_exec(ok);
+        }
+    }
     pthread_mutex_unlock(&adopt_lock);
 }
 
@@ -1128,17 +1231,17 @@ static char **exec_env(char *const envp[], int *ticket)
                 REAL(close)(*ticket);
             *ticket = -1;
         } else if ((head = malloc(len + 96))) {
-            snprintf(head, len + 96, SS_INHERIT_ENV "=%d %u %llu%s", *ticket, ss_ch.r->channel,
-                     (unsigned long long)ss_ch.r->token, inherit);
+            snprintf(head, len + 96, SS_INHERIT_ENV "=%d %u %u %llu%s", *ticket, ss_ch.r->instance,
+                     ss_ch.r->channel, (unsigned long long)ss_ch.r->token, inherit);
         }
     }
     free(inherit);
     free(slots);
     /* the new environment */
     static const char *const keep[] = {"SHARDSOCK_RUN_DIR", "SHARDSOCK_INSTANCE", "SHARDSOCK_VERBOSE",
-                                       "SHARDSOCK_LOOPBACK", "LD_PRELOAD"};
-    const char *vals[] = {conf.run_dir, conf.instance, conf.verbose, conf.loopback, conf.path};
-    enum { NKEEP = 5, PRELOAD = 4 };
+                                       "SHARDSOCK_LOOPBACK", "SHARDSOCK_PIN", "LD_PRELOAD"};
+    const char *vals[] = {conf.run_dir, conf.instance, conf.verbose, conf.loopback, conf.pin, conf.path};
+    enum { NKEEP = 6, PRELOAD = 5 };
     size_t n = 0;
     while (envp && envp[n])
         n++;

@@ -42,6 +42,13 @@ struct ss_sock {
     bool connecting;     /* connect returned EINPROGRESS */
     bool wr_shut;
     bool v6;             /* an AF_INET6 socket: IPv4 through mapped addresses (::ffff:a.b.c.d) */
+    /* a listener's use by this process, which the instance counts (listen
+     * spawn prefers listeners in use): accept, poll or select make it
+     * used for good; epoll sets while they hold it (nginx's accept_mutex
+     * takes listeners in and out of its set) */
+    bool accepts;
+    int epoll_regs;
+    int backlog;         /* a listener's, for a forked child's local listener */
     int64_t rcvtimeo_ms, sndtimeo_ms; /* 0: none */
     /* options set before the stack socket exists, replayed on it */
     uint32_t opt_set;    /* bit per enum ss_tcp_opt */
@@ -120,6 +127,17 @@ int ss_sock_setsockopt(int fd, struct ss_sock *s, int lvl, int opt, const void *
 int ss_sock_getsockopt(int fd, struct ss_sock *s, int lvl, int opt, void *v, socklen_t *len);
 int ss_sock_name(int fd, struct ss_sock *s, struct sockaddr *a, socklen_t *len, bool peer);
 int ss_sock_fionread(struct ss_sock *s);
+/* A listener the process accepts from or polls: in use for good. */
+void ss_sock_activate(struct ss_sock *s);
+/* A listener joins (+1) or leaves (-1) one of the process's epoll sets. */
+void ss_sock_epoll_use(struct ss_sock *s, int delta);
+/* Tells the instance whether the process uses the listener (after fork,
+ * for the child's own share). */
+void ss_sock_tell_use(struct ss_sock *s);
+/* A forked child's local listener for the inherited listener s, bound to
+ * ip:port with s's options and backlog, on the child's instance; s then
+ * names it.  0 or a negative errno. */
+int ss_sock_spawn(struct ss_sock *s, uint32_t ip, uint16_t port);
 /* Poll bits (POLLIN...) of an accelerated socket now. */
 short ss_sock_revents(struct ss_sock *s, short events);
 

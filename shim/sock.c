@@ -164,6 +164,7 @@ int ss_sock_listen(int fd, struct ss_sock *s, int backlog)
     int e = ss_request(SS_OP_LISTEN, s->slot, backlog, 0, NULL, NULL);
     if (e < 0)
         return fail(-e);
+    s->backlog = backlog;
     if (s->kernel_too && REAL(listen)(fd, backlog) < 0)
         s->kernel_too = false; /* the stack listens alone */
     s->listening = true;
@@ -210,6 +211,8 @@ int ss_sock_accept(int fd, struct ss_sock *s, struct sockaddr *a, socklen_t *len
         return fail(EINVAL);
     if (!s->listening)
         return fail(EINVAL);
+    if (s->epoll_regs == 0)
+        ss_sock_activate(s); /* no epoll set says when it waits: in use for good */
     uint64_t until = deadline(s->rcvtimeo_ms);
     for (;;) {
         int64_t rip = 0, rport = 0;
@@ -536,15 +539,67 @@ static int opt_bit(int opt)
     return -1;
 }
 
+/* Recorded always: replayed on the stack socket when it is made, and on a
+ * forked child's local listener (ss_sock_spawn). */
 static void stack_opt(struct ss_sock *s, int opt, int value)
 {
-    if (s->stack) {
-        ss_request(SS_OP_SETOPT, s->slot, opt, value, NULL, NULL);
-        return;
-    }
     int b = opt_bit(opt);
     s->opt_set |= 1u << b;
     s->opt_val[b] = value;
+    if (s->stack)
+        ss_request(SS_OP_SETOPT, s->slot, opt, value, NULL, NULL);
+}
+
+static bool in_use(const struct ss_sock *s) { return s->accepts || s->epoll_regs > 0; }
+
+void ss_sock_tell_use(struct ss_sock *s)
+{
+    if (s->listening && s->stack)
+        ss_request(SS_OP_SETOPT, s->slot, SS_OPT_ACTIVE, in_use(s), NULL, NULL);
+}
+
+void ss_sock_activate(struct ss_sock *s)
+{
+    if (s->listening && !s->accepts) {
+        bool was = in_use(s);
+        s->accepts = true;
+        if (!was)
+            ss_sock_tell_use(s);
+    }
+}
+
+void ss_sock_epoll_use(struct ss_sock *s, int delta)
+{
+    if (!s->listening)
+        return;
+    bool was = in_use(s);
+    s->epoll_regs += delta;
+    if (s->epoll_regs < 0)
+        s->epoll_regs = 0;
+    if (was != in_use(s))
+        ss_sock_tell_use(s);
+}
+
+int ss_sock_spawn(struct ss_sock *s, uint32_t ip, uint16_t port)
+{
+    int slot = ss_request(SS_OP_SOCKET, 0, 0, 0, NULL, NULL);
+    if (slot < 0)
+        return slot;
+    for (unsigned b = 0; b < sizeof opt_of_bit / sizeof opt_of_bit[0]; b++)
+        if (s->opt_set & (1u << b))
+            ss_request(SS_OP_SETOPT, (uint32_t)slot, opt_of_bit[b], s->opt_val[b], NULL, NULL);
+    int e = ss_request(SS_OP_SETOPT, (uint32_t)slot, SS_OPT_SPAWNED, 1, NULL, NULL);
+    if (e == 0)
+        e = ss_request(SS_OP_BIND, (uint32_t)slot, ip, port, NULL, NULL);
+    if (e == 0)
+        e = ss_request(SS_OP_LISTEN, (uint32_t)slot, s->backlog, 0, NULL, NULL);
+    if (e < 0) {
+        ss_request(SS_OP_CLOSE, (uint32_t)slot, 0, 0, NULL, NULL);
+        return e;
+    }
+    s->slot = (uint32_t)slot;
+    ss_sock_tell_use(s);
+    return 0;
 }
 
 static int64_t tv_ms(const void *v)

@@ -84,6 +84,8 @@ int ss_poll(struct pollfd *p, nfds_t n, int timeout_ms, const sigset_t *mask)
         total = 0;
         for (nfds_t i = 0; i < n; i++) {
             struct ss_sock *s = accelerated(p[i].fd);
+            if (s && s->listening && !s->accepts)
+                ss_sock_activate(s); /* waited on: in use */
             struct ep_set *inner = s ? NULL : polled_set(p[i].fd);
             p[i].revents = s ? ss_sock_revents(s, p[i].events) : inner ? set_revents(inner, p[i].events) : 0;
             total += p[i].revents != 0;
@@ -318,10 +320,18 @@ static void queue_check(struct ep_set *set, struct ep_item *it)
 
 static uint32_t item_revents(struct ep_item *it, int depth);
 
+/* The set's kernel side: the real set polled with the doorbell drained,
+ * so that only the program's descriptors count. */
+static bool kernel_side_ready(struct ep_set *set)
+{
+    if (set->bell)
+        drain_bell();
+    struct pollfd p = {.fd = set->ep, .events = POLLIN};
+    return REAL(poll)(&p, 1, 0) == 1 && (p.revents & POLLIN);
+}
+
 /* Would epoll_wait on the set report anything?  Its accelerated sockets
- * as the check list has them, then its kernel side: the real set polled
- * with the doorbell drained, so that only the program's descriptors
- * count. */
+ * as the check list has them, then its kernel side. */
 static bool set_ready(struct ep_set *set, int depth)
 {
     if (depth > NEST_MAX)
@@ -329,10 +339,7 @@ static bool set_ready(struct ep_set *set, int depth)
     for (struct ep_item *it = set->check; it; it = it->next_check)
         if (!it->disabled && item_revents(it, depth + 1))
             return true;
-    if (set->bell)
-        drain_bell();
-    struct pollfd p = {.fd = set->ep, .events = POLLIN};
-    return REAL(poll)(&p, 1, 0) == 1 && (p.revents & POLLIN);
+    return kernel_side_ready(set);
 }
 
 static uint32_t item_revents(struct ep_item *it, int depth)
@@ -377,12 +384,14 @@ static void unlink_item(struct ep_set *set, struct ep_item *it)
             *pp = it->next_check;
             break;
         }
-    if (it->s)
+    if (it->s) {
         for (struct ep_item **pp = &by_slot[it->s->slot]; *pp; pp = &(*pp)->next_of_slot)
             if (*pp == it) {
                 *pp = it->next_of_slot;
                 break;
             }
+        ss_sock_epoll_use(it->s, -1);
+    }
     if (it->inner)
         for (struct ep_item **pp = &it->inner->watchers; *pp; pp = &(*pp)->next_watcher)
             if (*pp == it) {
@@ -503,6 +512,7 @@ int ss_epoll_ctl(int ep, int op, int fd, struct epoll_event *ev)
         queue_check(set, it);
         if (s->kernel_too)
             REAL(epoll_ctl)(ep, EPOLL_CTL_ADD, fd, ev);
+        ss_sock_epoll_use(s, 1); /* a listener registered: in use */
         break;
     case EPOLL_CTL_MOD:
         if (!it) {
@@ -680,10 +690,13 @@ int ss_epoll_wait(int ep, struct epoll_event *ev, int max, int timeout_ms, const
                 continue;
             }
             if ((ev[i].data.u64 & ~0xffffffffull) == NEST_TAG) {
+                /* The inner set's kernel side moved, or only the doorbell
+                 * in it rang (its sockets' news reach us as events): an
+                 * edge only when its own kernel descriptors are ready. */
                 int fd = (int)(uint32_t)ev[i].data.u64;
                 pthread_mutex_lock(&ep_lock);
                 for (struct ep_item *it = set->items; it; it = it->next_in_set)
-                    if (it->inner && it->fd == fd)
+                    if (it->inner && it->fd == fd && kernel_side_ready(it->inner))
                         queue_check(set, it);
                 pthread_mutex_unlock(&ep_lock);
                 nested = true;

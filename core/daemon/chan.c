@@ -35,6 +35,7 @@ struct slot {
     bool close_pending;
     bool zombie;       /* closed by its process, kept for a child to adopt */
     bool more;         /* MSG_MORE held the engine's cork (SS_OPT_CORK bit 1) */
+    bool active_ref;   /* this process uses the listener: one of its SS_OPT_ACTIVE */
     uint16_t pins;     /* fork tickets that keep it for a child */
 };
 
@@ -189,10 +190,19 @@ static void fill_names(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
 
 static bool pump(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k);
 
+static void set_active(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k, bool on)
+{
+    if (c->s[k].active_ref != on) {
+        c->s[k].active_ref = on;
+        ss_tcp_setopt(cs->e, c->s[k].sid, SS_OPT_ACTIVE, on, now_us());
+    }
+}
+
 static void release(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
 {
     struct ss_chan_socket *so = &c->r->sock[k];
     int sid = c->s[k].sid;
+    set_active(cs, c, k, false); /* closed here: this process no longer uses it */
     if (c->s[k].pins) {
         c->s[k].zombie = true; /* a forked child may still adopt it */
         return;
@@ -454,6 +464,10 @@ static void handle_request(struct ss_chans *cs, struct ss_chan_host *c, uint32_t
         break;
     }
     case SS_OP_SETOPT:
+        if (rq.a0 == SS_OPT_ACTIVE) { /* once per process, undone when it closes or dies */
+            set_active(cs, c, k, rq.a1 != 0);
+            break;
+        }
         if (rq.a0 == SS_OPT_CORK) /* TCP_CORK: bit 0; bit 1 is MSG_MORE's, kept by pump */
             rq.a1 = (rq.a1 != 0) | (c->s[k].more ? 2 : 0);
         res = ss_tcp_setopt(cs->e, sid, (int)rq.a0, (int)rq.a1, t);
@@ -534,6 +548,8 @@ int ss_chans_attach(struct ss_chans *cs, int fd)
     c->r->size = (uint32_t)SS_CHAN_SIZE;
     c->r->nsockets = SS_CHAN_SOCKETS;
     c->r->instance = cs->instance;
+    c->r->core = cs->core;
+    c->r->ninstances = cs->ninstances;
     c->r->stack_ip = cs->stack_ip;
     c->r->stack_netmask = cs->stack_netmask;
     __atomic_store_n(&c->r->magic, SS_CHAN_MAGIC, __ATOMIC_RELEASE);

@@ -20,6 +20,8 @@ struct ss_chans {
     struct ss_engine *e;
     struct ss_counters *ctr;
     uint32_t instance, stack_ip, stack_netmask;
+    int32_t core;
+    uint32_t ninstances;
     int epfd;                  /* the instance's epoll: doorbells and control connections join it */
     uint32_t max_sockets;
     int16_t *sid_chan;         /* by engine socket id: channel index, -1: not a channel's */

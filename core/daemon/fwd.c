@@ -157,20 +157,31 @@ int ss_fwd_owner(void *ctx, uint32_t rip, uint16_t rport, uint16_t lport)
 
 /* ---- the listener map ---- */
 
-void ss_fwd_listen_publish(void *ctx, uint16_t port, int add)
+void ss_fwd_listen_publish(void *ctx, uint16_t port, int state)
 {
     struct ss_fwd *f = ctx;
     uint64_t bit = 1ull << f->self;
-    if (add)
+    if (state >= 1)
         __atomic_fetch_or(&f->r->listeners[port], bit, __ATOMIC_ACQ_REL);
     else
         __atomic_fetch_and(&f->r->listeners[port], ~bit, __ATOMIC_ACQ_REL);
+    if (state == 2)
+        __atomic_fetch_or(&f->r->active[port], bit, __ATOMIC_ACQ_REL);
+    else
+        __atomic_fetch_and(&f->r->active[port], ~bit, __ATOMIC_ACQ_REL);
 }
 
-int ss_fwd_listen_owner(void *ctx, uint32_t rip, uint16_t rport, uint16_t lport)
+int ss_fwd_listen_owner(void *ctx, uint32_t rip, uint16_t rport, uint16_t lport, int active)
 {
     struct ss_fwd *f = ctx;
-    uint64_t set = __atomic_load_n(&f->r->listeners[lport], __ATOMIC_ACQUIRE) & ~(1ull << f->self);
+    uint64_t set = __atomic_load_n(active ? &f->r->active[lport] : &f->r->listeners[lport], __ATOMIC_ACQUIRE) &
+                   ~(1ull << f->self);
+    if (!active) {
+        /* any listener will do; one in use before one that is not */
+        uint64_t used = __atomic_load_n(&f->r->active[lport], __ATOMIC_ACQUIRE) & set;
+        if (used)
+            set = used;
+    }
     int n = __builtin_popcountll(set);
     if (!n)
         return -1;

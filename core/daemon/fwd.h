@@ -33,8 +33,8 @@ void ss_fwd_close(struct ss_fwd *f);
 void ss_fwd_publish(void *ctx, uint32_t rip, uint16_t rport, uint16_t lport, int add);
 int ss_fwd_owner(void *ctx, uint32_t rip, uint16_t rport, uint16_t lport);
 int ss_fwd_send(void *ctx, int owner, const uint8_t *frame, size_t len);
-void ss_fwd_listen_publish(void *ctx, uint16_t port, int add);
-int ss_fwd_listen_owner(void *ctx, uint32_t rip, uint16_t rport, uint16_t lport);
+void ss_fwd_listen_publish(void *ctx, uint16_t port, int state);
+int ss_fwd_listen_owner(void *ctx, uint32_t rip, uint16_t rport, uint16_t lport, int active);
 
 /* Hands the engine the frames other instances forwarded here, at most
  * `budget` from each; returns how many. */

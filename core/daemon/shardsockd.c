@@ -74,6 +74,7 @@ struct instance {
     bool stopping;
     uint8_t *role; /* by socket id */
     uint32_t max_sockets;
+    uint32_t place_next; /* instance 0: where the next placed process goes */
 };
 
 static uint64_t now_us(void)
@@ -304,13 +305,19 @@ static void control_request(struct instance *in)
             if (ss_chans_fork_ticket(&in->chans, c, req) == 0)
                 return; /* held open by the forked child */
             snprintf(rep, sizeof rep, "error: no such channel\n");
-        } else if (strncmp(req, "ping", 4) == 0)
-            snprintf(rep, sizeof rep, "pong %d %d\n", (int)getpid(), in->opt.instance);
+        } else if (strncmp(req, "ping", 4) == 0) {
+            snprintf(rep, sizeof rep, "pong %d %d %d\n", (int)getpid(), in->opt.instance, in->opt.core);
+        } else if (strncmp(req, "place", 5) == 0) {
+            /* Spawn placement (asked of instance 0): the instance for the
+             * next process, round-robin, as Fastsocket spawns workers. */
+            snprintf(rep, sizeof rep, "place %u %d\n", in->place_next++ % (uint32_t)in->opt.ninstances,
+                     in->opt.ninstances);
+        }
         else if (strncmp(req, "stop", 4) == 0) {
             in->stopping = true;
             snprintf(rep, sizeof rep, "stopping\n");
         } else
-            snprintf(rep, sizeof rep, "error: unknown request (attach, fork, ping, stop, netstat)\n");
+            snprintf(rep, sizeof rep, "error: unknown request (attach, fork, ping, place, stop, netstat)\n");
         send(c, rep, strlen(rep), MSG_NOSIGNAL);
     }
     close(c);
@@ -538,6 +545,8 @@ static void setup(struct instance *in)
     if (ss_chans_init(&in->chans, in->e, &in->stats->counters, in->max_sockets, (uint32_t)o->instance, o->ip,
                       o->netmask, in->epfd) < 0)
         die("cannot create the channel tables (out of memory)");
+    in->chans.core = o->core;
+    in->chans.ninstances = (uint32_t)o->ninstances;
     __atomic_store_n(&in->stats->state, SS_INSTANCE_READY, __ATOMIC_RELEASE);
     if (o->ready_fd >= 0) {
         if (write(o->ready_fd, "ready\n", 6) != 6)

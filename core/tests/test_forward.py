@@ -19,6 +19,7 @@ class Group:
     def __init__(self, n=2, ring_full=False):
         self.owner = {}            # (rip, rport, lport) -> instance
         self.listeners = {}        # port -> set of instances
+        self.active = {}           # port -> set of instances whose listener is in use
         self.log = []              # (instance, add, key) in publish order
         self.rings = [[] for _ in range(n)]
         self.ring_full = ring_full
@@ -60,15 +61,17 @@ def ss_py_flow_owner(ctx, rip, rport, lport):
 
 
 @ffi.def_extern()
-def ss_py_listen_publish(ctx, port, add):
+def ss_py_listen_publish(ctx, port, state):
     g, k = ffi.from_handle(ctx)
-    (g.listeners.setdefault(port, set()).add if add else g.listeners.setdefault(port, set()).discard)(k)
+    (g.listeners.setdefault(port, set()).add if state else g.listeners.setdefault(port, set()).discard)(k)
+    (g.active.setdefault(port, set()).add if state == 2 else g.active.setdefault(port, set()).discard)(k)
 
 
 @ffi.def_extern()
-def ss_py_listen_owner(ctx, rip, rport, lport):
+def ss_py_listen_owner(ctx, rip, rport, lport, active):
     g, k = ffi.from_handle(ctx)
-    others = sorted(g.listeners.get(lport, set()) - {k})
+    used = sorted(g.active.get(lport, set()) - {k})
+    others = used if (active or used) else sorted(g.listeners.get(lport, set()) - {k})
     return others[0] if others else -1
 
 

@@ -418,7 +418,9 @@ def control(group, k, request):
 def test_control_socket(group):
     path = os.path.join(RUN_DIR, group.name, "instance-0.sock")
     assert os.stat(path).st_mode & 0o777 == 0o660
-    assert control(group, 0, b"ping") == "pong %d 0\n" % group.pids[0]
+    assert control(group, 0, b"ping") == "pong %d 0 %d\n" % (group.pids[0], group.status["instances"][0]["core"])
+    n = len(group.pids)
+    assert [control(group, 0, b"place") for _ in range(3)] == ["place %d %d\n" % (k % n, n) for k in range(3)]
     assert control(group, 0, b"frobnicate").startswith("error: unknown request")
     # netstat lists the service sockets with their TCP state, a held
     # connection included

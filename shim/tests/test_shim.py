@@ -25,6 +25,7 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import topology  # noqa: E402
 from topology import Netns  # noqa: E402
 
 BUILD = os.path.join(ROOT, "build")
@@ -33,33 +34,9 @@ STACK, HOST = "198.18.0.2", "198.18.0.1"
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and tap devices")
 
 
-class Group:
+class Group(topology.Group):
     def __init__(self, ns):
-        self.ns = ns
-        self.name = "s%d" % os.getpid()
-        self.args = ["--group", self.name, "--run-dir", RUN_DIR]
-        r = ns.shardsock("up", *self.args, "--echo", "7")
-        assert r.returncode == 0, r.stderr
-
-    def command(self, *cmd, verbose=False):
-        """The command line that runs cmd under the library."""
-        return [sys.executable, "-m", "preload.cli", "run", *self.args, *(["--verbose"] if verbose else []), "--",
-                *cmd]
-
-    def run(self, *cmd, timeout=120, verbose=False, env=None):
-        """A program under the library; returns the CompletedProcess."""
-        return self.ns.run(self.command(*cmd, verbose=verbose), timeout=timeout,
-                           env=dict(os.environ, PYTHONPATH=ROOT, **(env or {})))
-
-    def counters(self):
-        r = self.ns.shardsock("stat", *self.args, "--json")
-        return [i["counters"] for i in json.loads(r.stdout)["instances"]]
-
-    def total(self, name):
-        return sum(c[name] for c in self.counters())
-
-    def down(self):
-        return self.ns.shardsock("down", *self.args)
+        super().__init__(ns, "s%d" % os.getpid(), RUN_DIR, "--echo", "7")
 
 
 @pytest.fixture
@@ -141,10 +118,8 @@ def test_http_server_serves_curl_through_the_stack(group):
     """The issue's acceptance: `shardsock run -- python3 -m http.server`
     serves curl at the stack's address."""
     port = "8000"
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    srv = subprocess.Popen(["ip", "netns", "exec", group.ns.name, sys.executable, "-m", "preload.cli", "run",
-                            *group.args, "--", sys.executable, "-m", "http.server", port, "--directory", HERE],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    srv = group.popen(sys.executable, "-m", "http.server", port, "--directory", HERE,
+                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         before = group.total("tcp_passive_opens")
         body = None
@@ -285,7 +260,7 @@ cs = [socket.create_connection((sys.argv[1], 17500), timeout=10) for _ in range(
 print("connected", flush=True)
 sys.stdin.read()
 """ % n
-    pids = [i["pid"] for i in json.loads(group.ns.shardsock("status", *group.args, "--json").stdout)["instances"]]
+    pids = [i["pid"] for i in group.status()["instances"]]
 
     def private_kib():
         """Rss of each instance's heap and channel mappings, summed."""
@@ -301,10 +276,7 @@ sys.stdin.read()
                         total += int(head[1])
         return total
 
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    srv = subprocess.Popen(["ip", "netns", "exec", group.ns.name, sys.executable, "-m", "preload.cli", "run",
-                            *group.args, "--", sys.executable, "-c", server],
-                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    srv = group.popen(sys.executable, "-c", server, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     cli = None
     try:
         assert srv.stdout.readline().strip() == "ready"
@@ -371,9 +343,7 @@ def test_loopback_between_preloaded_programs_stays_in_the_stack(group):
     preloaded reaches the same servers through the kernel; a preloaded
     client of a server that is not preloaded goes to the kernel; with
     SHARDSOCK_LOOPBACK=0 everything on 127/8 is the kernel's."""
-    srv = subprocess.Popen(["ip", "netns", "exec", group.ns.name, *group.command(sys.executable, "-c", LOOP_SERVER)],
-                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                           env=dict(os.environ, PYTHONPATH=ROOT))
+    srv = group.popen(sys.executable, "-c", LOOP_SERVER, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     plain = None
     try:
         assert srv.stdout.readline().strip() == "listening"

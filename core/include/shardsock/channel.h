@@ -137,7 +137,9 @@ struct ss_chan_region {
     uint32_t stack_netmask;    /* the stack's subnet: destinations in it are the stack's */
     uint32_t channel;          /* this channel's number at the instance */
     uint64_t token;            /* proves a forked child holds this channel (SS_OP_ADOPT) */
-    uint8_t _pad0[24];
+    int32_t core;              /* the instance's CPU: a placed process runs there too */
+    uint32_t ninstances;       /* in the group */
+    uint8_t _pad0[16];
     /* sleeping flags: a side wakes the other only when it sleeps */
     uint32_t app_sleeping;     /* written by the library */
     uint8_t _pad1[60];

@@ -116,6 +116,10 @@
     X(drop_fwd_full, "frames dropped: forwarding ring to the owner full")           \
     X(fwd_rx_frames, "frames received from another instance that owns their flow")  \
     X(fwd_dir_full, "connections not published: the group's flow directory full")   \
+    X(fwd_syn_fallback, "SYNs handed to another instance's listener in use: none in use here") \
+    X(accept_local, "connections accepted whose SYN this instance received")         \
+    X(accept_global, "connections accepted whose SYN another instance handed over")  \
+    X(accept_queue_moved, "queued connections moved to another listener when theirs closed") \
     X(chan_attaches, "application processes attached")                              \
     X(chan_detaches, "application processes detached (exited, crashed or broke the rules)") \
     X(chan_corrupt, "channels detached because the application corrupted them")     \

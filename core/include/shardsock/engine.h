@@ -97,12 +97,17 @@ struct ss_engine_config {
      * ss_engine_input_forwarded are never forwarded again. */
     void (*flow_publish)(void *ctx, uint32_t rip, uint16_t rport, uint16_t lport, int add);
     int (*flow_owner)(void *ctx, uint32_t rip, uint16_t rport, uint16_t lport);
-    /* Listeners likewise: the engine publishes each port it listens on, and
-     * a SYN for a port it does not listen on goes, whole, to the instance
-     * listen_owner names (>= 0), so no SYN is reset while a listener exists
-     * anywhere in the group (DESIGN.md, listen spawn). */
-    void (*listen_publish)(void *ctx, uint16_t port, int add);
-    int (*listen_owner)(void *ctx, uint32_t rip, uint16_t rport, uint16_t lport);
+    /* Listeners likewise: the engine publishes, per port, whether it has
+     * listeners (state 1) and whether one of them is in use (2: a process
+     * accepts from it or waits on it; SS_OPT_ACTIVE), or none (0).  A SYN
+     * for a port with no listener here, or with only unused ones while
+     * another instance has one in use, goes, whole, to the instance
+     * listen_owner names (>= 0; with active, only an instance whose
+     * listener is in use), so connections are accepted where a process
+     * takes them and no SYN is reset while a listener exists anywhere in
+     * the group (DESIGN.md, Partitioned listen sockets). */
+    void (*listen_publish)(void *ctx, uint16_t port, int state);
+    int (*listen_owner)(void *ctx, uint32_t rip, uint16_t rport, uint16_t lport, int active);
     int (*forward)(void *ctx, int owner, const uint8_t *frame, size_t len);
     void *flow_ctx;
 };
@@ -161,6 +166,12 @@ enum ss_tcp_opt {
                             * not complete handshakes until data or the time */
     SS_OPT_REUSEPORT,      /* SO_REUSEPORT: listeners share a port, a connection
                             * goes to one by a hash of the peer's address */
+    SS_OPT_ACTIVE,         /* 1: one more process uses the listener (accepts from
+                            * it, waits on it), 0: one fewer; listeners in use
+                            * are preferred to unused ones, here and in the group */
+    SS_OPT_SPAWNED,        /* a process's local listener for a listening socket it
+                            * inherited (listen spawn): shares its port with the
+                            * other local listeners of that socket */
 };
 
 /* What ss_tcp_info() reports; sequence numbers are absolute. */
@@ -179,6 +190,9 @@ struct ss_tcp_info {
     uint8_t snd_wscale, rcv_wscale;
     uint8_t ts_ok, sack_ok;
     uint32_t retransmits;      /* consecutive timeouts of the current segment */
+    uint32_t accept_queued;    /* a listener: connections waiting for accept */
+    uint32_t backlog;          /* a listener: the most that may wait (+1, as Linux) */
+    uint8_t active;            /* a listener: in use (SS_OPT_ACTIVE) */
 };
 
 int ss_tcp_socket(struct ss_engine *e);

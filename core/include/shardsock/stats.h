@@ -100,7 +100,7 @@ struct ss_neigh_table {
  * wakes once per sleep, and a busy one is never signalled.
  */
 #define SS_FWD_MAGIC 0x53534657 /* "SSFW" */
-#define SS_FWD_VERSION 2
+#define SS_FWD_VERSION 3
 #define SS_FWD_MAX_INSTANCES 64
 #define SS_FWD_SLOTS 256
 #define SS_FWD_FRAME_MAX 2040   /* an MTU of 1500 and its ethernet header fit */
@@ -141,8 +141,10 @@ struct ss_fwd_region {
     uint64_t secret[2];    /* keys the directory's hash: peers cannot aim at one chain */
     uint8_t _pad1[32];
     struct ss_fwd_inbox inbox[SS_FWD_MAX_INSTANCES];
-    /* bit k of listeners[port]: instance k listens on the port */
+    /* bit k of listeners[port]: instance k listens on the port; of
+     * active[port]: a process uses one of those listeners (listen spawn) */
     uint64_t listeners[65536];
+    uint64_t active[65536];
     struct ss_flow_entry flows[SS_FLOW_ENTRIES];
     struct ss_fwd_ring ring[]; /* ninstances * ninstances */
 };

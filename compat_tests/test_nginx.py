@@ -1,0 +1,263 @@
+"""Debian's nginx, unmodified, under `shardsock run` with one worker per
+instance (worker_processes auto): its workers accept on their own cores
+(listen spawn), served to kernel clients (curl, wrk) in the namespace
+through the stack's address.
+
+Each test brings a group up on a tap device in a namespace it creates,
+starts nginx with a configuration written to a temporary prefix, stops it
+by its pid, and takes everything down again."""
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from topology import Group, Netns  # noqa: E402
+
+RUN_DIR = "/run/shardsock-compat"
+STACK = "198.18.0.2"
+PORT = 8080
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and tap devices"),
+              pytest.mark.skipif(not os.path.exists("/usr/sbin/nginx"), reason="nginx is not installed (make setup)")]
+
+CONF = """
+worker_processes auto;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log notice;
+daemon {daemon};
+events {{
+    worker_connections 4096;
+    accept_mutex {accept_mutex};
+    multi_accept {multi_accept};
+}}
+http {{
+    access_log off;
+    sendfile {sendfile};
+    keepalive_requests 100000;
+    client_body_temp_path {prefix}/tmp;
+    proxy_temp_path {prefix}/tmp;
+    fastcgi_temp_path {prefix}/tmp;
+    uwsgi_temp_path {prefix}/tmp;
+    scgi_temp_path {prefix}/tmp;
+    server {{
+        listen {port}{reuseport};
+        root {prefix}/www;
+    }}
+}}
+"""
+
+SIZES = {"64.bin": 64, "100k.bin": 100 * 1024, "10m.bin": 10 * 1024 * 1024}
+
+
+class Nginx:
+    """nginx under the library in the group's namespace, with its own
+    prefix (configuration, files, pid, logs)."""
+
+    def __init__(self, group, daemon=False, **conf):
+        self.group = group
+        self.dir = tempfile.TemporaryDirectory(prefix="ss-nginx-")
+        self.prefix = self.dir.name
+        os.chmod(self.prefix, 0o755)  # the workers run as www-data
+        os.makedirs(os.path.join(self.prefix, "www"))
+        os.makedirs(os.path.join(self.prefix, "tmp"))
+        for name, size in SIZES.items():
+            with open(os.path.join(self.prefix, "www", name), "wb") as f:
+                f.write(os.urandom(size))
+        self.conf = dict(prefix=self.prefix, port=PORT, daemon="on" if daemon else "off", accept_mutex="off",
+                         multi_accept="off", sendfile="on", reuseport="")
+        self.conf.update(conf)
+        self.write_conf()
+        self.proc = group.popen("nginx", "-c", self.conf_path, "-p", self.prefix, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        if daemon:
+            assert self.proc.wait(30) == 0, self.proc.stderr.read()
+        self.wait_serving()
+
+    @property
+    def conf_path(self):
+        return os.path.join(self.prefix, "nginx.conf")
+
+    def write_conf(self):
+        with open(self.conf_path, "w") as f:
+            f.write(CONF.format(**self.conf))
+
+    def master(self):
+        with open(os.path.join(self.prefix, "nginx.pid")) as f:
+            return int(f.read())
+
+    def workers(self):
+        """The master's children: its worker processes."""
+        with open("/proc/%d/task/%d/children" % (self.master(), self.master())) as f:
+            return [int(p) for p in f.read().split()]
+
+    def wait_serving(self):
+        for _ in range(100):
+            if os.path.exists(os.path.join(self.prefix, "nginx.pid")) and self.get("64.bin")[0] == 200:
+                return
+            time.sleep(0.1)
+        raise AssertionError("nginx does not serve: %s" % self.log())
+
+    def get(self, name, close=False):
+        """curl from the namespace's kernel: (status, sha256 of the body)."""
+        hdr = ["-H", "Connection: close"] if close else []
+        r = self.group.ns.run(["curl", "-sS", "-m", "10", *hdr, "-o", "-", "-w", "%{http_code}",
+                               "http://%s:%d/%s" % (STACK, PORT, name)], timeout=30, text=False)
+        if r.returncode != 0 or len(r.stdout) < 3:
+            return 0, None
+        return int(r.stdout[-3:]), hashlib.sha256(r.stdout[:-3]).hexdigest()
+
+    def expected(self, name):
+        with open(os.path.join(self.prefix, "www", name), "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+
+    def log(self):
+        try:
+            with open(os.path.join(self.prefix, "error.log")) as f:
+                return f.read()[-3000:]
+        except FileNotFoundError:
+            return ""
+
+    def stop(self):
+        try:
+            pid = self.master()
+        except (FileNotFoundError, ValueError):
+            pid = self.proc.pid
+        workers = []
+        try:
+            workers = self.workers()
+        except OSError:
+            pass
+        for p in [pid] + workers:
+            try:
+                os.kill(p, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + 10
+        while time.time() < deadline and any(os.path.exists("/proc/%d" % p) for p in [pid] + workers):
+            time.sleep(0.05)
+        for p in [pid] + workers:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self.dir.cleanup()
+
+
+def wrk(ns, seconds, conns, path="64.bin", close=False, threads=2):
+    """wrk from the namespace's kernel: requests, errors (socket and
+    non-2xx) and requests/s, parsed from its report."""
+    hdr = ["-H", "Connection: close"] if close else []
+    r = ns.run(["wrk", "-t%d" % threads, "-c%d" % conns, "-d%ds" % seconds, "--timeout", "5s", *hdr,
+                "http://%s:%d/%s" % (STACK, PORT, path)], timeout=seconds + 60)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return requests, errors, rate, out
+
+
+@pytest.fixture
+def group():
+    ns = Netns()
+    g = None
+    try:
+        g = Group(ns, "n%d" % os.getpid(), RUN_DIR)
+        yield g
+    finally:
+        if g is not None:
+            assert g.down().returncode == 0
+        ns.delete()
+
+
+def grew(before, after, name):
+    return [a[name] - b[name] for b, a in zip(before, after)]
+
+
+@pytest.mark.parametrize("accept_mutex,multi_accept,reuseport", [
+    ("off", "off", False), ("on", "on", False), ("off", "on", True), ("on", "off", True)])
+def test_workers_accept_on_their_own_instances(group, accept_mutex, multi_accept, reuseport):
+    """With one worker per instance, the files are served whole, no request
+    of a keep-alive wrk run or of a run of new connections (Connection:
+    close) fails.  With accept_mutex off, each instance accepts locally
+    and few connections come from the other instance; with it on, nginx
+    gives the connections to whichever worker holds the mutex (as on the
+    kernel), and the instance of a worker that has not used its listener
+    hands its SYNs to the one that does (accept_global)."""
+    ngx = Nginx(group, accept_mutex=accept_mutex, multi_accept=multi_accept,
+                reuseport=" reuseport" if reuseport else "")
+    try:
+        assert len(ngx.workers()) == len(group.status()["instances"])
+        for name in SIZES:
+            assert ngx.get(name) == (200, ngx.expected(name)), name
+        requests, errors, rate, out = wrk(group.ns, 2, 64)
+        assert requests > 1000 and errors == 0, out
+        before = group.counters()
+        requests, errors, rate, out = wrk(group.ns, 3, 32, close=True)
+        after = group.counters()
+        assert requests > 500 and errors == 0, out
+        local, remote = grew(before, after, "accept_local"), grew(before, after, "accept_global")
+        assert sum(local) + sum(remote) >= requests, (local, remote)
+        if accept_mutex == "off":
+            assert all(n > 0 for n in local), (local, remote)
+            assert sum(remote) <= 0.2 * (sum(local) + sum(remote)), (local, remote)
+    finally:
+        ngx.stop()
+
+
+@pytest.mark.parametrize("sendfile", ["on", "off"])
+def test_files_keepalive_and_close(group, sendfile):
+    """64 B to 10 MB, keep-alive and Connection: close, sendfile on and off."""
+    ngx = Nginx(group, sendfile=sendfile)
+    try:
+        for name in SIZES:
+            for close in (False, True):
+                assert ngx.get(name, close=close) == (200, ngx.expected(name)), (name, close)
+        requests, errors, rate, out = wrk(group.ns, 2, 32, close=True)
+        assert requests > 200 and errors == 0, out
+    finally:
+        ngx.stop()
+
+
+def test_daemon_mode_and_reload_during_load(group):
+    """nginx daemonizes (its parent exits first), then `nginx -s reload`
+    during a wrk run of new connections: new workers take over, the old
+    ones leave, none of the requests fails.  (Keep-alive connections an
+    old worker closes while a request is on its way end with a reset on
+    the kernel too: each request has its own connection here.)"""
+    ngx = Nginx(group, daemon=True)
+    try:
+        old = set(ngx.workers())
+        w = subprocess.Popen(["ip", "netns", "exec", group.ns.name, "wrk", "-t2", "-c32", "-d4s", "--timeout", "5s",
+                              "-H", "Connection: close", "http://%s:%d/64.bin" % (STACK, PORT)],
+                             stdout=subprocess.PIPE, text=True)
+        time.sleep(1)
+        r = group.run("nginx", "-c", ngx.conf_path, "-p", ngx.prefix, "-s", "reload")
+        assert r.returncode == 0, r.stderr
+        out, _ = w.communicate(timeout=60)
+        assert "Socket errors" not in out and "Non-2xx" not in out, out
+        for _ in range(100):
+            if not old & set(ngx.workers()):
+                break
+            time.sleep(0.1)
+        assert not old & set(ngx.workers()), "the old workers did not leave"
+        assert ngx.get("100k.bin") == (200, ngx.expected("100k.bin"))
+    finally:
+        ngx.stop()
