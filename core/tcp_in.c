@@ -76,6 +76,7 @@ static struct ss_tcb *new_child(struct ss_tcb *l, const struct ss_ip_repr *ip, c
     c->linger_zero = l->linger_zero;
     c->reuseaddr = l->reuseaddr;
     c->reuseport = l->reuseport;
+    c->spawned = l->spawned; /* a new local listener of the port may still bind beside it */
     c->cork = l->cork & 1;
     c->syn_us = e->now_us;
     c->via_fallback = e->in_forwarded;

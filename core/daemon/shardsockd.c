@@ -258,15 +258,20 @@ static void control_netstat(struct instance *in, int c)
         int np = ss_chans_describe(&in->chans, (int)sid, procs, sizeof procs);
         if ((in->role[sid] == ROLE_NONE && !np) || ss_tcp_info(in->e, (int)sid, &ti) < 0)
             continue;
+        /* a listener: its backlog in use, and whether a process uses it (listen spawn) */
+        char listen_info[96] = "";
+        if (ti.state == SS_TCP_LISTEN)
+            snprintf(listen_info, sizeof listen_info, " accept_queued=%u backlog=%u in_use=%u", ti.accept_queued,
+                     ti.backlog, ti.active);
         int n = snprintf(line, sizeof line,
                          "sid=%u state=%s local=%u.%u.%u.%u:%u remote=%u.%u.%u.%u:%u snd_una=%u snd_nxt=%u "
                          "snd_wnd=%u cwnd=%u ssthresh=%u rto_us=%u srtt_us=%u retransmits=%u snd_queued=%u "
-                         "rcv_nxt=%u rcv_wnd=%u rcv_queued=%u%s\n",
+                         "rcv_nxt=%u rcv_wnd=%u rcv_queued=%u%s%s\n",
                          sid, ss_tcp_state_name(ti.state), ti.local_ip >> 24, ti.local_ip >> 16 & 255,
                          ti.local_ip >> 8 & 255, ti.local_ip & 255, ti.local_port, ti.remote_ip >> 24,
                          ti.remote_ip >> 16 & 255, ti.remote_ip >> 8 & 255, ti.remote_ip & 255, ti.remote_port,
                          ti.snd_una, ti.snd_nxt, ti.snd_wnd, ti.cwnd, ti.ssthresh, ti.rto_us, ti.srtt_us,
-                         ti.retransmits, ti.snd_queued, ti.rcv_nxt, ti.rcv_wnd, ti.rcv_queued,
+                         ti.retransmits, ti.snd_queued, ti.rcv_nxt, ti.rcv_wnd, ti.rcv_queued, listen_info,
                          np ? procs : (in->role[sid] == ROLE_ECHO || in->role[sid] == ROLE_ECHO_LISTEN ? " service=echo"
                                                                                                          : " service=discard"));
         if (send(c, line, (size_t)n, MSG_NOSIGNAL) < 0)

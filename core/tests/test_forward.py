@@ -242,3 +242,104 @@ def test_syn_reset_when_no_instance_listens(group):
 def test_config_needs_both_owner_and_forward():
     with pytest.raises(ValueError):
         Stack(flow_owner=lib.ss_py_flow_owner)
+
+
+# ---------------------------------------------------------------------------
+# Listen spawn: listeners in use first, here and across the group
+# ---------------------------------------------------------------------------
+
+def spawned_listener(st, port=80, used=True):
+    sid = st.socket()
+    assert st.setopt(sid, lib.SS_OPT_SPAWNED, 1) == 0
+    assert lib.ss_tcp_bind(st.e, sid, 0, port) == 0
+    assert lib.ss_tcp_listen(st.e, sid, 16) == 0
+    if used:
+        assert st.setopt(sid, lib.SS_OPT_ACTIVE, 1) == 0
+    return sid
+
+
+def syn_to(st, sport):
+    p = Peer(st, sport=sport)
+    p.seg("S", options=p.syn_options())
+    return p
+
+
+def test_unused_listener_hands_syns_to_a_used_one_elsewhere(group):
+    """An nginx master's listener at a (never accepted from) and a worker's
+    in use at b: a SYN reaching a goes to b (global fallback), is accepted
+    there and counted as such; once a's listener is used too, a keeps its
+    own."""
+    a, b = group.stacks
+    la = a.listen(80)
+    lb = spawned_listener(b)
+    assert group.active[80] == {1} and group.listeners[80] == {0, 1}
+    p = syn_to(a, 41000)
+    a.expect_nothing()
+    assert a.counters()["fwd_syn_fallback"] == 1
+    assert group.deliver(1) == 1
+    (sa,) = b.expect({"flags": "SA", "ack": p.nxt})
+    p.stack = b
+    p.rcv = (sa.seq + 1) % 2**32
+    p.seg("A")
+    assert b.accept(lb) >= 0
+    assert b.counters()["accept_global"] == 1 and b.counters()["accept_local"] == 0
+    # a's listener in use: its SYNs stay there
+    assert a.setopt(la, lib.SS_OPT_ACTIVE, 1) == 0
+    p2 = syn_to(a, 41001)
+    a.expect({"flags": "SA", "ack": p2.nxt})
+    assert a.counters()["fwd_syn_fallback"] == 1
+
+
+def test_no_listener_in_use_anywhere_keeps_the_syn_here(group):
+    """Before any process uses a listener, an unused one takes the SYN
+    where it arrives: nothing is reset, nothing waits on a forward."""
+    a, b = group.stacks
+    a.listen(80)
+    spawned_listener(b, used=False)
+    p = syn_to(a, 41002)
+    a.expect({"flags": "SA", "ack": p.nxt})
+    assert a.counters()["fwd_frames"] == 0
+
+
+def test_use_is_counted_per_process(group):
+    """Two users, one leaves: still in use; the second leaves: not."""
+    a, _ = group.stacks
+    la = a.listen(80)
+    assert a.setopt(la, lib.SS_OPT_ACTIVE, 1) == 0
+    assert a.setopt(la, lib.SS_OPT_ACTIVE, 1) == 0
+    assert a.setopt(la, lib.SS_OPT_ACTIVE, 0) == 0
+    assert a.getopt(la, lib.SS_OPT_ACTIVE) == 1 and group.active[80] == {0}
+    assert a.setopt(la, lib.SS_OPT_ACTIVE, 0) == 0
+    assert a.getopt(la, lib.SS_OPT_ACTIVE) == 0 and group.active[80] == set()
+
+
+def test_used_listener_preferred_among_several_here(group):
+    """Two workers' local listeners on one instance, one in use: the
+    connections go to the used one."""
+    a, _ = group.stacks
+    spawned_listener(a, used=False)
+    mine = spawned_listener(a)
+    for i in range(4):
+        p = syn_to(a, 41100 + i)
+        (sa,) = a.expect({"flags": "SA", "ack": p.nxt})
+        p.rcv = (sa.seq + 1) % 2**32
+        p.seg("A")
+        assert a.accept(mine) >= 0
+
+
+def test_closing_local_listener_moves_its_queue(group):
+    """A worker leaving (nginx reload) closes its local listener with
+    connections queued: they move to the new worker's listener of the
+    port instead of being reset."""
+    a, _ = group.stacks
+    old = spawned_listener(a)
+    p = syn_to(a, 41200)
+    (sa,) = a.expect({"flags": "SA", "ack": p.nxt})
+    p.rcv = (sa.seq + 1) % 2**32
+    p.seg("A")
+    new = spawned_listener(a)
+    assert lib.ss_tcp_close(a.e, old, a.now) == 0
+    a.expect_nothing()                      # no reset
+    assert a.counters()["accept_queue_moved"] == 1
+    sid = a.accept(new)
+    assert sid >= 0 and a.state(sid) == "ESTABLISHED"
