@@ -261,3 +261,13 @@ def test_daemon_mode_and_reload_during_load(group):
         assert ngx.get("100k.bin") == (200, ngx.expected("100k.bin"))
     finally:
         ngx.stop()
+
+
+def test_2000_concurrent_connections(group):
+    """wrk holds 2000 keep-alive connections at once: none fails."""
+    ngx = Nginx(group)
+    try:
+        requests, errors, rate, out = wrk(group.ns, 3, 2000)
+        assert requests > 2000 and errors == 0, out
+    finally:
+        ngx.stop()

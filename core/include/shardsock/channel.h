@@ -45,11 +45,11 @@
 
 #define SS_CHAN_MAGIC 0x53534348 /* "SSCH" */
 #define SS_CHAN_VERSION 2
-#define SS_CHAN_SOCKETS 1024     /* stack sockets per process */
+#define SS_CHAN_SOCKETS 4096     /* stack sockets per process (buffer pages only as used) */
 #define SS_CHAN_RXBUF 65536      /* bytes, each a power of two */
 #define SS_CHAN_TXBUF 65536
-#define SS_CHAN_KICKS 4096       /* > SS_CHAN_SOCKETS: a kick is queued once */
-#define SS_CHAN_EVENTS 4096
+#define SS_CHAN_KICKS 8192       /* > SS_CHAN_SOCKETS: a kick is queued once */
+#define SS_CHAN_EVENTS 8192
 
 /* Requests */
 enum ss_chan_op {
