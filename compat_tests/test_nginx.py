@@ -25,8 +25,9 @@ from topology import Group, Netns  # noqa: E402
 RUN_DIR = "/run/shardsock-compat"
 STACK = "198.18.0.2"
 PORT = 8080
+NGINX = "/usr/sbin/nginx"  # by its path: the binary upgrade execs argv[0]
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and tap devices"),
-              pytest.mark.skipif(not os.path.exists("/usr/sbin/nginx"), reason="nginx is not installed (make setup)")]
+              pytest.mark.skipif(not os.path.exists(NGINX), reason="nginx is not installed (make setup)")]
 
 CONF = """
 worker_processes auto;
@@ -75,7 +76,7 @@ class Nginx:
                          multi_accept="off", sendfile="on", reuseport="")
         self.conf.update(conf)
         self.write_conf()
-        self.proc = group.popen("nginx", "-c", self.conf_path, "-p", self.prefix, stdout=subprocess.DEVNULL,
+        self.proc = group.popen(NGINX, "-c", self.conf_path, "-p", self.prefix, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
         if daemon:
             assert self.proc.wait(30) == 0, self.proc.stderr.read()
@@ -249,7 +250,7 @@ def test_daemon_mode_and_reload_during_load(group):
                               "-H", "Connection: close", "http://%s:%d/64.bin" % (STACK, PORT)],
                              stdout=subprocess.PIPE, text=True)
         time.sleep(1)
-        r = group.run("nginx", "-c", ngx.conf_path, "-p", ngx.prefix, "-s", "reload")
+        r = group.run(NGINX, "-c", ngx.conf_path, "-p", ngx.prefix, "-s", "reload")
         assert r.returncode == 0, r.stderr
         out, _ = w.communicate(timeout=60)
         assert "Socket errors" not in out and "Non-2xx" not in out, out
@@ -269,5 +270,40 @@ def test_2000_concurrent_connections(group):
     try:
         requests, errors, rate, out = wrk(group.ns, 3, 2000)
         assert requests > 2000 and errors == 0, out
+    finally:
+        ngx.stop()
+
+
+def test_binary_upgrade_keeps_serving(group):
+    """The upgrade sequence: USR2 makes the master exec a new master, which
+    finds the listening sockets again (the library after exec); WINCH
+    retires the old workers, QUIT the old master; the new ones serve,
+    during a wrk run of new connections that loses no request."""
+    ngx = Nginx(group, daemon=True)
+    try:
+        old_master = ngx.master()
+        w = subprocess.Popen(["ip", "netns", "exec", group.ns.name, "wrk", "-t2", "-c16", "-d6s", "--timeout", "5s",
+                              "-H", "Connection: close", "http://%s:%d/64.bin" % (STACK, PORT)],
+                             stdout=subprocess.PIPE, text=True)
+        time.sleep(1)
+        os.kill(old_master, signal.SIGUSR2)
+        for _ in range(100):
+            if os.path.exists(os.path.join(ngx.prefix, "nginx.pid.oldbin")) and ngx.master() != old_master:
+                break
+            time.sleep(0.1)
+        new_master = ngx.master()
+        assert new_master != old_master, ngx.log()
+        os.kill(old_master, signal.SIGWINCH)
+        time.sleep(1)
+        os.kill(old_master, signal.SIGQUIT)
+        for _ in range(100):
+            if not os.path.exists("/proc/%d" % old_master):
+                break
+            time.sleep(0.1)
+        assert not os.path.exists("/proc/%d" % old_master)
+        out, _ = w.communicate(timeout=60)
+        assert "Socket errors" not in out and "Non-2xx" not in out, out
+        assert len(ngx.workers()) == len(group.status()["instances"])
+        assert ngx.get("100k.bin") == (200, ngx.expected("100k.bin"))
     finally:
         ngx.stop()
