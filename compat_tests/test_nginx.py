@@ -50,10 +50,31 @@ http {{
     scgi_temp_path {prefix}/tmp;
     server {{
         listen {port}{reuseport};
-        root {prefix}/www;
-    }}
+        root {prefix}/www;{locations}
+    }}{servers}
 }}
 """
+
+# proxy_pass to an upstream in the same nginx on 127.0.0.1 (both ends the
+# stack's: active opens from its workers, kept alive) and to one on the
+# kernel (a program not preloaded: the library leaves those to the kernel)
+PROXY = dict(locations="""
+        location /up/ {{
+            proxy_pass http://upstream_stack/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+        location /kernel/ {{
+            proxy_pass http://127.0.0.1:{kernel_port}/;
+        }}""", servers="""
+    upstream upstream_stack {{
+        server 127.0.0.1:{up_port};
+        keepalive 16;
+    }}
+    server {{
+        listen 127.0.0.1:{up_port};
+        root {prefix}/www;
+    }}""")
 
 SIZES = {"64.bin": 64, "100k.bin": 100 * 1024, "10m.bin": 10 * 1024 * 1024}
 
@@ -73,8 +94,10 @@ class Nginx:
             with open(os.path.join(self.prefix, "www", name), "wb") as f:
                 f.write(os.urandom(size))
         self.conf = dict(prefix=self.prefix, port=PORT, daemon="on" if daemon else "off", accept_mutex="off",
-                         multi_accept="off", sendfile="on", reuseport="")
+                         multi_accept="off", sendfile="on", reuseport="", locations="", servers="")
         self.conf.update(conf)
+        for k in ("locations", "servers"):
+            self.conf[k] = self.conf[k].format(**self.conf)
         self.write_conf()
         self.proc = group.popen(NGINX, "-c", self.conf_path, "-p", self.prefix, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
@@ -307,3 +330,32 @@ def test_binary_upgrade_keeps_serving(group):
         assert ngx.get("100k.bin") == (200, ngx.expected("100k.bin"))
     finally:
         ngx.stop()
+
+
+def test_proxy_pass_to_upstreams_in_the_stack_and_on_the_kernel(group):
+    """proxy_pass to an upstream under the library (over 127.0.0.1 in the
+    stack, kept-alive connections opened by the workers) and to one on the
+    kernel (a plain program: its connections stay the kernel's)."""
+    kernel = subprocess.Popen(["ip", "netns", "exec", group.ns.name, sys.executable, "-m", "http.server", "18082",
+                               "--bind", "127.0.0.1", "--directory", "/usr/share/doc"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ngx = Nginx(group, up_port=18081, kernel_port=18082, **PROXY)
+    try:
+        before = group.counters()
+        for name in SIZES:
+            assert ngx.get("up/" + name) == (200, ngx.expected(name)), name
+        requests, errors, rate, out = wrk(group.ns, 2, 16, path="up/64.bin")
+        assert requests > 500 and errors == 0, out
+        after = group.counters()
+        opened = sum(grew(before, after, "tcp_active_opens"))
+        assert 0 < opened < requests / 10, "upstream connections: %d for %d requests" % (opened, requests)
+        for _ in range(50):
+            if ngx.get("kernel/")[0] == 200:
+                break
+            time.sleep(0.1)
+        assert ngx.get("kernel/")[0] == 200
+        assert sum(grew(after, group.counters(), "fallback_destination")) >= 1
+    finally:
+        ngx.stop()
+        kernel.kill()
+        kernel.wait()

@@ -149,6 +149,11 @@ int ss_epoll_wait(int ep, struct epoll_event *ev, int max, int timeout_ms, const
 void ss_epoll_forget(int fd);   /* a descriptor closed: leave every interest list */
 void ss_epoll_close(int ep);    /* an epoll descriptor closed */
 void ss_epoll_created(int ep);  /* epoll_create made it */
+/* A socket registered in epoll sets before bind or connect decided whose
+ * it is (nginx adds its upstream sockets, then connects): its entries
+ * become the stack's (the kernel registration goes, unless the kernel
+ * socket listens too) or stay the kernel's alone. */
+void ss_epoll_decided(struct ss_sock *s, bool stack);
 /* After a forked child adopted its sockets: their new numbers, and the
  * child's doorbell in its (shared) epoll sets. */
 void ss_epoll_after_fork(void);

@@ -50,12 +50,14 @@ static int make_stack(struct ss_sock *s)
     for (unsigned b = 0; b < sizeof opt_of_bit / sizeof opt_of_bit[0]; b++)
         if (s->opt_set & (1u << b))
             ss_request(SS_OP_SETOPT, s->slot, opt_of_bit[b], s->opt_val[b], NULL, NULL);
+    ss_epoll_decided(s, true);
     return 0;
 }
 
 /* The socket is the kernel's for good: it leaves the table. */
 static void to_kernel(int fd, struct ss_sock *s, enum ss_fallback reason, const char *why)
 {
+    ss_epoll_decided(s, false);
     if (ss_lookup(fd) == s) {
         __atomic_store_n(&ss_fds[fd], NULL, __ATOMIC_RELEASE);
         free(s);

@@ -254,6 +254,7 @@ struct ep_item {
     epoll_data_t data;
     bool disabled;            /* a ONESHOT that fired: until EPOLL_CTL_MOD */
     bool queued;              /* on its set's check list */
+    bool pending;             /* s undecided: the kernel registration serves it until ss_epoll_decided */
     struct ep_item *next_in_set, *next_check, *next_of_slot, *next_watcher;
 };
 
@@ -344,6 +345,8 @@ static bool set_ready(struct ep_set *set, int depth)
 
 static uint32_t item_revents(struct ep_item *it, int depth)
 {
+    if (it->pending)
+        return 0; /* the kernel reports it */
     if (it->s)
         return (uint32_t)ss_sock_revents(it->s, (short)it->events) & (it->events | EPOLLERR | EPOLLHUP);
     return set_ready(it->inner, depth) ? (EPOLLIN | EPOLLRDNORM) & it->events : 0;
@@ -384,7 +387,7 @@ static void unlink_item(struct ep_set *set, struct ep_item *it)
             *pp = it->next_check;
             break;
         }
-    if (it->s) {
+    if (it->s && !it->pending) {
         for (struct ep_item **pp = &by_slot[it->s->slot]; *pp; pp = &(*pp)->next_of_slot)
             if (*pp == it) {
                 *pp = it->next_of_slot;
@@ -448,13 +451,73 @@ static int nested_ctl(int ep, int op, int fd, struct epoll_event *ev)
     return 0;
 }
 
+/* An undecided socket: the kernel holds the registration (and checks the
+ * call); the item here remembers it for when the socket is decided. */
+static int pending_ctl(int ep, int op, int fd, struct epoll_event *ev, struct ss_sock *u)
+{
+    if (REAL(epoll_ctl)(ep, op, fd, ev) < 0)
+        return -1;
+    pthread_mutex_lock(&ep_lock);
+    struct ep_set *set = find_set(ep, op == EPOLL_CTL_ADD);
+    struct ep_item *it = NULL;
+    for (it = set ? set->items : NULL; it && it->fd != fd; it = it->next_in_set)
+        ;
+    if (op == EPOLL_CTL_ADD && set && !it && (it = calloc(1, sizeof *it))) {
+        *it = (struct ep_item){.ep = ep, .fd = fd, .s = u, .events = ev->events, .data = ev->data, .pending = true};
+        it->next_in_set = set->items;
+        set->items = it;
+    } else if (op == EPOLL_CTL_MOD && it) {
+        it->events = ev->events;
+        it->data = ev->data;
+        it->disabled = false;
+    } else if (op == EPOLL_CTL_DEL && it) {
+        unlink_item(set, it);
+    }
+    pthread_mutex_unlock(&ep_lock);
+    return 0;
+}
+
+void ss_epoll_decided(struct ss_sock *s, bool stack)
+{
+    if (!__atomic_load_n(&sets, __ATOMIC_ACQUIRE))
+        return;
+    pthread_mutex_lock(&ep_lock);
+    for (struct ep_set *set = sets; set; set = set->next) {
+        for (struct ep_item *it = set->items, *next; it; it = next) {
+            next = it->next_in_set;
+            if (it->s != s || !it->pending)
+                continue;
+            if (!stack) {
+                unlink_item(set, it); /* the kernel's alone, registered there already */
+                continue;
+            }
+            if (!s->kernel_too)
+                REAL(epoll_ctl)(set->ep, EPOLL_CTL_DEL, it->fd, NULL);
+            if (!set->bell) {
+                struct epoll_event b = {.events = EPOLLIN, .data.u64 = BELL_TAG};
+                if (REAL(epoll_ctl)(set->ep, EPOLL_CTL_ADD, ss_ch.app_bell, &b) == 0 || errno == EEXIST)
+                    set->bell = true;
+            }
+            it->pending = false;
+            it->next_of_slot = by_slot[s->slot];
+            by_slot[s->slot] = it;
+            queue_check(set, it);
+        }
+    }
+    pthread_mutex_unlock(&ep_lock);
+}
+
 int ss_epoll_ctl(int ep, int op, int fd, struct epoll_event *ev)
 {
     if (is_epoll(fd) && is_epoll(ep) && ep != fd)
         return nested_ctl(ep, op, fd, ev);
     struct ss_sock *s = accelerated(fd);
-    if (!s)
-        return REAL(epoll_ctl)(ep, op, fd, ev);
+    if (!s) {
+        struct ss_sock *u = ss_ch.state == SS_CH_ATTACHED ? ss_lookup(fd) : NULL;
+        if (!u || u->stack)
+            return REAL(epoll_ctl)(ep, op, fd, ev);
+        return pending_ctl(ep, op, fd, ev, u);
+    }
     /* ep itself is checked by the kernel when the doorbell joins it */
     if (op == EPOLL_CTL_ADD || op == EPOLL_CTL_MOD || op == EPOLL_CTL_DEL) {
         if (op != EPOLL_CTL_DEL && !ev)
@@ -717,7 +780,7 @@ void ss_epoll_after_fork(void)
     memset(by_slot, 0, sizeof by_slot);
     for (struct ep_set *set = sets; set; set = set->next) {
         for (struct ep_item *it = set->items; it; it = it->next_in_set) {
-            if (it->s) {
+            if (it->s && !it->pending) {
                 it->next_of_slot = by_slot[it->s->slot];
                 by_slot[it->s->slot] = it;
             }

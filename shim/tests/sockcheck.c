@@ -428,6 +428,27 @@ int main(int argc, char **argv)
     recv(s, buf, 1, 0);
     close(ep);
 
+    /* epoll before connect, as nginx registers its upstream sockets */
+    int ec = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    int ep2 = epoll_create1(0);
+    struct epoll_event e2 = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u32 = 7};
+    show("epoll add before connect", epoll_ctl(ep2, EPOLL_CTL_ADD, ec, &e2));
+    r = epoll_wait(ep2, out, 4, 0);
+    printf("unconnected in epoll: %d events %#x\n", r, r > 0 ? out[0].events : 0);
+    r = connect(ec, (struct sockaddr *)&dst, sizeof dst);
+    printf("connect after epoll add: %s\n", r == 0 ? "0" : ename(errno));
+    r = epoll_wait(ep2, out, 4, 5000);
+    printf("connected in epoll: %d out %d hup %d data %u\n", r, r > 0 && (out[0].events & EPOLLOUT),
+           r > 0 && (out[0].events & EPOLLHUP), r > 0 ? out[0].data.u32 : 0);
+    wait_fd(l, POLLIN, 5000);
+    int ea = accept(l, NULL, NULL);
+    send(ea, "up", 2, 0);
+    r = epoll_wait(ep2, out, 4, 5000);
+    printf("data in epoll: %d in %d\n", r, r > 0 && (out[0].events & EPOLLIN));
+    close(ea);
+    close(ec);
+    close(ep2);
+
     /* --- epoll sets in sets and in poll; a socket in two sets --- */
     epoll_mix("server side", s, c);
     epoll_mix("client side", c, s);
