@@ -42,6 +42,7 @@ struct ss_sock {
     bool connecting;     /* connect returned EINPROGRESS */
     bool wr_shut;
     bool v6;             /* an AF_INET6 socket: IPv4 through mapped addresses (::ffff:a.b.c.d) */
+    bool kernel_only;    /* an option the stack cannot honour was set: bind or connect leaves it to the kernel */
     /* a listener's use by this process, which the instance counts (listen
      * spawn prefers listeners in use): accept, poll or select make it
      * used for good; epoll sets while they hold it (nginx's accept_mutex

@@ -106,6 +106,10 @@ int ss_sock_bind(int fd, struct ss_sock *s, const struct sockaddr *a, socklen_t 
 {
     if (s->stack)
         return fail(EINVAL); /* bound already, as Linux says */
+    if (s->kernel_only) {
+        to_kernel(fd, s, SS_FB_OPTION, "an option the stack cannot honour was set");
+        return REAL(bind)(fd, a, len);
+    }
     uint32_t ip = 0;
     uint16_t port = 0;
     int e = parse_addr(s, a, len, &ip, &port);
@@ -305,6 +309,10 @@ int ss_sock_connect(int fd, struct ss_sock *s, const struct sockaddr *a, socklen
     uint32_t ip = 0;
     uint16_t port = 0;
     int e = parse_addr(s, a, len, &ip, &port);
+    if (!s->stack && s->kernel_only) {
+        to_kernel(fd, s, SS_FB_OPTION, "an option the stack cannot honour was set");
+        return REAL(connect)(fd, a, len);
+    }
     if (!s->stack) {
         if (e != 0 || !routed_through_stack(ip, port)) {
             to_kernel(fd, s, SS_FB_DESTINATION, "the destination is not behind the stack");
@@ -610,6 +618,22 @@ static int64_t tv_ms(const void *v)
     return (int64_t)tv->tv_sec * 1000 + (tv->tv_usec + 999) / 1000;
 }
 
+/* Options whose effect only the kernel's TCP has: a socket that sets one
+ * before bind or connect stays the kernel's (set later, the kernel socket
+ * keeps them and they change nothing the stack does). */
+static bool kernel_only_option(int lvl, int opt)
+{
+    if (lvl == SOL_SOCKET)
+        return opt == SO_BINDTODEVICE || opt == SO_MARK || opt == SO_ATTACH_FILTER || opt == SO_ATTACH_BPF ||
+               opt == SO_ATTACH_REUSEPORT_CBPF || opt == SO_ATTACH_REUSEPORT_EBPF;
+    if (lvl == IPPROTO_IP)
+        return opt == IP_TRANSPARENT || opt == IP_FREEBIND;
+    if (lvl == IPPROTO_TCP)
+        return opt == TCP_FASTOPEN || opt == TCP_FASTOPEN_CONNECT || opt == TCP_MD5SIG || opt == TCP_CONGESTION ||
+               opt == TCP_REPAIR || opt == TCP_SAVE_SYN || opt == TCP_ULP;
+    return false;
+}
+
 int ss_sock_setsockopt(int fd, struct ss_sock *s, int lvl, int opt, const void *v, socklen_t len)
 {
     /* The kernel socket takes every option first: it checks the arguments
@@ -617,6 +641,8 @@ int ss_sock_setsockopt(int fd, struct ss_sock *s, int lvl, int opt, const void *
      * getsockopt reports, and is ready should the socket stay the kernel's. */
     if (REAL(setsockopt)(fd, lvl, opt, v, len) < 0)
         return -1;
+    if (!s->stack && kernel_only_option(lvl, opt))
+        s->kernel_only = true;
     int iv = len >= (socklen_t)sizeof(int) ? *(const int *)v : 0;
     if (lvl == SOL_SOCKET) {
         switch (opt) {

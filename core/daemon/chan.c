@@ -498,6 +498,7 @@ static void handle_request(struct ss_chans *cs, struct ss_chan_host *c, uint32_t
             [SS_FB_DESTINATION] = &cs->ctr->fallback_destination,
             [SS_FB_FD_TABLE] = &cs->ctr->fallback_fd_table,
             [SS_FB_NOT_TCP] = &cs->ctr->fallback_not_tcp,
+            [SS_FB_OPTION] = &cs->ctr->fallback_option,
         };
         if (rq.a0 < 0 || (uint64_t)rq.a0 >= sizeof ctr / sizeof ctr[0])
             res = -EINVAL;

@@ -79,6 +79,7 @@ enum ss_fallback {
     SS_FB_DESTINATION,     /* connecting to a destination not behind the stack */
     SS_FB_FD_TABLE,        /* descriptor number beyond the library's table */
     SS_FB_NOT_TCP,         /* UDP, AF_UNIX, raw...: never the stack's */
+    SS_FB_OPTION,          /* an option the stack cannot honour (SO_BINDTODEVICE...) */
 };
 
 /* Readiness word bits: the engine's SS_EV_* (engine.h), plus */

@@ -129,6 +129,7 @@
     X(fallback_listen_unbound, "sockets left to the kernel: listen() without bind()") \
     X(fallback_destination, "sockets left to the kernel: destination not behind the stack") \
     X(fallback_fd_table, "sockets left to the kernel: descriptor beyond the library's table") \
+    X(fallback_option, "sockets left to the kernel: an option the stack cannot honour") \
     X(fallback_not_tcp, "sockets of attached processes that are not TCP (UDP, AF_UNIX...)") \
     X(neigh_shared_hits, "next hops resolved from the group's shared ARP table")
 
