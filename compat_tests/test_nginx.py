@@ -101,9 +101,13 @@ class Nginx:
         self.write_conf()
         self.proc = group.popen(NGINX, "-c", self.conf_path, "-p", self.prefix, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
-        if daemon:
-            assert self.proc.wait(30) == 0, self.proc.stderr.read()
-        self.wait_serving()
+        try:
+            if daemon:
+                assert self.proc.wait(30) == 0, self.proc.stderr.read()
+            self.wait_serving()
+        except BaseException:
+            self.stop()
+            raise
 
     @property
     def conf_path(self):
@@ -150,24 +154,32 @@ class Nginx:
             return ""
 
     def stop(self):
-        try:
-            pid = self.master()
-        except (FileNotFoundError, ValueError):
-            pid = self.proc.pid
-        workers = []
-        try:
-            workers = self.workers()
-        except OSError:
-            pass
-        for p in [pid] + workers:
+        """Stops every master this test made (the binary upgrade leaves two:
+        nginx.pid and nginx.pid.oldbin) and their workers, by pid."""
+        masters = {self.proc.pid}
+        for name in ("nginx.pid", "nginx.pid.oldbin"):
+            try:
+                with open(os.path.join(self.prefix, name)) as f:
+                    masters.add(int(f.read()))
+            except (FileNotFoundError, ValueError):
+                pass
+        pids = []
+        for m in masters:
+            pids.append(m)
+            try:
+                with open("/proc/%d/task/%d/children" % (m, m)) as f:
+                    pids += [int(p) for p in f.read().split()]
+            except OSError:
+                pass
+        for p in pids:
             try:
                 os.kill(p, signal.SIGTERM)
             except ProcessLookupError:
                 pass
         deadline = time.time() + 10
-        while time.time() < deadline and any(os.path.exists("/proc/%d" % p) for p in [pid] + workers):
+        while time.time() < deadline and any(alive(p) for p in pids):
             time.sleep(0.05)
-        for p in [pid] + workers:
+        for p in pids:
             try:
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:
@@ -176,6 +188,15 @@ class Nginx:
             self.proc.kill()
         self.proc.wait(10)
         self.dir.cleanup()
+
+
+def alive(pid):
+    """Running, not a zombie waiting for its parent."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def wrk(ns, seconds, conns, path="64.bin", close=False, threads=2):
