@@ -12,12 +12,8 @@ import sys
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from topology import Group, Netns  # noqa: E402
+from topology import stop_pids  # noqa: E402  (conftest.py puts scripts/ on the path)
 
-RUN_DIR = "/run/shardsock-compat"
 STACK = "198.18.0.2"
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and tap devices")
 
@@ -59,19 +55,6 @@ print(json.dumps(seen))
 """
 
 
-@pytest.fixture
-def group():
-    ns = Netns()
-    g = None
-    try:
-        g = Group(ns, "l%d" % os.getpid(), RUN_DIR)
-        yield g
-    finally:
-        if g is not None:
-            assert g.down().returncode == 0
-        ns.delete()
-
-
 @pytest.mark.parametrize("mode", ["prefork", "reuseport"])
 def test_processes_accept_on_their_own_instances(group, mode):
     n = len(group.status()["instances"])
@@ -87,23 +70,41 @@ def test_processes_accept_on_their_own_instances(group, mode):
         local = [a["accept_local"] - b["accept_local"] for b, a in zip(before, after)]
         remote = [a["accept_global"] - b["accept_global"] for b, a in zip(before, after)]
         assert sum(seen.values()) == 400 and len(seen) == n, seen
+        # placed: each child runs on the core of the instance it attached to
+        cores = sorted(i["core"] for i in group.status()["instances"])
+        assert sorted(affinity(int(p)) for p in seen) == [[c] for c in cores]
         assert all(x > 0 for x in local), (local, remote)
         assert sum(remote) <= 0.2 * 400, (local, remote)
     finally:
-        kill_tree(srv.pid)
+        stop_pids([srv.pid])
         srv.wait(10)
 
 
-def kill_tree(pid):
-    """Stops pid and its descendants, by pid."""
-    try:
-        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
-            children = [int(c) for c in f.read().split()]
-    except FileNotFoundError:
-        children = []
-    for c in children:
-        kill_tree(c)
-    try:
-        os.kill(pid, 9)
-    except ProcessLookupError:
-        pass
+
+def affinity(pid):
+    with open("/proc/%d/status" % pid) as f:
+        line = [x for x in f if x.startswith("Cpus_allowed_list:")][0]
+    return [int(c) for c in line.split()[1].split(",")] if "-" not in line else None
+
+
+PROBE = "import socket; s = socket.socket(); s.bind(('0.0.0.0', 0)); s.listen()"
+
+
+@pytest.mark.skipif(os.cpu_count() < 2, reason="needs two cores for two instances")
+def test_placement_options(group):
+    """--no-pin: the instance of the core the process runs on (here
+    taskset's), its affinity left alone; --instance K: K, whatever the
+    core; by default the next instance, round-robin, and its core."""
+    for core in (1, 0):
+        r = group.run("taskset", "-c", str(core), sys.executable, "-c", PROBE, verbose=True, run_args=("--no-pin",))
+        assert "attached to instance %d (core %d)" % (core, core) in r.stderr, r.stderr
+    r = group.run("taskset", "-c", "0", sys.executable, "-c", PROBE, verbose=True, run_args=("--instance", "1"))
+    assert "attached to instance 1 (core 1)" in r.stderr, r.stderr
+    seen = set()
+    for _ in range(2):
+        r = group.run(sys.executable, "-c", PROBE + "; import os; print(sorted(os.sched_getaffinity(0)))",
+                      verbose=True)
+        inst = int(r.stderr.split("attached to instance ")[1].split()[0])
+        assert r.stdout.strip() == "[%d]" % inst, (r.stdout, r.stderr)
+        seen.add(inst)
+    assert seen == {0, 1}

@@ -17,12 +17,8 @@ import time
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from topology import Group, Netns  # noqa: E402
+from topology import stop_pids  # noqa: E402  (conftest.py puts scripts/ on the path)
 
-RUN_DIR = "/run/shardsock-compat"
 STACK = "198.18.0.2"
 PORT = 8080
 NGINX = "/usr/sbin/nginx"  # by its path: the binary upgrade execs argv[0]
@@ -163,40 +159,11 @@ class Nginx:
                     masters.add(int(f.read()))
             except (FileNotFoundError, ValueError):
                 pass
-        pids = []
-        for m in masters:
-            pids.append(m)
-            try:
-                with open("/proc/%d/task/%d/children" % (m, m)) as f:
-                    pids += [int(p) for p in f.read().split()]
-            except OSError:
-                pass
-        for p in pids:
-            try:
-                os.kill(p, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + 10
-        while time.time() < deadline and any(alive(p) for p in pids):
-            time.sleep(0.05)
-        for p in pids:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        stop_pids(masters)
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(10)
         self.dir.cleanup()
-
-
-def alive(pid):
-    """Running, not a zombie waiting for its parent."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def wrk(ns, seconds, conns, path="64.bin", close=False, threads=2):
@@ -217,19 +184,6 @@ def wrk(ns, seconds, conns, path="64.bin", close=False, threads=2):
         errors += int(m.group(1))
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     return requests, errors, rate, out
-
-
-@pytest.fixture
-def group():
-    ns = Netns()
-    g = None
-    try:
-        g = Group(ns, "n%d" % os.getpid(), RUN_DIR)
-        yield g
-    finally:
-        if g is not None:
-            assert g.down().returncode == 0
-        ns.delete()
 
 
 def grew(before, after, name):

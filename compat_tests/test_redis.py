@@ -8,18 +8,13 @@ stops redis by its pid, and takes everything down again."""
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import time
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from topology import Group, Netns  # noqa: E402
+from topology import stop_pids  # noqa: E402  (conftest.py puts scripts/ on the path)
 
-RUN_DIR = "/run/shardsock-compat"
 STACK = "198.18.0.2"
 PORT = 16379
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and tap devices"),
@@ -28,30 +23,24 @@ pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root for names
 
 
 @pytest.fixture
-def redis():
-    ns = Netns()
-    g = None
+def redis(group):
     srv = None
     tmp = tempfile.TemporaryDirectory(prefix="ss-redis-")
     try:
-        g = Group(ns, "r%d" % os.getpid(), RUN_DIR)
-        srv = g.popen("redis-server", "--port", str(PORT), "--bind", "0.0.0.0", "--protected-mode", "no",
-                      "--save", "", "--appendonly", "no", "--dir", tmp.name, "--daemonize", "no",
-                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        srv = group.popen("redis-server", "--port", str(PORT), "--bind", "0.0.0.0", "--protected-mode", "no",
+                          "--save", "", "--appendonly", "no", "--dir", tmp.name, "--daemonize", "no",
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(100):
-            if cli(ns, STACK, "PING").stdout.strip() == "PONG":
+            if cli(group.ns, STACK, "PING").stdout.strip() == "PONG":
                 break
             time.sleep(0.1)
         else:
             raise AssertionError("redis does not answer")
-        yield g
+        yield group
     finally:
         if srv is not None:
-            srv.kill()
+            stop_pids([srv.pid])
             srv.wait(10)
-        if g is not None:
-            assert g.down().returncode == 0
-        ns.delete()
         tmp.cleanup()
 
 

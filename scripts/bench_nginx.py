@@ -18,7 +18,6 @@ instances' for shardsock) per request.  Medians of BENCH_ROUNDS rounds
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from topology import Group, Netns, VethPair  # noqa: E402
+from topology import Group, Netns, VethPair, stop_pids  # noqa: E402
 
 NGINX = "/usr/sbin/nginx"
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -144,17 +143,9 @@ def shardsock():
 
 def stop(d):
     try:
-        pids = nginx_pids(d)
+        stop_pids(nginx_pids(d))
     except (FileNotFoundError, ValueError):
-        return
-    for p in pids:
-        try:
-            os.kill(p, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.time() + 10
-    while time.time() < deadline and any(os.path.exists("/proc/%d" % p) for p in pids):
-        time.sleep(0.05)
+        pass
     subprocess.run(["rm", "-rf", d])
 
 

@@ -6,8 +6,10 @@ A caller creates a namespace, runs ``shardsock`` and its clients inside it
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _seq = itertools.count()
@@ -35,6 +37,41 @@ class Netns:
 
     def delete(self):
         subprocess.run(["ip", "netns", "del", self.name], check=False)
+
+
+def descendants(pid):
+    """pid's children, grandchildren...: from /proc, by pid."""
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            kids = [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+    return kids + [d for k in kids for d in descendants(k)]
+
+
+def _alive(pid):
+    """Running, not a zombie waiting for its parent."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def stop_pids(pids, grace=10):
+    """Stops the processes we started and their descendants, by pid:
+    SIGTERM, up to grace seconds, then SIGKILL."""
+    pids = [p for p in pids if p]
+    pids += [d for p in list(pids) for d in descendants(p)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in pids:
+            try:
+                os.kill(p, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + grace
+        while time.time() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.05)
 
 
 class Group:

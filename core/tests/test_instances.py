@@ -8,6 +8,7 @@ Each test brings a group up and takes it down again, checking that nothing
 is left: no device, no process, no shared memory."""
 import json
 import os
+import re
 import time
 
 import pytest
@@ -441,6 +442,8 @@ time.sleep(5)
         holder.kill()
         holder.wait()
     assert any("state=LISTEN" in ln and ":9 " in ln for ln in lines), lines
+    # a listener says its queue, its backlog, and whether a process uses it
+    assert all(re.search(r" accept_queued=\d+ backlog=\d+ in_use=[01]", ln) for ln in lines if "state=LISTEN" in ln)
     peer = group.addr.rsplit(".", 1)[0] + ".1"
     assert any("state=ESTABLISHED" in ln and ":9 remote=%s:" % peer in ln for ln in lines), lines
     # stop: the instance ends, and status reports it unhealthy
