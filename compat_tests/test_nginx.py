@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root for names
               pytest.mark.skipif(not os.path.exists(NGINX), reason="nginx is not installed (make setup)")]
 
 CONF = """
-worker_processes auto;
+worker_processes auto;{main}
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log notice;
 daemon {daemon};
@@ -79,7 +79,7 @@ class Nginx:
     """nginx under the library in the group's namespace, with its own
     prefix (configuration, files, pid, logs)."""
 
-    def __init__(self, group, daemon=False, **conf):
+    def __init__(self, group, daemon=False, run_args=(), **conf):
         self.group = group
         self.dir = tempfile.TemporaryDirectory(prefix="ss-nginx-")
         self.prefix = self.dir.name
@@ -90,12 +90,13 @@ class Nginx:
             with open(os.path.join(self.prefix, "www", name), "wb") as f:
                 f.write(os.urandom(size))
         self.conf = dict(prefix=self.prefix, port=PORT, daemon="on" if daemon else "off", accept_mutex="off",
-                         multi_accept="off", sendfile="on", reuseport="", locations="", servers="")
+                         multi_accept="off", sendfile="on", reuseport="", locations="", servers="", main="")
         self.conf.update(conf)
         for k in ("locations", "servers"):
             self.conf[k] = self.conf[k].format(**self.conf)
         self.write_conf()
-        self.proc = group.popen(NGINX, "-c", self.conf_path, "-p", self.prefix, stdout=subprocess.DEVNULL,
+        self.proc = group.popen(NGINX, "-c", self.conf_path, "-p", self.prefix, run_args=run_args,
+                                stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
         try:
             if daemon:
@@ -235,6 +236,75 @@ def test_files_keepalive_and_close(group, sendfile):
         ngx.stop()
 
 
+# 100 requests in one send, the last with Connection: close; the
+# responses' statuses and bodies, read to the end of the stream
+PIPELINE = r"""
+import hashlib, json, socket, sys
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+req = "GET /64.bin HTTP/1.1\r\nHost: x\r\n\r\n"
+c = socket.create_connection((host, port), timeout=10)
+c.sendall((req * (n - 1) + req.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n")).encode())
+data = b""
+while True:
+    b = c.recv(65536)
+    if not b:
+        break
+    data += b
+bodies, statuses = [], []
+while data:
+    head, _, rest = data.partition(b"\r\n\r\n")
+    statuses.append(int(head.split()[1]))
+    length = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
+    bodies.append(hashlib.sha256(rest[:length]).hexdigest())
+    data = rest[length:]
+print(json.dumps({"statuses": statuses, "bodies": sorted(set(bodies))}))
+"""
+
+
+def ab(ns, n, conns, keepalive):
+    """ab (apache2-utils) from the namespace's kernel: complete and failed requests."""
+    r = ns.run(["ab", "-q", "-n", str(n), "-c", str(conns), "-s", "10", *(["-k"] if keepalive else []),
+                "http://%s:%d/64.bin" % (STACK, PORT)], timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    complete = int(re.search(r"Complete requests:\s+(\d+)", r.stdout).group(1))
+    failed = int(re.search(r"Failed requests:\s+(\d+)", r.stdout).group(1))
+    return complete, failed, r.stdout
+
+
+def test_pipelined_requests_and_ab(group):
+    """100 pipelined requests on one connection are answered in order, each
+    body whole; ab, keep-alive and not, completes every request."""
+    ngx = Nginx(group)
+    try:
+        got = group.ns.python(PIPELINE, STACK, PORT, 100)
+        assert got == {"statuses": [200] * 100, "bodies": [ngx.expected("64.bin")]}
+        for keepalive in (True, False):
+            complete, failed, out = ab(group.ns, 2000, 16, keepalive)
+            assert (complete, failed) == (2000, 0), out
+    finally:
+        ngx.stop()
+
+
+def test_quit_finishes_requests_in_flight(group):
+    """`nginx -s quit` while slow downloads of 10 MB are on their way: the
+    workers finish them, whole, then nginx exits."""
+    ngx = Nginx(group)
+    try:
+        curls = [subprocess.Popen(["ip", "netns", "exec", group.ns.name, "curl", "-sS", "-m", "60", "--limit-rate",
+                                   "3M", "-o", "-", "http://%s:%d/10m.bin" % (STACK, PORT)], stdout=subprocess.PIPE)
+                 for _ in range(4)]
+        time.sleep(1)
+        r = group.run(NGINX, "-c", ngx.conf_path, "-p", ngx.prefix, "-s", "quit")
+        assert r.returncode == 0, r.stderr
+        for c in curls:
+            body, _ = c.communicate(timeout=90)
+            assert c.returncode == 0 and hashlib.sha256(body).hexdigest() == ngx.expected("10m.bin")
+        assert ngx.proc.wait(30) == 0, ngx.log()
+        assert ngx.get("64.bin")[0] == 0  # nobody listens any more
+    finally:
+        ngx.stop()
+
+
 def test_daemon_mode_and_reload_during_load(group):
     """nginx daemonizes (its parent exits first), then `nginx -s reload`
     during a wrk run of new connections: new workers take over, the old
@@ -258,6 +328,30 @@ def test_daemon_mode_and_reload_during_load(group):
             time.sleep(0.1)
         assert not old & set(ngx.workers()), "the old workers did not leave"
         assert ngx.get("100k.bin") == (200, ngx.expected("100k.bin"))
+    finally:
+        ngx.stop()
+
+
+@pytest.mark.skipif(os.cpu_count() < 2, reason="needs two cores for two instances")
+def test_no_pin_follows_worker_cpu_affinity(group):
+    """--no-pin leaves the cores to nginx: worker_cpu_affinity puts worker 0
+    on core 1 and worker 1 on core 0 after fork, once the workers are
+    www-data, and each worker's listeners go to the instance of the core
+    nginx gave it (the library attached to every instance at fork)."""
+    ngx = Nginx(group, run_args=("--no-pin", "--verbose"), main="\nworker_cpu_affinity 10 01;")
+    try:
+        requests, errors, rate, out = wrk(group.ns, 2, 32, close=True)
+        assert requests > 200 and errors == 0, out
+        attached = {int(pid): (int(inst), int(core)) for pid, inst, core in
+                    re.findall(r"pid (\d+) attached to instance (\d+) \(core (\d+)\)", ngx.log())}
+        workers = ngx.workers()
+        assert len(workers) == 2
+        for pid in workers:
+            with open("/proc/%d/status" % pid) as f:
+                cpus = [x.split()[1] for x in f if x.startswith("Cpus_allowed_list:")][0]
+            assert pid in attached, ngx.log()
+            assert cpus == str(attached[pid][1]), (pid, cpus, attached)
+        assert {attached[pid][0] for pid in workers} == {0, 1}
     finally:
         ngx.stop()
 

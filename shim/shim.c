@@ -211,8 +211,17 @@ static void pin_to_instance(void)
         ss_verbose("shardsock: cannot run on core %d: %s", ss_ch.r->core, strerror(errno));
 }
 
-static bool attach_locked(int k)
+/* What an attach gives a process: the channel's mapping and descriptors. */
+struct chan_map {
+    struct ss_chan_region *r;
+    uint8_t *base;
+    int ctl, app_bell, inst_bell;
+};
+
+/* Attaches a channel of instance k into m (m->r NULL when refused). */
+static bool attach_map(int k, struct chan_map *m)
 {
+    m->r = NULL;
     int fd = control_connect(k);
     if (fd < 0)
         return false;
@@ -251,15 +260,42 @@ static bool attach_locked(int k)
         REAL(close)(fd);
         return false;
     }
-    ss_ch.base = base;
-    ss_ch.r = r;
-    ss_ch.ctl = fd;
-    ss_ch.app_bell = fds[1];
-    ss_ch.inst_bell = fds[2];
-    ss_ch.seq = r->rep.seq;
+    *m = (struct chan_map){.r = r, .base = base, .ctl = fd, .app_bell = fds[1], .inst_bell = fds[2]};
+    return true;
+}
+
+/* Gives a channel back: the instance frees it when its connection closes. */
+static void release_map(struct chan_map *m)
+{
+    if (!m->r)
+        return;
+    munmap(m->base, SS_CHAN_SIZE);
+    REAL(close)(m->ctl);
+    REAL(close)(m->app_bell);
+    REAL(close)(m->inst_bell);
+    m->r = NULL;
+}
+
+/* Makes m the process's channel. */
+static void use_map(const struct chan_map *m)
+{
+    ss_ch.base = m->base;
+    ss_ch.r = m->r;
+    ss_ch.ctl = m->ctl;
+    ss_ch.app_bell = m->app_bell;
+    ss_ch.inst_bell = m->inst_bell;
+    ss_ch.seq = m->r->rep.seq;
     ss_ch.pid = getpid();
     pin_to_instance();
-    ss_verbose("shardsock: attached to instance %u (core %d)", r->instance, r->core);
+    ss_verbose("shardsock: pid %d attached to instance %u (core %d)", (int)ss_ch.pid, m->r->instance, m->r->core);
+}
+
+static bool attach_locked(int k)
+{
+    struct chan_map m;
+    if (!attach_map(k, &m))
+        return false;
+    use_map(&m);
     return true;
 }
 
@@ -938,12 +974,72 @@ static int hook_epoll_pwait2(int ep, struct epoll_event *ev, int max, const stru
  * instance's control socket would refuse it.  Each socket then closes with
  * its last holder. */
 static struct {
-    struct ss_chan_region *r;
-    uint8_t *base;
-    int ctl, app_bell, inst_bell;
+    struct chan_map m;
     int ticket;    /* keeps the parent's sockets for the child until it adopted them */
 } parent;
 static pthread_mutex_t adopt_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* --no-pin (SHARDSOCK_PIN=0): a child that inherited only listeners goes
+ * to the instance of the core it runs on when it first uses them, and
+ * the program often chooses that core after fork, once it gave up its
+ * privileges (nginx's worker_cpu_affinity).  So it attaches a channel of
+ * every instance at fork, while the control sockets still let it, keeps
+ * the one of its core at first use and gives the others back. */
+enum { SS_STANDBY_MAX = 64 };
+static struct {
+    struct chan_map m[SS_STANDBY_MAX];
+    int n;        /* instances in the group (0: no standby channels) */
+    int fallback; /* the round-robin's instance, for a core without one */
+} standby;
+
+static bool inherited_only_listeners(void)
+{
+    bool any = false;
+    for (int fd = 0; fd < SS_FD_MAX; fd++) {
+        struct ss_sock *s = ss_fds[fd];
+        if (s && s->stack) {
+            if (!s->listening)
+                return false;
+            any = true;
+        }
+    }
+    return any;
+}
+
+static void attach_standby(void)
+{
+    char rep[64];
+    unsigned k, n;
+    if (control_ask(0, "place", rep, sizeof rep) < 0 || sscanf(rep, "place %u %u", &k, &n) != 2 || n < 2 ||
+        n > SS_STANDBY_MAX)
+        return;
+    standby.fallback = (int)k;
+    standby.n = (int)n;
+    for (int i = 0; i < standby.n; i++)
+        attach_map(i, &standby.m[i]);
+}
+
+/* The standby channel of the core the process runs on now, the others
+ * given back; -1 if it has none. */
+static int take_standby(void)
+{
+    int cpu = sched_getcpu(), home = -1;
+    for (int i = 0; i < standby.n; i++)
+        if (standby.m[i].r && standby.m[i].r->core == cpu)
+            home = i;
+    if (home < 0 && standby.fallback < standby.n && standby.m[standby.fallback].r)
+        home = standby.fallback;
+    for (int i = 0; home < 0 && i < standby.n; i++)
+        if (standby.m[i].r)
+            home = i;
+    for (int i = 0; i < standby.n; i++)
+        if (i != home)
+            release_map(&standby.m[i]);
+    if (home >= 0)
+        use_map(&standby.m[home]);
+    standby.n = 0;
+    return home;
+}
 
 /* Asks the instance to keep the channel's sockets alive while the
  * returned connection is open, whatever the parent closes meanwhile:
@@ -984,14 +1080,14 @@ static pid_t hook_fork(void)
     pthread_mutex_init(&ss_ch.lock, NULL);
     pthread_mutex_init(&fd_lock, NULL);
     pthread_mutex_init(&adopt_lock, NULL);
-    parent.r = ss_ch.r;
-    parent.base = ss_ch.base;
-    parent.ctl = ss_ch.ctl;
-    parent.app_bell = ss_ch.app_bell;
-    parent.inst_bell = ss_ch.inst_bell;
+    parent.m = (struct chan_map){
+        .r = ss_ch.r, .base = ss_ch.base, .ctl = ss_ch.ctl, .app_bell = ss_ch.app_bell, .inst_bell = ss_ch.inst_bell};
     __atomic_store_n(&ss_ch.state, SS_CH_INHERITED, __ATOMIC_RELEASE);
     int e = errno;
-    ss_adopt_inherited();
+    if (placed() && strcmp(conf.pin, "0") == 0 && inherited_only_listeners())
+        attach_standby();
+    if (!standby.n)
+        ss_adopt_inherited();
     errno = e;
     return 0;
 }
@@ -1091,13 +1187,9 @@ static void adopt_after_exec(bool ok)
 /* The parent's channel, as the fork left it in the child: gone now. */
 static void drop_parent_channel(void)
 {
-    munmap(parent.base, SS_CHAN_SIZE);
-    REAL(close)(parent.ctl);
-    REAL(close)(parent.app_bell);
-    REAL(close)(parent.inst_bell);
+    release_map(&parent.m);
     if (parent.ticket >= 0)
         REAL(close)(parent.ticket); /* adopted: the parent's closes are its own again */
-    parent.r = NULL;
 }
 
 /* A forked child takes its share of what it inherited.  Listen spawn
@@ -1121,13 +1213,20 @@ static void adopt_after_fork(void)
         __atomic_store_n(&ss_ch.state, SS_CH_UNTRIED, __ATOMIC_RELEASE);
         return;
     }
-    int from_inst = (int)parent.r->instance;
-    int home = conns ? from_inst : home_instance();
+    int from_inst = (int)parent.m.r->instance;
+    int home;
+    bool ok;
     pthread_mutex_lock(&ss_ch.lock);
-    bool ok = attach_locked(home);
+    if (standby.n) {
+        home = take_standby();
+        ok = home >= 0;
+    } else {
+        home = conns ? from_inst : home_instance();
+        ok = attach_locked(home);
+    }
     pthread_mutex_unlock(&ss_ch.lock);
     __atomic_store_n(&ss_ch.state, ok ? SS_CH_ATTACHED : SS_CH_DEAD, __ATOMIC_RELEASE);
-    uint64_t from = (uint64_t)parent.r->channel << 32, token = parent.r->token;
+    uint64_t from = (uint64_t)parent.m.r->channel << 32, token = parent.m.r->token;
     /* each socket once, whatever number of descriptors share it */
     static const uint32_t moved = 0x80000000u;
     for (int fd = 0; ok && fd < SS_FD_MAX; fd++) {
@@ -1138,7 +1237,7 @@ static void adopt_after_fork(void)
         if (home == from_inst) {
             slot = ss_request(SS_OP_ADOPT, 0, (int64_t)(from | s->slot), (int64_t)token, NULL, NULL);
         } else {
-            struct ss_chan_socket *so = &parent.r->sock[s->slot];
+            struct ss_chan_socket *so = &parent.m.r->sock[s->slot];
             slot = ss_sock_spawn(s, so->local_ip, so->local_port);
             slot = slot < 0 ? slot : (int)s->slot;
         }
@@ -1165,7 +1264,7 @@ void ss_adopt_inherited(void)
 {
     pthread_mutex_lock(&adopt_lock);
     if (ss_ch.state == SS_CH_INHERITED) {
-        if (parent.r) {
+        if (parent.m.r) {
             adopt_after_fork();
         } else {
             pthread_mutex_lock(&ss_ch.lock);
