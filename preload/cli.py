@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from preload import __version__
 
@@ -28,22 +29,38 @@ def build_parser():
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def group_opts(sp):
-        sp.add_argument("--group", help="instance group name (default: default)")
+        sp.add_argument("--group", "--instance-group", dest="group", help="instance group name (default: default)")
         sp.add_argument("--run-dir", dest="run_dir", help="run directory (default: /run/shardsock)")
         sp.add_argument("--config", help="TOML file of settings (command-line flags override it)")
 
+    def up_opts(sp):
+        group_opts(sp)
+        sp.add_argument("--backend", help="packet I/O backend: tap (default), afpacket or afxdp")
+        sp.add_argument("--interface", help="device name (default: ss0)")
+        sp.add_argument("--address", help="the stack's address, CIDR (default: 198.18.0.2/24)")
+        sp.add_argument("--host-address", dest="host_address",
+                        help="the kernel side's address, CIDR (default: 198.18.0.1/24)")
+        sp.add_argument("--gateway", help="next hop for destinations off the subnet")
+        sp.add_argument("--cores", help="CPU list, e.g. 0-3,6 (default: every online core)")
+        sp.add_argument("--echo", type=int, metavar="PORT", help="built-in TCP echo service on PORT (RFC 862)")
+        sp.add_argument("--discard", type=int, metavar="PORT",
+                        help="built-in TCP discard service on PORT (RFC 863)")
+        sp.add_argument("--spin-us", dest="spin_us", type=int, help="busy-poll this long after work (default: 20)")
+
     u = sub.add_parser("up", help="create the device and start one pinned instance per core")
-    group_opts(u)
-    u.add_argument("--backend", help="packet I/O backend: tap (default), afpacket or afxdp")
-    u.add_argument("--interface", help="device name (default: ss0)")
-    u.add_argument("--address", help="the stack's address, CIDR (default: 198.18.0.2/24)")
-    u.add_argument("--host-address", dest="host_address",
-                   help="the kernel side's address, CIDR (default: 198.18.0.1/24)")
-    u.add_argument("--gateway", help="next hop for destinations off the subnet")
-    u.add_argument("--cores", help="CPU list, e.g. 0-3,6 (default: every online core)")
-    u.add_argument("--echo", type=int, metavar="PORT", help="built-in TCP echo service on PORT (RFC 862)")
-    u.add_argument("--discard", type=int, metavar="PORT", help="built-in TCP discard service on PORT (RFC 863)")
-    u.add_argument("--spin-us", dest="spin_us", type=int, help="busy-poll this long after work (default: 20)")
+    up_opts(u)
+    u.add_argument("--foreground", action="store_true",
+                   help="supervise the instances in this process until SIGTERM, then take the group down "
+                        "(for systemd: scripts/shardsock@.service)")
+    rs = sub.add_parser("restart", help="down, then up with the settings the group was started with "
+                        "(and any given here)")
+    up_opts(rs)
+    cf = sub.add_parser("config", help="config show: the effective configuration, and where each value "
+                        "comes from")
+    cf.add_argument("action", choices=["show"])
+    up_opts(cf)
+    cf.add_argument("--json", action="store_true", help="print JSON {\"settings\": {...}, \"source\": {...}, "
+                    "\"file\": PATH}")
     d = sub.add_parser("down", help="stop every instance and remove what 'up' created")
     group_opts(d)
     s = sub.add_parser("status", help="instances: core, pid, backend, queue, uptime, state, health")
@@ -52,56 +69,79 @@ def build_parser():
     st = sub.add_parser("stat", help="counters per instance, read from shared memory")
     group_opts(st)
     st.add_argument("--json", action="store_true", help="print JSON")
+    st.add_argument("--rate", action="store_true", help="per-second deltas over --interval")
+    st.add_argument("--interval", type=float, default=1.0, help="seconds between the two samples of --rate")
+    st.add_argument("--reset", action="store_true",
+                    help="from now on show counts since this moment (the instances keep counting; like nstat)")
+    st.add_argument("--absolute", action="store_true", help="counts since the instances started, ignoring "
+                    "--reset")
+    ns = sub.add_parser("netstat", help="connections, like ss -tan: addresses, state, instance, process, "
+                        "queues")
+    group_opts(ns)
+    ns.add_argument("--json", action="store_true", help="print JSON")
+    ns.add_argument("--port", type=int, help="only sockets with this local or remote port")
+    ns.add_argument("--state", help="only sockets in this TCP state (e.g. ESTABLISHED, LISTEN, TIME_WAIT)")
+    ns.add_argument("--pid", type=int, help="only sockets held by this process")
+    ns.add_argument("--listening", "-l", action="store_true", help="only listeners")
+    tp = sub.add_parser("top", help="live per-instance view: packets/s, connections, accepts, retransmissions, "
+                        "drops, CPU")
+    group_opts(tp)
+    tp.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    tp.add_argument("--iterations", "-n", type=int, help="stop after N refreshes (default: until Ctrl-C)")
+    tp.add_argument("--json", action="store_true", help="print one JSON object per refresh, one per line")
+    cp = sub.add_parser("completion", help="print the bash completion script (source it, or install it in "
+                        "/etc/bash_completion.d/shardsock)")
+    cp.add_argument("shell", choices=["bash"])
     r = sub.add_parser("run", help="run a program with its TCP sockets served by the instances: run -- CMD ARGS")
     group_opts(r)
     r.add_argument("--instance", type=int, default=None,
                    help="attach every process to this instance (default: place each process on the next "
                         "instance, round-robin, and run it on that instance's core)")
-    r.add_argument("--no-pin", action="store_true",
+    r.add_argument("--no-pin", dest="pin", action="store_const", const=False,
                    help="leave placement to the program: each process attaches to the instance of the core "
                         "it runs on")
-    r.add_argument("--verbose", action="store_true", help="the library says on stderr why a socket stays on "
-                   "the kernel")
+    r.add_argument("--profile", choices=("throughput", "latency"),
+                   help="the library's settings: throughput (sleep at once, the default) or latency "
+                        "(busy-poll 50 us before sleeping: SHARDSOCK_POLL_US=50)")
+    r.add_argument("--force", action="store_true",
+                   help="override SHARDSOCK_* variables already set in the environment")
+    r.add_argument("--verbose", action="store_true", help="print a banner of the settings that are not the "
+                   "defaults; the library says on stderr where each process attaches and why a socket stays "
+                   "on the kernel")
     r.add_argument("cmd", nargs=argparse.REMAINDER, help="the program and its arguments, after --")
     c = sub.add_parser("counters", help="list every counter an instance keeps, with its meaning")
     c.add_argument("--json", action="store_true", help="print a JSON object name -> description")
+    # commands with a module of their own: each adds its options
+    from preload import bench, doctor
+    doctor.add_arguments(sub.add_parser("doctor", help=doctor.HELP))
+    bench.add_arguments(sub.add_parser("bench", help=bench.HELP))
     return p
 
 
-def settings(args):
+def settings(args, with_source=False):
     """Defaults, then the config file, then the command line."""
-    from preload.instances import DEFAULTS, GroupError
-    cfg = dict(DEFAULTS)
-    if getattr(args, "config", None):
-        import tomllib
-        try:
-            with open(args.config, "rb") as f:
-                data = tomllib.load(f)
-        except OSError as e:
-            raise GroupError("cannot read config %s: %s" % (args.config, e.strerror))
-        except tomllib.TOMLDecodeError as e:
-            raise GroupError("config %s is not valid TOML: %s" % (args.config, e))
-        for key, value in data.items():
-            if key not in DEFAULTS:
-                raise GroupError("config %s: unknown key %r; valid keys: %s"
-                                 % (args.config, key, ", ".join(sorted(DEFAULTS))))
-            cfg[key] = value
-    for key in DEFAULTS:
-        value = getattr(args, key, None)
-        if value is not None:
-            cfg[key] = value
-    return cfg
+    from preload.config import KEYS, effective
+    flags = {k: getattr(args, k, None) for k in KEYS}
+    cfg, source = effective(getattr(args, "config", None), flags)
+    return (cfg, source) if with_source else cfg
+
+
+def up_line(state):
+    cores = ",".join(str(i["core"]) for i in state["instances"])
+    n = len(state["instances"])
+    return "shardsock: group %s up: %d instance%s on core%s %s, %s backend, stack %s on %s%s" % (
+        state["group"], n, "s" if n > 1 else "", "s" if n > 1 else "", cores, state["backend"], state["address"],
+        state["interface"], " (host side %s)" % state["host_address"] if state["host_address"] else "")
 
 
 def cmd_up(args):
     from preload.instances import up
     cfg = settings(args)
-    state = up(cfg)
-    cores = ",".join(str(i["core"]) for i in state["instances"])
-    n = len(state["instances"])
-    print("shardsock: group %s up: %d instance%s on core%s %s, %s backend, stack %s on %s%s" % (
-        state["group"], n, "s" if n > 1 else "", "s" if n > 1 else "", cores, state["backend"], state["address"],
-        state["interface"], " (host side %s)" % state["host_address"] if state["host_address"] else ""))
+    if args.foreground:
+        up(cfg, foreground=True, on_ready=lambda state: print(up_line(state), flush=True))
+        print("shardsock: group %s down" % cfg["group"])
+    else:
+        print(up_line(up(cfg)))
     return 0
 
 
@@ -117,35 +157,177 @@ def cmd_down(args):
 def cmd_status(args):
     from preload.instances import status
     st = status(settings(args))
+    healthy = all(i["healthy"] for i in st["instances"]) and st["supervisor"]["running"]
     if args.json:
         print(json.dumps(st, indent=2))
-        return 0 if all(i["healthy"] for i in st["instances"]) else 1
-    print("group %s: stack %s%s" % (st["group"], st["address"],
-                                    ", host side %s" % st["host_address"] if st["host_address"] else ""))
-    print("%-9s %-5s %-8s %-8s %-6s %-9s %-9s %s" % ("INSTANCE", "CORE", "PID", "BACKEND", "QUEUE", "UPTIME",
-                                                  "STATE", "HEALTHY"))
+        return 0 if healthy else 1
+    sup = st["supervisor"]
+    print("group %s: stack %s%s, supervisor %s" % (
+        st["group"], st["address"], ", host side %s" % st["host_address"] if st["host_address"] else "",
+        "pid %d" % sup["pid"] if sup["running"] else "NOT RUNNING (instances that die stay down)"))
+    print("%-9s %-5s %-8s %-8s %-6s %-9s %-9s %-9s %s" % ("INSTANCE", "CORE", "PID", "BACKEND", "QUEUE", "UPTIME",
+                                                       "STATE", "RESTARTS", "HEALTHY"))
     for i in st["instances"]:
-        print("%-9d %-5d %-8d %-8s %-6d %-9s %-9s %s" % (
-            i["instance"], i["core"], i["pid"], i["backend"], i["queue"],
-            "%.1fs" % i["uptime_s"] if i["uptime_s"] is not None else "-", i["state"],
+        print("%-9d %-5d %-8s %-8s %-6d %-9s %-9s %-9d %s" % (
+            i["instance"], i["core"], i["pid"] or "-", i["backend"], i["queue"],
+            "%.1fs" % i["uptime_s"] if i["uptime_s"] is not None else "-", i["state"], i["restarts"],
             "yes" if i["healthy"] else "NO"))
-    return 0 if all(i["healthy"] for i in st["instances"]) else 1
+    procs = [(i["instance"], p) for i in st["instances"] for p in i["processes"]]
+    if procs:
+        print("\n%-9s %-8s %-16s %-8s %s" % ("INSTANCE", "PID", "COMMAND", "SOCKETS", "LISTENERS"))
+        for k, p in procs:
+            print("%-9d %-8d %-16s %-8d %d%s" % (k, p["pid"], p["command"] or "?", p["sockets"], p["listeners"],
+                                                 "  (exited; kept for a child)" if p["exited"] else ""))
+    return 0 if healthy else 1
 
 
 def cmd_stat(args):
-    from preload.instances import stat
-    st = stat(settings(args))
+    from preload import observe
+    cfg = settings(args)
+    if args.reset:
+        observe.reset(cfg)
+        if not args.json:
+            print("shardsock: counters of group %s reset (stat shows counts from now on; --absolute: all)"
+                  % cfg["group"])
+        else:
+            print(json.dumps({"reset": True}))
+        return 0
+    st = observe.rates(cfg, args.interval) if args.rate else observe.since_reset(cfg, args.absolute)
     if args.json:
         print(json.dumps(st, indent=2))
         return 0
     rows = [i for i in st["instances"] if i["counters"]]
     names = [k for k in rows[0]["counters"] if k != "tcp_state"] if rows else []
+    if args.rate:
+        print("per second, over %.1fs" % st["interval_s"])
+    elif st.get("since"):
+        print("since the reset at %s" % time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(st["since"])))
+    fmt = "%14.1f" if args.rate else "%14d"
     print("%-28s %s %s" % ("COUNTER", " ".join("%14s" % ("core %d" % i["core"]) for i in rows), "%14s" % "total"))
     for name in names:
         vals = [i["counters"][name] for i in rows]
         if any(vals):
-            print("%-28s %s %14d" % (name, " ".join("%14d" % v for v in vals), sum(vals)))
+            print("%-28s %s %s" % (name, " ".join(fmt % v for v in vals), fmt % sum(vals)))
+    states = sorted({k for i in rows for k, v in i["counters"]["tcp_state"].items() if v})
+    for name in states:
+        vals = [i["counters"]["tcp_state"][name] for i in rows]
+        print("%-28s %s %14d" % ("tcp_state " + name, " ".join("%14d" % v for v in vals), sum(vals)))
     return 0
+
+
+def cmd_netstat(args):
+    from preload import observe
+    conns = observe.filter_connections(observe.connections(settings(args)), args.port, args.state, args.pid,
+                                       args.listening)
+    if args.json:
+        print(json.dumps({"connections": conns}, indent=2))
+        return 0
+    print("%-12s %8s %8s %-22s %-22s %-5s %s" % ("State", "Recv-Q", "Send-Q", "Local Address:Port",
+                                                 "Peer Address:Port", "Inst", "Process"))
+    for c in conns:
+        who = ",".join("%s(%d)" % (p["command"] or "?", p["pid"]) for p in c["processes"])
+        if c["service"]:
+            who = "[%s service]" % c["service"]
+        print("%-12s %8d %8d %-22s %-22s %-5d %s" % (c["state"], c["recv_q"], c["send_q"], c["local"],
+                                                     c["remote"] if c["state"] != "LISTEN" else "*:*",
+                                                     c["instance"], who))
+    return 0
+
+
+def cmd_top(args):
+    from preload import observe
+    cfg = settings(args)
+    prev = None
+    n = 0
+    live = sys.stdout.isatty() and not args.json
+    try:
+        while args.iterations is None or n < args.iterations:
+            sample = observe.top_sample(cfg, prev)
+            if prev is not None or args.iterations == 1:
+                if args.json:
+                    out = dict(sample, instances=[{k: v for k, v in r.items() if k != "raw"}
+                                                  for r in sample["instances"]])
+                    print(json.dumps(out), flush=True)
+                else:
+                    print(("\033[H\033[J" if live else "") + observe.format_top(sample, cfg["group"]), flush=True)
+                    if not live:
+                        print()
+                n += 1
+            prev = sample
+            if args.iterations is None or n < args.iterations:
+                time.sleep(args.interval)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_restart(args):
+    from preload.instances import down, load_state, up
+    cfg, source = settings(args, with_source=True)
+    state = load_state(cfg)
+    if state is not None:
+        # the settings it was started with, and what this command changes
+        base = dict(state.get("config") or cfg)
+        base.update({k: v for k, v in cfg.items() if source[k] != "default"})
+        cfg = base
+        down(cfg)
+    print(up_line(up(cfg)))
+    return 0
+
+
+def cmd_config(args):
+    from preload.config import find_file, show
+    cfg, source = settings(args, with_source=True)
+    if args.json:
+        print(json.dumps({"settings": cfg, "source": source, "file": find_file(args.config)}, indent=2))
+    else:
+        path = find_file(args.config)
+        print("# effective configuration: defaults, then %s, then the command line" %
+              (path or "no file (none in $SHARDSOCK_CONFIG or /etc/shardsock/shardsock.toml)"))
+        print(show(cfg, source))
+    return 0
+
+
+def cmd_completion(args):
+    print(bash_completion(build_parser()))
+    return 0
+
+
+def bash_completion(parser):
+    """A bash completion script from the parser itself: commands, then each
+    command's options, and the choices of those that have them."""
+    from preload.config import BACKENDS
+    values = {"backend": BACKENDS}  # checked by preload/config.py (exit 1 and the fix), not by argparse
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    cases = []
+    for name, sp in subs.choices.items():
+        opts = [o for a in sp._actions for o in a.option_strings]
+        choices = [c for a in sp._actions if not a.option_strings and a.choices for c in a.choices]
+        prev_cases = ["            %s) COMPREPLY=($(compgen -W \"%s\" -- \"$cur\")); return;;"
+                      % ("|".join(a.option_strings), " ".join(map(str, a.choices or values[a.dest])))
+                      for a in sp._actions if a.option_strings and (a.choices or a.dest in values)]
+        cases.append("        %s)\n            case \"$prev\" in\n%s\n            esac\n"
+                     "            COMPREPLY=($(compgen -W \"%s\" -- \"$cur\"));;"
+                     % (name, "\n".join(prev_cases + ["            --config) COMPREPLY=($(compgen -f -- \"$cur\")); "
+                                                      "return;;"]), " ".join(opts + choices)))
+    top = [o for a in parser._actions for o in a.option_strings]
+    return """# bash completion for shardsock: source this file, or put it in /etc/bash_completion.d/shardsock
+_shardsock() {
+    local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]} cmd="" i
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        case "${COMP_WORDS[i]}" in
+            --) return;;  # run -- CMD: the program's own arguments
+            -*) ;;
+            *) cmd=${COMP_WORDS[i]}; break;;
+        esac
+    done
+    case "$cmd" in
+        "") COMPREPLY=($(compgen -W "%s %s" -- "$cur"));;
+%s
+    esac
+}
+complete -F _shardsock shardsock
+""" % (" ".join(subs.choices), " ".join(top), "\n".join(cases))
 
 
 def cmd_counters(args):
@@ -165,14 +347,29 @@ def cmd_run(args):
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         raise GroupError("name the program to run: shardsock run -- CMD ARGS")
-    env = run_env(settings(args), args.instance, args.verbose, pin=not args.no_pin)
+    cfg, source = settings(args, with_source=True)
+    env, banner = run_env(cfg, args.instance, args.verbose, args.force, source)
+    if args.verbose:
+        print(banner, file=sys.stderr, flush=True)
     try:
         os.execvpe(cmd[0], cmd, env)
     except OSError as e:
         raise GroupError("cannot run %s: %s" % (cmd[0], e.strerror))
 
 
-COMMANDS = {"run": cmd_run, "up": cmd_up, "down": cmd_down, "status": cmd_status, "stat": cmd_stat, "counters": cmd_counters}
+def cmd_doctor(args):
+    from preload import doctor
+    return doctor.main(args)
+
+
+def cmd_bench(args):
+    from preload import bench
+    return bench.main(args)
+
+
+COMMANDS = {"run": cmd_run, "up": cmd_up, "down": cmd_down, "status": cmd_status, "stat": cmd_stat,
+            "counters": cmd_counters, "doctor": cmd_doctor, "bench": cmd_bench, "restart": cmd_restart,
+            "config": cmd_config, "netstat": cmd_netstat, "top": cmd_top, "completion": cmd_completion}
 
 
 def main(argv=None):
@@ -181,11 +378,12 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 2
+    from preload.config import ConfigError
     from preload.instances import GroupError
     from preload.netsetup import SetupError
     try:
         return COMMANDS[args.command](args)
-    except (GroupError, SetupError, OSError) as e:
+    except (ConfigError, GroupError, SetupError, OSError) as e:
         if args.debug:
             raise
         print("shardsock %s: %s" % (args.command, e), file=sys.stderr)

@@ -11,30 +11,17 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import time
 import zlib
 
 from preload import netsetup
+from preload.config import DEFAULTS  # noqa: F401  (the keys and their defaults: preload/config.py)
 from preload.stats import create_fwd_region, fwd_path, page_path, read_page
+from preload.supervisor import STOP_TIMEOUT_S, StartError, Supervisor, write_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DAEMON = os.environ.get("SHARDSOCKD", os.path.join(ROOT, "build", "shardsockd"))
-
-DEFAULTS = {
-    "group": "default",
-    "backend": "tap",
-    "interface": "ss0",
-    "address": "198.18.0.2/24",
-    "host_address": "198.18.0.1/24",
-    "gateway": None,
-    "cores": None,          # every online core
-    "echo": None,
-    "discard": None,
-    "spin_us": 20,
-    "run_dir": "/run/shardsock",
-    "ready_timeout_s": 10,
-}
-
 
 class GroupError(Exception):
     """The operation failed; the message says what failed and what to do."""
@@ -93,8 +80,10 @@ def stack_mac(group):
     return "02:53:53:%02x:%02x:%02x" % ((h >> 16) & 0xFF, (h >> 8) & 0xFF, h & 0xFF)
 
 
-def up(cfg):
-    """Creates the device, starts the instances and waits for them."""
+def up(cfg, foreground=False, on_ready=None):
+    """Creates the device, starts the supervisor, which starts the
+    instances, and waits for them.  foreground: supervises in this process
+    until SIGTERM, then takes the group down (on_ready(state) first)."""
     if cfg["backend"] not in ("tap", "afpacket", "afxdp"):
         raise GroupError("backend %r is not available in this build: use --backend tap, afpacket or afxdp"
                          % cfg["backend"])
@@ -123,103 +112,151 @@ def up(cfg):
         netsetup.create_tap(cfg["interface"])
     state = {"group": cfg["group"], "backend": cfg["backend"], "interface": cfg["interface"],
              "created_interface": tap, "address": str(stack), "host_address": str(host) if tap else None,
-             "mac": stack_mac(cfg["group"]), "run_dir": cfg["run_dir"], "instances": [],
+             "mac": stack_mac(cfg["group"]), "run_dir": cfg["run_dir"], "config": cfg, "supervisor_pid": None,
+             "instances": [{"instance": k, "core": core, "pid": None, "state": "starting", "restarts": 0}
+                           for k, core in enumerate(cores)],
              "started": time.time()}
-    procs = []
-    doorbells = []
     try:
         if len(cores) > 1:
             # frames one instance receives for another's flow go there
-            # (core/daemon/fwd.c); each instance sleeps on its own doorbell
+            # (core/daemon/fwd.c)
             create_fwd_region(cfg["group"], len(cores))
-            doorbells = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in cores]
-        peer = []
         if tap:
-            host_mac = netsetup.configure_host_side(cfg["interface"], str(host.ip), host.network.prefixlen)
-            peer = ["--peer", str(host.ip), "--peer-mac", host_mac]
-        deadline = time.monotonic() + cfg["ready_timeout_s"]
-
-        def wait_ready(k, core, r):
-            left = max(0.0, deadline - time.monotonic())
-            ready = select.select([r], [], [], left)[0] and os.read(r, 16) == b"ready\n"
-            os.close(r)
-            if not ready:
-                with open(os.path.join(group_dir(cfg), "instance-%d.log" % k)) as f:
-                    why = f.read().strip() or "no answer within %ss" % cfg["ready_timeout_s"]
-                raise GroupError("instance %d (core %d) did not become ready: %s" % (k, core, why))
-
-        # A fanout group numbers its members in the order they join, and the
-        # steering rule names instances by number: afpacket instances start
-        # one after another.  The others start together.
-        in_order = cfg["backend"] == "afpacket"
-        for k, core in enumerate(cores):
-            args = [DAEMON, "--group", cfg["group"], "--instance", str(k), "--instances", str(len(cores)),
-                    "--core", str(core), "--backend", cfg["backend"], "--interface", cfg["interface"],
-                    "--address", str(stack.ip), "--netmask", str(stack.network.netmask), "--mac", state["mac"],
-                    *peer, "--spin-us", str(cfg["spin_us"]),
-                    "--run-dir", group_dir(cfg)]
-            if cfg["gateway"]:
-                args += ["--gateway", cfg["gateway"]]
-            if cfg["echo"]:
-                args += ["--echo", str(cfg["echo"])]
-            if cfg["discard"]:
-                args += ["--discard", str(cfg["discard"])]
-            if doorbells:
-                args += ["--doorbells", ",".join(map(str, doorbells))]
-            r, w = os.pipe()
-            log = open(os.path.join(group_dir(cfg), "instance-%d.log" % k), "w")
-            p = subprocess.Popen(args + ["--ready-fd", str(w)], pass_fds=(w, *doorbells), stdin=subprocess.DEVNULL,
-                                 stdout=log, stderr=log, start_new_session=True)
-            os.close(w)
-            log.close()
-            procs.append((k, core, p, r))
-            if in_order:
-                wait_ready(k, core, r)
-        for k, core, p, r in procs:
-            if not in_order:
-                wait_ready(k, core, r)
-            state["instances"].append({"instance": k, "core": core, "pid": p.pid})
+            state["peer_mac"] = netsetup.configure_host_side(cfg["interface"], str(host.ip), host.network.prefixlen)
+        write_state(cfg, state)
+        if foreground:
+            sup = Supervisor(cfg, state, lambda k, core: instance_argv(cfg, state, k, core))
+            try:
+                sup.start_all()
+            except StartError as e:
+                raise GroupError(str(e))
+            state["supervisor_pid"] = os.getpid()
+            write_state(cfg, state)
+        else:
+            start_supervisor(cfg)
+            state = load_state(cfg)
     except BaseException:
-        for _, _, p, _ in procs:
-            p.kill()
-            p.wait()
-        if tap:
-            netsetup.delete_link(cfg["interface"])
-        remove_files(cfg, len(procs))
+        teardown(cfg, state)
         raise
-    finally:
-        for fd in doorbells:
-            os.close(fd)
-    with open(state_path(cfg), "w") as f:
-        json.dump(state, f, indent=2)
+    if foreground:
+        if on_ready:
+            on_ready(state)
+        try:
+            sup.loop()
+        finally:
+            teardown(cfg, state)
     return state
+
+
+def instance_argv(cfg, state, k, core):
+    """Instance k's command line (the supervisor adds --doorbells and --ready-fd)."""
+    stack = ipaddress.ip_interface(state["address"])
+    args = [DAEMON, "--group", cfg["group"], "--instance", str(k), "--instances", str(len(state["instances"])),
+            "--core", str(core), "--backend", cfg["backend"], "--interface", cfg["interface"],
+            "--address", str(stack.ip), "--netmask", str(stack.network.netmask), "--mac", state["mac"],
+            "--spin-us", str(cfg["spin_us"]), "--run-dir", group_dir(cfg)]
+    if state.get("peer_mac"):
+        args += ["--peer", str(ipaddress.ip_interface(state["host_address"]).ip), "--peer-mac", state["peer_mac"]]
+    if cfg["gateway"]:
+        args += ["--gateway", cfg["gateway"]]
+    if cfg["echo"]:
+        args += ["--echo", str(cfg["echo"])]
+    if cfg["discard"]:
+        args += ["--discard", str(cfg["discard"])]
+    return args
+
+
+def load_config_of_state(state):
+    return state["config"]
+
+
+def start_supervisor(cfg):
+    """The background supervisor (preload/supervisor.py) starts the
+    instances; it answers on a pipe once they are ready, or why not."""
+    r, w = os.pipe()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    with open(os.path.join(group_dir(cfg), "supervisor.log"), "a") as logf:
+        p = subprocess.Popen([sys.executable, "-m", "preload.supervisor", state_path(cfg), str(w)], pass_fds=(w,),
+                             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True, env=env)
+    os.close(w)
+    answer = b""
+    deadline = time.monotonic() + cfg["ready_timeout_s"] + 10
+    try:
+        while not answer.endswith(b"\n") and time.monotonic() < deadline:
+            if not select.select([r], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                break
+            chunk = os.read(r, 4096)
+            if not chunk:
+                break
+            answer += chunk
+    finally:
+        os.close(r)
+    if answer != b"ready\n":
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        why = answer.decode(errors="replace").strip().removeprefix("error: ")
+        raise GroupError(why or "the supervisor did not start the instances (see %s)"
+                         % os.path.join(group_dir(cfg), "supervisor.log"))
+    # it stays, the instances' parent; it is not ours to wait for
+    p.returncode = 0
 
 
 LIBRARY = os.environ.get("SHARDSOCK_LIBRARY", os.path.join(ROOT, "build", "libshardsock.so"))
 
 
-def run_env(cfg, instance=None, verbose=False, pin=True):
-    """The environment of a program run under the library: preloaded, and
-    pointed at the group's run directory.  Each process is placed on the
-    next instance and its core (instance None), or attached to the given
-    instance; pin False leaves placement to the program (the instance of
-    the core a process runs on).  A group that is not up is no error: the
-    program runs on the kernel (the library says so when verbose)."""
+def run_env(cfg, instance=None, verbose=False, force=False, source=None, environ=None):
+    """(environment, banner) of a program run under the library: preloaded,
+    pointed at the group's run directory, with the library's settings
+    (shim/shim.c SS_SETTINGS) the configuration asks for.  A variable the
+    user set already is kept (it is their choice) unless force; when the
+    command line asked for another value, that is an error.  A group that
+    is not up is no error: the program runs on the kernel (the library says
+    so when verbose).  The banner names the settings that are not the
+    defaults."""
+    from preload.config import PROFILES
     if not os.path.exists(LIBRARY):
         raise GroupError("%s is missing: run 'make build'" % LIBRARY)
-    env = dict(os.environ)
+    env = dict(os.environ if environ is None else environ)
+    source = source or {}
     pre = [p for p in env.get("LD_PRELOAD", "").replace(":", " ").split() if p != LIBRARY]
     env["LD_PRELOAD"] = " ".join([LIBRARY] + pre)
-    env["SHARDSOCK_RUN_DIR"] = group_dir(cfg)
-    env.pop("SHARDSOCK_INSTANCE", None)
-    env.pop("SHARDSOCK_PIN", None)
+    want = {"SHARDSOCK_RUN_DIR": (group_dir(cfg), ("group", "run_dir"))}
     if instance is not None:
-        env["SHARDSOCK_INSTANCE"] = str(instance)
-    if not pin:
-        env["SHARDSOCK_PIN"] = "0"
+        want["SHARDSOCK_INSTANCE"] = (str(instance), ("instance",))
+    if not cfg["pin"]:
+        want["SHARDSOCK_PIN"] = ("0", ("pin",))
+    if not cfg["loopback"]:
+        want["SHARDSOCK_LOOPBACK"] = ("0", ("loopback",))
     if verbose:
-        env["SHARDSOCK_VERBOSE"] = "1"
-    return env
+        want["SHARDSOCK_VERBOSE"] = ("1", ("verbose",))
+    for var, value in PROFILES.get(cfg["profile"] or "throughput").items():
+        want[var] = (value, ("profile",))
+    kept = []
+    for var, (value, keys) in want.items():
+        mine = env.get(var)
+        if mine is not None and mine != value and not force:
+            # --instance and --verbose exist only on the command line
+            if var in ("SHARDSOCK_INSTANCE", "SHARDSOCK_VERBOSE") or any(
+                    source.get(k) == "command line" for k in keys):
+                raise GroupError("%s=%s is set in your environment and the command line asks for %s; unset it, "
+                                 "or add --force to override it" % (var, mine, value))
+            kept.append("%s=%s" % (var, mine))
+            continue
+        env[var] = value
+    notes = ["group %s (%s)" % (cfg["group"], group_dir(cfg))]
+    if cfg["profile"]:
+        notes.append("profile %s (%s)" % (cfg["profile"], ", ".join("%s=%s" % kv for kv in
+                                                                      PROFILES[cfg["profile"]].items())))
+    if instance is not None:
+        notes.append("every process on instance %d" % instance)
+    if not cfg["pin"]:
+        notes.append("no pinning (the instance of the core each process runs on)")
+    if not cfg["loopback"]:
+        notes.append("127/8 on the kernel")
+    if kept:
+        notes.append("kept from your environment: " + " ".join(kept))
+    return env, "shardsock run: " + ", ".join(notes)
 
 
 def remove_files(cfg, n):
@@ -236,13 +273,37 @@ def remove_files(cfg, n):
             pass
 
 
-def down(cfg, timeout_s=5.0):
-    """Stops every instance (SIGTERM, then SIGKILL after timeout_s) and
-    removes what ``up`` created.  Returns the state that was taken down."""
+def teardown(cfg, state):
+    """Removes what up made (device, shared memory, run files); what is
+    gone already is no error (a foreground supervisor and down both call it)."""
+    if state.get("created_interface"):
+        netsetup.delete_link(state["interface"])
+    remove_files(cfg, len(state["instances"]))
+    try:
+        for name in os.listdir(group_dir(cfg)):
+            os.unlink(os.path.join(group_dir(cfg), name))
+        os.rmdir(group_dir(cfg))
+    except FileNotFoundError:
+        pass
+
+
+def down(cfg, timeout_s=STOP_TIMEOUT_S):
+    """Stops the supervisor, which stops the instances (SIGTERM, then
+    SIGKILL), makes sure none is left, and removes what ``up`` created.
+    Returns the state that was taken down."""
     state = load_state(cfg)
     if state is None:
         raise GroupError("group %r is not up (no %s)" % (cfg["group"], state_path(cfg)))
-    pids = [i["pid"] for i in state["instances"]]
+    sup = state.get("supervisor_pid")
+    if sup and pid_alive(sup):
+        os.kill(sup, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s + 5
+        while pid_alive(sup) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if pid_alive(sup):
+            os.kill(sup, signal.SIGKILL)
+    state = load_state(cfg) or state  # the supervisor's last word on the pids
+    pids = [i["pid"] for i in state["instances"] if i.get("pid")]
     for pid in pids:
         if pid_alive(pid):
             os.kill(pid, signal.SIGTERM)
@@ -252,40 +313,97 @@ def down(cfg, timeout_s=5.0):
     for pid in pids:
         if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
-    if state.get("created_interface"):
-        netsetup.delete_link(state["interface"])
-    remove_files(cfg, len(state["instances"]))
-    for name in os.listdir(group_dir(cfg)):
-        os.unlink(os.path.join(group_dir(cfg), name))
-    os.rmdir(group_dir(cfg))
+    teardown(cfg, state)
     return state
 
 
+def control(cfg, k, request, timeout_s=2.0):
+    """One request on instance k's control socket: its answer, as text
+    (None when the instance does not answer)."""
+    import socket
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        c.settimeout(timeout_s)
+        c.connect(os.path.join(group_dir(cfg), "instance-%d.sock" % k))
+        c.send(request.encode())
+        out = []
+        while True:
+            m = c.recv(65536)
+            if not m:
+                return "".join(out)
+            out.append(m.decode(errors="replace"))
+    except OSError:
+        return None
+    finally:
+        c.close()
+
+
+def words(line):
+    """'a=1 b=x' -> {'a': '1', 'b': 'x'} (repeated keys: the first)."""
+    out = {}
+    for w in line.split():
+        k, _, v = w.partition("=")
+        out.setdefault(k, v)
+    return out
+
+
+def process_name(pid):
+    try:
+        with open("/proc/%d/comm" % pid) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def attached(cfg, k):
+    """The processes attached to instance k: pid, command, sockets held."""
+    text = control(cfg, k, "procs")
+    out = []
+    for line in (text or "").splitlines():
+        w = words(line)
+        if "pid" not in w:
+            continue
+        pid = int(w["pid"])
+        out.append({"pid": pid, "command": process_name(pid), "sockets": int(w["sockets"]),
+                    "listeners": int(w["listeners"]), "exited": w["gone"] == "1"})
+    return out
+
+
 def status(cfg):
-    """Every instance: core, pid, backend, queue, uptime, state, healthy."""
+    """The supervisor and every instance: core, pid, backend, queue,
+    uptime, state, restarts, healthy, and the processes attached to it."""
     state = load_state(cfg)
     if state is None:
-        raise GroupError("group %r is not up" % cfg["group"])
+        raise GroupError("group %r is not up; start it with 'shardsock up'" % cfg["group"])
     out = []
     now_us = time.time() * 1e6
+    sup = state.get("supervisor_pid")
     for inst in state["instances"]:
         page = read_page(cfg["group"], inst["instance"])
-        alive = pid_alive(inst["pid"])
+        alive = bool(inst.get("pid")) and pid_alive(inst["pid"])
+        if alive and page:
+            st = page["state"]
+        else:
+            st = inst.get("state") if inst.get("state") in ("failed", "stopped") else "dead"
         out.append({
-            "instance": inst["instance"], "core": inst["core"], "pid": inst["pid"],
+            "instance": inst["instance"], "core": inst["core"], "pid": inst.get("pid"),
             "backend": state["backend"], "interface": state["interface"], "queue": inst["instance"],
-            "state": page["state"] if page and alive else "dead",
-            "uptime_s": round((now_us - page["started_unix_us"]) / 1e6, 1) if page else None,
+            "state": st,
+            "uptime_s": round((now_us - page["started_unix_us"]) / 1e6, 1) if page and alive else None,
+            "restarts": inst.get("restarts", 0),
             "healthy": bool(alive and page and page["state"] == "ready"),
+            "processes": attached(cfg, inst["instance"]) if alive else [],
         })
     return {"group": cfg["group"], "address": state["address"], "host_address": state["host_address"],
+            "supervisor": {"pid": sup, "running": bool(sup) and pid_alive(sup)},
             "instances": out}
 
 
 def stat(cfg):
+    """Every instance's counters, read from its stats page."""
     state = load_state(cfg)
     if state is None:
-        raise GroupError("group %r is not up" % cfg["group"])
+        raise GroupError("group %r is not up; start it with 'shardsock up'" % cfg["group"])
     out = []
     for inst in state["instances"]:
         page = read_page(cfg["group"], inst["instance"])

@@ -63,12 +63,17 @@ void ss_resolve(void) { pthread_once(&resolved, resolve_all); }
  * empty its environment later (nginx keeps only TZ), and its forked
  * workers must still find the instances, and the images it execs the
  * library (ss_exec_env). */
+#define SS_SETTINGS(X)                                                                          \
+    X(run_dir, 256, "SHARDSOCK_RUN_DIR")                                                        \
+    X(instance, 16, "SHARDSOCK_INSTANCE")                                                       \
+    X(verbose, 8, "SHARDSOCK_VERBOSE")                                                          \
+    X(loopback, 8, "SHARDSOCK_LOOPBACK") /* "0": 127/8 always the kernel's */                  \
+    X(pin, 8, "SHARDSOCK_PIN")           /* "0": placement follows the CPU, no pinning */       \
+    X(poll_us, 16, "SHARDSOCK_POLL_US")  /* busy-poll this long before sleeping (EF_POLL_USEC) */
 static struct {
-    char run_dir[256];
-    char instance[16];
-    char verbose[8];
-    char loopback[8];    /* "0": 127/8 always the kernel's */
-    char pin[8];         /* "0": placement follows the CPU the process is on, no pinning */
+#define X(field, size, env) char field[size];
+    SS_SETTINGS(X)
+#undef X
     char path[PATH_MAX]; /* this library's file, for LD_PRELOAD */
 } conf;
 
@@ -83,11 +88,9 @@ static void inherited_at_exec(void);
 
 __attribute__((constructor)) static void load(void)
 {
-    copy_env(conf.run_dir, sizeof conf.run_dir, "SHARDSOCK_RUN_DIR");
-    copy_env(conf.instance, sizeof conf.instance, "SHARDSOCK_INSTANCE");
-    copy_env(conf.verbose, sizeof conf.verbose, "SHARDSOCK_VERBOSE");
-    copy_env(conf.loopback, sizeof conf.loopback, "SHARDSOCK_LOOPBACK");
-    copy_env(conf.pin, sizeof conf.pin, "SHARDSOCK_PIN");
+#define X(field, size, env) copy_env(conf.field, sizeof conf.field, env);
+    SS_SETTINGS(X)
+#undef X
     Dl_info info;
     if (dladdr((void *)load, &info) && info.dli_fname && strlen(info.dli_fname) < sizeof conf.path)
         strcpy(conf.path, info.dli_fname);
@@ -122,6 +125,13 @@ void ss_count_fallback(enum ss_fallback reason, const char *why)
         ss_verbose("shardsock: a socket stays on the kernel: %s", why);
     if (ss_ch.state == SS_CH_ATTACHED)
         ss_request(SS_OP_FALLBACK, 0, reason, 0, NULL, NULL);
+}
+
+uint64_t ss_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
 }
 
 uint64_t ss_now_ms(void)
@@ -351,6 +361,22 @@ static int sleep_on_instance(uint32_t seen, int timeout_ms, bool restartable)
 {
     struct timespec ts, *tp = NULL;
     long r;
+    /* SHARDSOCK_POLL_US (run --profile latency): watch the sequence this
+     * long first; the instance's next wake-up then costs no futex wake
+     * and no scheduler round trip, at the price of a busy core. */
+    long poll_us = atol(conf.poll_us);
+    if (poll_us > 0 && timeout_ms != 0) {
+        uint64_t end = ss_now_us() + (uint64_t)poll_us;
+        for (unsigned i = 0;; i++) {
+            if (__atomic_load_n(&ss_ch.r->app_wake_seq, __ATOMIC_ACQUIRE) != seen)
+                return 0;
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+            if ((i & 63) == 63 && ss_now_us() >= end)
+                break;
+        }
+    }
     if (restartable && timeout_ms >= 0) {
         struct futex_waitv w = {.val = seen, .uaddr = (uintptr_t)&ss_ch.r->app_wake_seq, .flags = FUTEX_32};
         clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -1277,6 +1303,13 @@ void ss_adopt_inherited(void)
     pthread_mutex_unlock(&adopt_lock);
 }
 
+void ss_adopt_for(int fd)
+{
+    if (standby.n && !(fd >= 0 && fd < SS_FD_MAX && ss_fds[fd] && ss_fds[fd]->stack) && !ss_is_epoll(fd))
+        return;
+    ss_adopt_inherited();
+}
+
 /* vfork's child shares the parent's memory and may only exec or _exit:
  * run it as a fork, which is always correct where vfork is. */
 static pid_t hook_vfork(void) { return hook_fork(); }
@@ -1337,10 +1370,13 @@ static char **exec_env(char *const envp[], int *ticket)
     free(inherit);
     free(slots);
     /* the new environment */
-    static const char *const keep[] = {"SHARDSOCK_RUN_DIR", "SHARDSOCK_INSTANCE", "SHARDSOCK_VERBOSE",
-                                       "SHARDSOCK_LOOPBACK", "SHARDSOCK_PIN", "LD_PRELOAD"};
-    const char *vals[] = {conf.run_dir, conf.instance, conf.verbose, conf.loopback, conf.pin, conf.path};
-    enum { NKEEP = 6, PRELOAD = 5 };
+#define X(field, size, env) env,
+    static const char *const keep[] = {SS_SETTINGS(X) "LD_PRELOAD"};
+#undef X
+#define X(field, size, env) conf.field,
+    const char *vals[] = {SS_SETTINGS(X) conf.path};
+#undef X
+    enum { NKEEP = sizeof keep / sizeof keep[0], PRELOAD = NKEEP - 1 };
     size_t n = 0;
     while (envp && envp[n])
         n++;

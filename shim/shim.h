@@ -78,11 +78,17 @@ struct ss_channel {
 };
 extern struct ss_channel ss_ch;
 void ss_adopt_inherited(void);
+/* A call on fd in a process that has not adopted yet: adopts, unless the
+ * adoption waits for the program's choice of core (--no-pin) and fd is
+ * neither an accelerated socket nor an epoll set (nginx logs to a file
+ * before it sets its workers' affinity). */
+void ss_adopt_for(int fd);
+bool ss_is_epoll(int fd);
 
 static inline struct ss_sock *ss_lookup(int fd)
 {
     if (__builtin_expect(ss_ch.state == SS_CH_INHERITED, 0))
-        ss_adopt_inherited();
+        ss_adopt_for(fd);
     return fd >= 0 && fd < SS_FD_MAX ? __atomic_load_n(&ss_fds[fd], __ATOMIC_ACQUIRE) : NULL;
 }
 
@@ -106,6 +112,7 @@ bool ss_handlers_restart(void);
 /* False once the instance is gone (its control connection closed). */
 bool ss_instance_alive(void);
 uint64_t ss_now_ms(void);
+uint64_t ss_now_us(void);
 void ss_verbose(const char *fmt, ...);
 /* Loopback (127/8) between preloaded programs in the stack: on unless
  * SHARDSOCK_LOOPBACK=0. */

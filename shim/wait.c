@@ -272,7 +272,7 @@ struct ep_set {
 /* Which descriptors are epoll sets (made by epoll_create here). */
 static uint8_t epoll_fds[SS_FD_MAX / 8];
 
-static bool is_epoll(int fd)
+bool ss_is_epoll(int fd)
 {
     return fd >= 0 && fd < SS_FD_MAX && (__atomic_load_n(&epoll_fds[fd / 8], __ATOMIC_RELAXED) & (1u << (fd % 8)));
 }
@@ -357,7 +357,7 @@ static void take_events(void);
 /* An epoll descriptor in poll or select: the set, when it is one of ours. */
 static struct ep_set *polled_set(int fd)
 {
-    if (!is_epoll(fd) || !__atomic_load_n(&sets, __ATOMIC_ACQUIRE))
+    if (!ss_is_epoll(fd) || !__atomic_load_n(&sets, __ATOMIC_ACQUIRE))
         return NULL;
     pthread_mutex_lock(&ep_lock);
     struct ep_set *set = find_set(fd, false);
@@ -509,7 +509,7 @@ void ss_epoll_decided(struct ss_sock *s, bool stack)
 
 int ss_epoll_ctl(int ep, int op, int fd, struct epoll_event *ev)
 {
-    if (is_epoll(fd) && is_epoll(ep) && ep != fd)
+    if (ss_is_epoll(fd) && ss_is_epoll(ep) && ep != fd)
         return nested_ctl(ep, op, fd, ev);
     struct ss_sock *s = accelerated(fd);
     if (!s) {
@@ -627,7 +627,7 @@ void ss_epoll_close(int ep)
 {
     /* every close() of a kernel descriptor comes here: no lock unless the
      * program has an epoll set holding accelerated sockets at all */
-    if (ep >= 0 && ep < SS_FD_MAX && is_epoll(ep))
+    if (ep >= 0 && ep < SS_FD_MAX && ss_is_epoll(ep))
         __atomic_and_fetch(&epoll_fds[ep / 8], (uint8_t)~(1u << (ep % 8)), __ATOMIC_RELAXED);
     if (!__atomic_load_n(&sets, __ATOMIC_ACQUIRE))
         return;

@@ -52,6 +52,7 @@ struct ss_fork_ticket {
 
 struct ss_chan_host {
     int idx;
+    int pid;           /* the attached process (SO_PEERCRED), for netstat and procs */
     int ctl, app_bell, inst_bell, memfd;
     uint64_t token;
     struct ss_chan_region *r;
@@ -534,6 +535,9 @@ int ss_chans_attach(struct ss_chans *cs, int fd)
     c->idx = idx;
     c->ctl = fd;
     c->app_bell = c->inst_bell = -1;
+    struct ucred cred;
+    socklen_t clen = sizeof cred;
+    c->pid = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) == 0 ? cred.pid : 0;
     c->memfd = memfd_create("shardsock-channel", MFD_CLOEXEC);
     c->app_bell = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     c->inst_bell = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -864,8 +868,8 @@ int ss_chans_describe(struct ss_chans *cs, int sid, char *buf, size_t len)
         struct ss_chan_host *c = cs->c[chan];
         struct ss_chan_socket *so = &c->r->sock[k];
         int w = snprintf(buf + n, len - n,
-                         " proc=%d/%u rx=%u/%u tx=%u/%u ready=%#x kicked=%u evq=%u app_sleeping=%u%s%s", chan, k,
-                         so->rx.head, so->rx.tail, so->tx.head, so->tx.tail, so->ready, so->kicked, so->evq,
+                         " proc=%d/%u pid=%d rx=%u/%u tx=%u/%u ready=%#x kicked=%u evq=%u app_sleeping=%u%s%s", chan,
+                         k, c->pid, so->rx.head, so->rx.tail, so->tx.head, so->tx.tail, so->ready, so->kicked, so->evq,
                          c->r->app_sleeping, c->s[k].zombie ? " zombie" : "", c->s[k].eof ? " eof" : "");
         if (w < 0)
             break;
@@ -873,6 +877,28 @@ int ss_chans_describe(struct ss_chans *cs, int sid, char *buf, size_t len)
         int next = c->s[k].next_chan;
         k = c->s[k].next_slot;
         chan = next;
+    }
+    return n < len ? (int)n : (int)len - 1;
+}
+
+int ss_chans_procs(struct ss_chans *cs, char *buf, size_t len)
+{
+    size_t n = 0;
+    for (int i = 0; i < SS_MAX_CHANNELS && n < len; i++) {
+        struct ss_chan_host *c = cs->c[i];
+        if (!c)
+            continue;
+        unsigned socks = 0, listeners = 0;
+        for (uint32_t k = 0; k < SS_CHAN_SOCKETS; k++)
+            if (c->s[k].sid >= 0 && !c->s[k].zombie) {
+                socks++;
+                listeners += c->s[k].listener;
+            }
+        int w = snprintf(buf + n, len - n, "proc=%d pid=%d sockets=%u listeners=%u gone=%d\n", i, c->pid, socks,
+                         listeners, c->gone);
+        if (w < 0)
+            break;
+        n += (size_t)w;
     }
     return n < len ? (int)n : (int)len - 1;
 }

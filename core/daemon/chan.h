@@ -57,5 +57,9 @@ void ss_chans_destroy(struct ss_chans *cs);
 /* For netstat: the holders of engine socket sid and their rings, as
  * " proc=CHANNEL/SLOT ..." words; 0 when it is no channel's. */
 int ss_chans_describe(struct ss_chans *cs, int sid, char *buf, size_t len);
+/* For status: one line per attached process, "proc=CHANNEL pid=PID
+ * sockets=N listeners=N gone=0|1" (gone: exec'd or ended, its channel kept
+ * for a child's tickets). */
+int ss_chans_procs(struct ss_chans *cs, char *buf, size_t len);
 
 #endif

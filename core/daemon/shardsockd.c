@@ -248,7 +248,7 @@ static void run_services(struct instance *in)
 
 /* ---- control socket ---- */
 
-/* One line per socket of the services: the connection's TCP state, as
+/* One line per socket (free ids excepted): its TCP state, queues and holders, as
  * `shardsock netstat` will show it. */
 static void control_netstat(struct instance *in, int c)
 {
@@ -256,8 +256,8 @@ static void control_netstat(struct instance *in, int c)
     for (uint32_t sid = 0; sid < in->max_sockets; sid++) {
         struct ss_tcp_info ti;
         int np = ss_chans_describe(&in->chans, (int)sid, procs, sizeof procs);
-        if ((in->role[sid] == ROLE_NONE && !np) || ss_tcp_info(in->e, (int)sid, &ti) < 0)
-            continue;
+        if (ss_tcp_info(in->e, (int)sid, &ti) < 0)
+            continue; /* a free socket id; every other one is listed, orphans (TIME_WAIT...) too, as ss -tan does */
         /* a listener: its backlog in use, and whether a process uses it (listen spawn) */
         char listen_info[96] = "";
         if (ti.state == SS_TCP_LISTEN)
@@ -272,8 +272,10 @@ static void control_netstat(struct instance *in, int c)
                          ti.remote_ip >> 16 & 255, ti.remote_ip >> 8 & 255, ti.remote_ip & 255, ti.remote_port,
                          ti.snd_una, ti.snd_nxt, ti.snd_wnd, ti.cwnd, ti.ssthresh, ti.rto_us, ti.srtt_us,
                          ti.retransmits, ti.snd_queued, ti.rcv_nxt, ti.rcv_wnd, ti.rcv_queued, listen_info,
-                         np ? procs : (in->role[sid] == ROLE_ECHO || in->role[sid] == ROLE_ECHO_LISTEN ? " service=echo"
-                                                                                                         : " service=discard"));
+                         np                                                                    ? procs
+                         : in->role[sid] == ROLE_ECHO || in->role[sid] == ROLE_ECHO_LISTEN    ? " service=echo"
+                         : in->role[sid] == ROLE_DISCARD || in->role[sid] == ROLE_DISCARD_LISTEN ? " service=discard"
+                                                                                                 : "");
         if (send(c, line, (size_t)n, MSG_NOSIGNAL) < 0)
             return;
     }
@@ -302,6 +304,14 @@ static void control_request(struct instance *in)
             close(c);
             return;
         }
+        if (strncmp(req, "procs", 5) == 0) {
+            char list[SS_MAX_CHANNELS * 80];
+            int m = ss_chans_procs(&in->chans, list, sizeof list);
+            if (m > 0)
+                send(c, list, (size_t)m, MSG_NOSIGNAL);
+            close(c);
+            return;
+        }
         if (strncmp(req, "attach", 6) == 0) {
             if (ss_chans_attach(&in->chans, c) == 0)
                 return; /* the connection is the channel's now */
@@ -322,7 +332,7 @@ static void control_request(struct instance *in)
             in->stopping = true;
             snprintf(rep, sizeof rep, "stopping\n");
         } else
-            snprintf(rep, sizeof rep, "error: unknown request (attach, fork, ping, place, stop, netstat)\n");
+            snprintf(rep, sizeof rep, "error: unknown request (attach, fork, ping, place, procs, stop, netstat)\n");
         send(c, rep, strlen(rep), MSG_NOSIGNAL);
     }
     close(c);

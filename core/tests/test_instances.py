@@ -452,5 +452,11 @@ time.sleep(5)
         if read_page(group.name, 0) is None:
             break
         time.sleep(0.05)
-    st = json.loads(group.cli("status", "--json").stdout)
-    assert st["instances"][0]["healthy"] is False and st["instances"][0]["state"] == "dead"
+    # the supervisor does not restart an instance that was asked to stop
+    for _ in range(100):
+        st = json.loads(group.cli("status", "--json").stdout)
+        if st["instances"][0]["state"] == "stopped":
+            break
+        time.sleep(0.05)
+    assert st["instances"][0]["healthy"] is False and st["instances"][0]["state"] == "stopped"
+    assert st["instances"][0]["restarts"] == 0
