@@ -15,6 +15,7 @@ failed and what to do; --debug shows the Python traceback.
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 
@@ -373,6 +374,10 @@ COMMANDS = {"run": cmd_run, "up": cmd_up, "down": cmd_down, "status": cmd_status
 
 
 def main(argv=None):
+    # As a C tool: a closed pipe ends the command quietly (shardsock stat |
+    # head), and the program `run` execs gets SIGPIPE's default, not the
+    # SIG_IGN Python gives itself.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -383,6 +388,12 @@ def main(argv=None):
     from preload.netsetup import SetupError
     try:
         return COMMANDS[args.command](args)
+    except PermissionError as e:
+        if args.debug:
+            raise
+        print("shardsock %s: permission denied: %s; this needs root (the group's files and devices are "
+              "root's)" % (args.command, e.filename or e), file=sys.stderr)
+        return 1
     except (ConfigError, GroupError, SetupError, OSError) as e:
         if args.debug:
             raise

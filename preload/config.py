@@ -9,6 +9,7 @@ exists.  docs/CONFIG.md is the reference; a test keeps it equal to KEYS.
 """
 import ipaddress
 import os
+import re
 
 SEARCH_PATH = ("/etc/shardsock/shardsock.toml",)
 BACKENDS = ("tap", "afpacket", "afxdp")
@@ -53,7 +54,8 @@ def _port(v):
 
 # name: (default, check, what a good value is, meaning)
 KEYS = {
-    "group": ("default", lambda v: isinstance(v, str) and v.isidentifier(), "a name of letters, digits and _",
+    "group": ("default", lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,32}", v) is not None,
+              "a name of 1-32 letters, digits, _ and -",
               "the instance group's name: its run directory and shared memory carry it"),
     "run_dir": ("/run/shardsock", lambda v: isinstance(v, str) and v.startswith("/"), "an absolute path",
                 "where groups keep their state, control sockets and logs (<run_dir>/<group>/)"),
