@@ -24,7 +24,7 @@ DAEMON_HDR := $(wildcard core/netdev/*.h core/daemon/*.h core/include/shardsock/
 ASAN_MOD    = $(BUILD)/asan/_engine.so
 PYTEST      = $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: help setup build test test-engine test-engine-sanitized test-shim test-preload test-compat soak check-engine-symbols demo bench bench-engine bench-instances bench-shim bench-nginx clean
+.PHONY: help setup build test test-engine test-engine-sanitized test-shim test-preload test-compat soak check-engine-symbols demo bench bench-engine bench-instances bench-shim bench-nginx bench-compare clean
 
 help: ## list the targets
 	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-24s %s\n", $$1, $$2}'
@@ -134,10 +134,10 @@ test: setup build check-engine-symbols test-engine test-engine-sanitized test-sh
 soak: build ## long runs: 500 MB each way across the impaired link (loss, duplication, reordering, delay), every backend
 	SHARDSOCK_IMPAIRED_MB=500 $(PYTEST) core/tests/test_instances_impaired.py -k echo
 
-demo: setup build ## what runs today: the lossy 100 MB transfer, then instances on a tap serving the kernel and a program under the library
+demo: setup build ## what runs today: the lossy 100 MB transfer, instances on a tap, nginx under the library serving a page, a short shardsock bench (chart: build/demo-bench.png)
 	$(PY) scripts/demo.py
 
-bench: build bench-engine bench-instances bench-shim bench-nginx ## benchmarks (not tests); numbers go in the README
+bench: build bench-engine bench-instances bench-shim bench-nginx bench-compare ## benchmarks (not tests); numbers go in the README
 
 bench-engine: build ## engine cost per segment and per connection (callgrind), memory per connection
 	$(PY) scripts/bench_engine.py
@@ -148,8 +148,11 @@ bench-instances: build ## echo round trips and bulk Gbit/s: kernel vs shardsock 
 bench-shim: build ## echo_server on the kernel and under libshardsock.so, and its system calls per round trip
 	$(PY) scripts/bench_shim.py
 
-bench-nginx: build ## nginx serving 64 bytes: kernel (veth) vs shardsock (tap, listen spawn), keep-alive and close, CPU per request
+bench-nginx: build ## nginx serving 64 bytes: kernel (veth) vs shardsock (tap, listen spawn), keep-alive and close, latency, CPU per request (chart build/bench-nginx.png)
 	$(PY) scripts/bench_nginx.py
+
+bench-compare: build ## shardsock bench: nginx keep-alive/close and echo, kernel vs shardsock, table and chart (build/shardsock-bench.png)
+	$(PY) -m preload.cli bench --chart $(BUILD)/shardsock-bench.png
 
 clean: ## remove build products
 	rm -rf $(BUILD) preload/_engine*.so preload/_engine.c preload/.engine-built *.egg-info

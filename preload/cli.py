@@ -244,7 +244,7 @@ def cmd_top(args):
     try:
         while args.iterations is None or n < args.iterations:
             sample = observe.top_sample(cfg, prev)
-            if prev is not None or args.iterations == 1:
+            if prev is not None:  # rates need two samples: the first refresh comes after one interval
                 if args.json:
                     out = dict(sample, instances=[{k: v for k, v in r.items() if k != "raw"}
                                                   for r in sample["instances"]])

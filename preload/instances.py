@@ -177,7 +177,8 @@ def start_supervisor(cfg):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
     with open(os.path.join(group_dir(cfg), "supervisor.log"), "a") as logf:
         p = subprocess.Popen([sys.executable, "-m", "preload.supervisor", state_path(cfg), str(w)], pass_fds=(w,),
-                             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True, env=env)
+                             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True, env=env,
+                             cwd="/")
     os.close(w)
     answer = b""
     deadline = time.monotonic() + cfg["ready_timeout_s"] + 10

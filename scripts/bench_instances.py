@@ -19,104 +19,53 @@ reported beside it.  The machine is shared and has 2 cores, and a single run
 swings widely: the targets take turns for BENCH_ROUNDS rounds (default 3)
 and the table gives the median of each, with the range of the ratio.
 
+The servers, the client, the turns and the CPU accounting are
+preload/bench.py's (`shardsock bench`, whose echo scenario is rr-64 against
+the tap target); this script picks the targets and scenarios and prints the
+table with ranges.  scripts/bench_shim.py uses run_scenarios() below.
+
     $ make bench-instances
 """
+import functools
 import json
 import os
-import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from topology import Netns, VethPair  # noqa: E402
+sys.path.insert(0, ROOT)
+from preload import bench  # noqa: E402  (the servers, the client and the CPU accounting)
+from preload.instances import GroupError  # noqa: E402
 
-BUILD = os.path.join(ROOT, "build")
+BUILD = bench.BUILD
 SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 TARGETS = ("kernel", "afpacket", "afxdp", "tap")
 SCENARIOS = [("rr-1", ["--mode", "rr", "--conns", "1", "--size", "64"]),
              ("rr-64", ["--mode", "rr", "--conns", "64", "--size", "64"]),
              ("bulk-1", ["--mode", "bulk", "--conns", "1", "--port", "9"])]
-HZ = os.sysconf("SC_CLK_TCK")
 
 
-def busy_jiffies():
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return sum(v) - v[3] - v[4]  # all but idle and iowait
-
-
-def proc_cpu(pids):
-    total = 0
-    for pid in pids:
-        try:
-            with open("/proc/%d/stat" % pid) as f:
-                fields = f.read().split(")")[-1].split()
-            total += int(fields[11]) + int(fields[12])
-        except FileNotFoundError:
-            pass
-    return total
+def per_unit(res):
+    """bench.measure's CPU per request under this table's names: per round
+    trip, or per 1460-byte segment for bulk."""
+    res["cpu_us_per_unit"] = round(res["machine_cpu_us_per_request"], 2)
+    res["server_cpu_us_per_unit"] = round(res["cpu_us_per_request"], 2)
+    return res
 
 
 def run_scenarios(client_ns, host, server_pids):
-    out = {}
-    for name, args in SCENARIOS:
-        b0, s0 = busy_jiffies(), proc_cpu(server_pids)
-        r = client_ns.run([os.path.join(BUILD, "echo_bench"), "--host", host, "--seconds", str(SECONDS)] + args,
-                          timeout=SECONDS + 60)
-        b1, s1 = busy_jiffies(), proc_cpu(server_pids)
-        res = json.loads(r.stdout)
-        if not res.get("ok"):
-            raise SystemExit("bench: %s against %s failed: %s" % (name, host, res))
-        units = res["round_trips"] if res["mode"] == "rr" else res["bytes"] / 1460
-        res["cpu_us_per_unit"] = round((b1 - b0) / HZ * 1e6 / max(units, 1), 2)
-        res["server_cpu_us_per_unit"] = round((s1 - s0) / HZ * 1e6 / max(units, 1), 2)
-        out[name] = res
-    return out
+    """Every scenario against a server already running (bench_shim.py's
+    programs under the library): {scenario: echo_bench's result + CPU}."""
+    return {name: per_unit(bench.measure(lambda: bench.echo_bench(client_ns, host, SECONDS, args),
+                                         lambda: server_pids)) for name, args in SCENARIOS}
 
 
-def kernel():
-    pair = VethPair(stack_kernel_address="198.18.1.2/24")
-    try:
-        p = subprocess.Popen(["ip", "netns", "exec", pair.stack.name, os.path.join(BUILD, "echo_server")],
-                             stdout=subprocess.PIPE, text=True)
-        try:
-            assert p.stdout.readline().strip() == "ready"
-            time.sleep(0.2)
-            return run_scenarios(pair.client, "198.18.1.2", [p.pid])
-        finally:
-            p.kill()
-            p.wait()
-    finally:
-        pair.delete()
-
-
-def shardsock(backend):
-    group = "bench%d" % os.getpid()
-    args = ["--group", group, "--run-dir", "/run/shardsock-bench"]
-    if backend in ("afpacket", "afxdp"):
-        pair = VethPair(queues=os.cpu_count() if backend == "afxdp" else None)
-        stack_ns, client_ns, host = pair.stack, pair.client, "198.18.1.2"
-        extra = ["--backend", backend, "--interface", "vs", "--address", "198.18.1.2/24"]
-    else:
-        pair = None
-        stack_ns = client_ns = Netns()
-        host, extra = "198.18.0.2", []
-    try:
-        r = stack_ns.shardsock("up", *args, *extra, "--echo", "7", "--discard", "9")
-        if r.returncode:
-            raise SystemExit("bench: shardsock up (%s) failed: %s" % (backend, r.stderr))
-        try:
-            st = json.loads(stack_ns.shardsock("status", "--json", *args).stdout)
-            return run_scenarios(client_ns, host, [i["pid"] for i in st["instances"]])
-        finally:
-            stack_ns.shardsock("down", *args)
-    finally:
-        if pair:
-            pair.delete()
-        else:
-            stack_ns.delete()
+def plan():
+    """The targets in turn, each running every scenario (bench.run_rounds)."""
+    loads = [(name, lambda srv, args=args: bench.echo_bench(srv.client, srv.target, SECONDS, args))
+             for name, args in SCENARIOS]
+    return [(t, bench.kernel_echo if t == "kernel" else functools.partial(bench.shardsock_echo, t), loads)
+            for t in TARGETS]
 
 
 def median(xs):
@@ -127,10 +76,16 @@ def median(xs):
 def main():
     if os.geteuid() != 0:
         sys.exit("bench: needs root (namespaces, devices)")
-    runs = {t: [] for t in TARGETS}
-    for _ in range(ROUNDS):
-        for t in TARGETS:
-            runs[t].append(kernel() if t == "kernel" else shardsock(t))
+    try:
+        with bench.SIGNALS.installed():
+            out = bench.run_rounds(plan(), ROUNDS, SECONDS)
+    except bench.Interrupted:
+        sys.exit("bench: interrupted; everything it made is removed")
+    except GroupError as e:
+        sys.exit("bench: %s" % e)
+    # {target: [{scenario: result} per round]}
+    runs = {t: [{name: per_unit(out[name][t][i]) for name, _ in SCENARIOS} for i in range(ROUNDS)]
+            for t in TARGETS}
     print("echo benchmark: %d rounds of %.0f s per scenario, targets in turn, %d cores; medians.  CPU = whole "
           "machine per round trip (per 1460-byte segment for bulk)" % (ROUNDS, SECONDS, os.cpu_count()))
     print("%-8s %-9s %16s %9s %15s %12s %14s" % ("scenario", "target", "result", "vs kernel", "ratio range",

@@ -6,9 +6,12 @@ and removes.
    reorders and duplicates 5% of frames (build/pair).
 2. `shardsock up` starts one pinned instance per core on a tap device; the
    kernel on the host side pings the stack and sends 10 MB through its echo
-   service; `shardsock run -- python3 -m http.server` serves curl from the
-   host through the stack; `status` and `stat` show the instances;
-   `shardsock down` leaves nothing behind.
+   service; nginx under `shardsock run` serves a page to curl on the host
+   side through the stack; `netstat`, `status` and `stat` show the
+   instances; `shardsock down` leaves nothing behind.
+3. `shardsock bench`, one round of 1 s per scenario: nginx (keep-alive and
+   close) and echo round trips on the kernel and on shardsock, the table and
+   a chart (build/demo-bench.png).
 """
 import json
 import os
@@ -17,9 +20,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "scripts")]
 from topology import ECHO, Netns  # noqa: E402
-
 
 
 def step(title):
@@ -48,22 +50,17 @@ def main():
         step("TCP echo from the kernel: 10 MB through the stack and back")
         out = ns.python(ECHO, "198.18.0.2", 10_000_000)
         print("sent %d bytes, received %d, byte-exact: %s" % (out["sent"], out["received"], out["same"]))
-        step("shardsock run -- python3 -m http.server 8000; curl http://198.18.0.2:8000/ from the host side")
-        srv = subprocess.Popen(["ip", "netns", "exec", ns.name, sys.executable, "-m", "preload.cli", "run", *args,
-                                "--", sys.executable, "-m", "http.server", "8000", "--directory", ROOT],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env=dict(os.environ, PYTHONPATH=ROOT))
-        try:
-            for _ in range(50):
-                r = ns.run(["curl", "-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code} %{size_download} bytes",
-                            "http://198.18.0.2:8000/README.md"])
-                if r.returncode == 0:
-                    break
-                time.sleep(0.1)
-            print("curl: HTTP %s, served by a program whose sockets are the stack's" % r.stdout)
-        finally:
-            srv.terminate()
-            srv.wait()
+        step("shardsock run -- nginx (Debian's, worker_processes auto); curl from the host side")
+        from preload import bench
+        group_cmd = [sys.executable, "-m", "preload.cli", "run", *args, "--"]
+        with bench.nginx_server(lambda d: ns.run(group_cmd + ["/usr/sbin/nginx", "-c", d + "/nginx.conf", "-p", d],
+                                                 check=True, env=dict(os.environ, PYTHONPATH=ROOT))) as d:
+            url = "http://198.18.0.2:8080/64.bin"
+            bench.wait_serving(ns, url, d)
+            r = ns.run(["curl", "-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code} %{size_download} bytes", url])
+            print("curl %s: HTTP %s, from nginx workers whose sockets are the stack's" % (url, r.stdout))
+            step("shardsock netstat -l")
+            print(ns.shardsock("netstat", "-l", *args).stdout.rstrip())
         step("shardsock status")
         print(ns.shardsock("status", *args).stdout.rstrip())
         step("shardsock stat")
@@ -72,6 +69,12 @@ def main():
         step("shardsock down")
         print(ns.shardsock("down", *args).stdout.strip())
         ns.delete()
+    step("shardsock bench --seconds 1 --rounds 1: a glimpse (make bench-compare for numbers)")
+    r = subprocess.run([sys.executable, "-m", "preload.cli", "bench", "--seconds", "1", "--rounds", "1",
+                        "--no-progress", "--chart", os.path.join(ROOT, "build", "demo-bench.png")],
+                       env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
+    if r.returncode:
+        sys.exit(r.returncode)
 
 
 if __name__ == "__main__":
