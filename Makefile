@@ -24,7 +24,7 @@ DAEMON_HDR := $(wildcard core/netdev/*.h core/daemon/*.h core/include/shardsock/
 ASAN_MOD    = $(BUILD)/asan/_engine.so
 PYTEST      = $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: help setup build test test-engine test-engine-sanitized test-shim test-preload test-compat soak check-engine-symbols demo bench bench-engine bench-instances bench-shim bench-nginx bench-compare clean
+.PHONY: help setup build test test-engine test-engine-sanitized test-shim test-preload test-compat compat soak check-engine-symbols demo bench bench-engine bench-instances bench-shim bench-nginx bench-compare clean
 
 help: ## list the targets
 	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-24s %s\n", $$1, $$2}'
@@ -126,7 +126,9 @@ test-shim: build ## the preload library: programs on the kernel and under the li
 test-preload: build ## the management layer's tests
 	$(PYTEST) preload/tests
 
-test-compat: build ## real programs under the library: nginx (compat_tests/)
+test-compat: compat
+
+compat: build ## the compatibility suite: real programs on the kernel and under shardsock, compared; writes compat_tests/MATRIX.md
 	$(PYTEST) compat_tests
 
 test: setup build check-engine-symbols test-engine test-engine-sanitized test-shim test-preload test-compat ## setup, build, then every test

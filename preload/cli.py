@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -90,6 +91,15 @@ def build_parser():
     tp.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     tp.add_argument("--iterations", "-n", type=int, help="stop after N refreshes (default: until Ctrl-C)")
     tp.add_argument("--json", action="store_true", help="print one JSON object per refresh, one per line")
+    cm = sub.add_parser("compat", help="the compatibility suite: real programs on the kernel and under "
+                        "shardsock, compared; writes compat_tests/MATRIX.md")
+    cm.add_argument("-k", dest="select", metavar="EXPR", help="only the scenarios pytest's -k EXPR selects "
+                    "(e.g. redis, 'nginx and not wrk')")
+    cm.add_argument("--matrix-only", action="store_true",
+                    help="only the matrix's scenarios (compat_tests/scenarios/), not the nginx, redis and "
+                         "listen spawn tests")
+    cm.add_argument("--list", action="store_true", help="list the scenarios and their placements, run nothing")
+    cm.add_argument("--matrix", metavar="PATH", help="write the matrix here (default: compat_tests/MATRIX.md)")
     cp = sub.add_parser("completion", help="print the bash completion script (source it, or install it in "
                         "/etc/bash_completion.d/shardsock)")
     cp.add_argument("shell", choices=["bash"])
@@ -289,6 +299,30 @@ def cmd_config(args):
     return 0
 
 
+def cmd_compat(args):
+    """pytest on compat_tests/ of this checkout: its conftest writes the
+    matrix and prints the summary line."""
+    from preload.instances import GroupError, ROOT
+    tests = os.path.join(ROOT, "compat_tests")
+    if not os.path.isdir(tests):
+        raise GroupError("%s is missing: the suite runs from a checkout of shardsock" % tests)
+    if args.list:
+        sys.path.insert(0, tests)
+        import matrix
+        for s in matrix.load():
+            print("%-10s %-50s %s" % (s.program, s.name, ",".join(s.placements)))
+        return 0
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+           os.path.join(tests, "test_matrix.py") if args.matrix_only else tests]
+    if args.select:
+        cmd += ["-k", args.select]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    if args.matrix:
+        env["SHARDSOCK_MATRIX"] = os.path.abspath(args.matrix)
+    r = subprocess.run(cmd, cwd=ROOT, env=env)
+    return 0 if r.returncode == 0 else 1
+
+
 def cmd_completion(args):
     print(bash_completion(build_parser()))
     return 0
@@ -370,7 +404,8 @@ def cmd_bench(args):
 
 COMMANDS = {"run": cmd_run, "up": cmd_up, "down": cmd_down, "status": cmd_status, "stat": cmd_stat,
             "counters": cmd_counters, "doctor": cmd_doctor, "bench": cmd_bench, "restart": cmd_restart,
-            "config": cmd_config, "netstat": cmd_netstat, "top": cmd_top, "completion": cmd_completion}
+            "config": cmd_config, "netstat": cmd_netstat, "top": cmd_top, "completion": cmd_completion,
+            "compat": cmd_compat}
 
 
 def main(argv=None):

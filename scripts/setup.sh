@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 DEBS="build-essential python3-dev valgrind iproute2 pkg-config iputils-ping ethtool libxdp-dev libbpf-dev clang curl strace liburing-dev"
 # the real programs the compatibility tests run (compat_tests/)
-DEBS="$DEBS nginx redis-server redis-tools wrk apache2-utils"
+DEBS="$DEBS nginx redis-server redis-tools wrk apache2-utils memcached socat netcat-openbsd wget stress-ng nodejs"
 
 missing=""
 for p in $DEBS; do

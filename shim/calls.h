@@ -63,6 +63,10 @@
     X(int, execvp, (const char *file, char *const argv[]), (file, argv))                                         \
     X(int, execvpe, (const char *file, char *const argv[], char *const envp[]), (file, argv, envp))              \
     X(int, fexecve, (int fd, char *const argv[], char *const envp[]), (fd, argv, envp))                          \
+    X(int, setuid, (uid_t uid), (uid))                                                                           \
+    X(int, seteuid, (uid_t uid), (uid))                                                                          \
+    X(int, setreuid, (uid_t r, uid_t e), (r, e))                                                                 \
+    X(int, setresuid, (uid_t r, uid_t e, uid_t s), (r, e, s))                                                    \
     X(ssize_t, __read_chk, (int fd, void *buf, size_t n, size_t buflen), (fd, buf, n, buflen))                   \
     X(ssize_t, __recv_chk, (int fd, void *buf, size_t n, size_t buflen, int flags), (fd, buf, n, buflen, flags)) \
     X(ssize_t, __recvfrom_chk,                                                                                   \

@@ -1310,6 +1310,40 @@ void ss_adopt_for(int fd)
     ss_adopt_inherited();
 }
 
+/* A process about to give up root (memcached -u, a daemon's setuid)
+ * attaches now, while the instance's control socket (0660, root's) still
+ * lets it; its sockets made later are then the stack's.  Only then: a
+ * process that never changes uid attaches at its first socket. */
+static void attach_before_root_goes(uid_t to)
+{
+    if (to != (uid_t)-1 && to != 0 && geteuid() == 0 && ss_ch.state == SS_CH_UNTRIED)
+        ss_attach();
+}
+
+static int hook_setuid(uid_t uid)
+{
+    attach_before_root_goes(uid);
+    return REAL(setuid)(uid);
+}
+
+static int hook_seteuid(uid_t uid)
+{
+    attach_before_root_goes(uid);
+    return REAL(seteuid)(uid);
+}
+
+static int hook_setreuid(uid_t r, uid_t e)
+{
+    attach_before_root_goes(e != (uid_t)-1 ? e : r);
+    return REAL(setreuid)(r, e);
+}
+
+static int hook_setresuid(uid_t r, uid_t e, uid_t s)
+{
+    attach_before_root_goes(e != (uid_t)-1 ? e : r);
+    return REAL(setresuid)(r, e, s);
+}
+
 /* vfork's child shares the parent's memory and may only exec or _exit:
  * run it as a fork, which is always correct where vfork is. */
 static pid_t hook_vfork(void) { return hook_fork(); }

@@ -309,6 +309,8 @@ int ss_sock_connect(int fd, struct ss_sock *s, const struct sockaddr *a, socklen
     uint32_t ip = 0;
     uint16_t port = 0;
     int e = parse_addr(s, a, len, &ip, &port);
+    if (e == 0 && ip == 0)
+        ip = 0x7f000001; /* Linux connects to 0.0.0.0 as to the local host (ip_route_connect), as stress-ng does */
     if (!s->stack && s->kernel_only) {
         to_kernel(fd, s, SS_FB_OPTION, "an option the stack cannot honour was set");
         return REAL(connect)(fd, a, len);

@@ -27,6 +27,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 static int fail(int e)
@@ -58,6 +59,7 @@ static int real_wait(struct pollfd *p, nfds_t n, int timeout_ms, const sigset_t 
 
 struct ep_set;
 static struct ep_set *polled_set(int fd);
+static void dispatch_events(void);
 static short set_revents(struct ep_set *set, short events);
 
 int ss_poll(struct pollfd *p, nfds_t n, int timeout_ms, const sigset_t *mask)
@@ -153,8 +155,10 @@ int ss_poll(struct pollfd *p, nfds_t n, int timeout_ms, const sigset_t *mask)
             total = -1;
             break;
         }
-        if (sleep && kp[m].revents)
+        if (sleep && kp[m].revents) {
             drain_bell();
+            dispatch_events();
+        }
         bool look_again = false;
         for (nfds_t j = 0; j < m; j++) {
             if (!kp[j].revents)
@@ -243,6 +247,7 @@ int ss_select(int n, fd_set *r, fd_set *w, fd_set *e, int timeout_ms, const sigs
 /* ---- epoll ---- */
 
 #define BELL_TAG 0x5353424c4c000000ull /* "SSBLL": the doorbell in a real epoll set */
+#define WAKE_TAG 0x5353574b45000000ull /* "SSWKE": the set's own wake-up in its real epoll set */
 
 struct ep_set;
 
@@ -255,12 +260,15 @@ struct ep_item {
     bool disabled;            /* a ONESHOT that fired: until EPOLL_CTL_MOD */
     bool queued;              /* on its set's check list */
     bool pending;             /* s undecided: the kernel registration serves it until ss_epoll_decided */
+    bool kernel_edge;         /* inner: the kernel reported its kernel side moved, not yet collected */
     struct ep_item *next_in_set, *next_check, *next_of_slot, *next_watcher;
 };
 
 struct ep_set {
     int ep;
     bool bell;                /* the doorbell is in the real set */
+    int sleepers;             /* threads in epoll_wait on it with nothing to report (under ep_lock) */
+    int wake;                 /* an eventfd in the real set (WAKE_TAG): wakes them; -1 until needed */
     struct ep_item *items, *check;
     struct ep_item *watchers; /* the items that hold this set in other sets */
     struct ep_set *next;
@@ -298,6 +306,7 @@ static struct ep_set *find_set(int ep, bool create)
     if (!x)
         return NULL;
     x->ep = ep;
+    x->wake = -1;
     x->next = sets;
     __atomic_store_n(&sets, x, __ATOMIC_RELEASE);
     return x;
@@ -311,6 +320,14 @@ static void queue_check(struct ep_set *set, struct ep_item *it)
         it->queued = true;
         it->next_check = set->check;
         set->check = it;
+    }
+    /* Threads asleep on this set are woken (as the kernel wakes a set's
+     * waiters): the doorbell that brought the news may have been drained by
+     * a thread waiting on another set (memcached's workers each have one). */
+    if (set->sleepers && set->wake >= 0) {
+        uint64_t one = 1;
+        ssize_t r = REAL(write)(set->wake, &one, sizeof one);
+        (void)r;
     }
     for (struct ep_item *w = set->watchers; w; w = w->next_watcher) {
         struct ep_set *outer = find_set(w->ep, false);
@@ -332,27 +349,54 @@ static bool kernel_side_ready(struct ep_set *set)
 }
 
 /* Would epoll_wait on the set report anything?  Its accelerated sockets
- * as the check list has them, then its kernel side. */
-static bool set_ready(struct ep_set *set, int depth)
+ * as the check list has them, then (with kernel) its kernel side. */
+static bool set_ready(struct ep_set *set, int depth, bool kernel)
 {
     if (depth > NEST_MAX)
         return false;
     for (struct ep_item *it = set->check; it; it = it->next_check)
         if (!it->disabled && item_revents(it, depth + 1))
             return true;
-    return kernel_side_ready(set);
+    return kernel && kernel_side_ready(set);
 }
 
+/* An inner set's item, level-triggered, is ready whenever the set is.
+ * Edge-triggered (and ONESHOT) it is queued by an edge from one of two
+ * sources, and only that source's readiness counts: an event on an inner
+ * accelerated socket (the watchers, and ADD/MOD as the kernel's own poll
+ * at registration) looks at the accelerated side, the kernel's NEST_TAG
+ * edge (kernel_edge) at the kernel side.  Otherwise one arrival on an
+ * inner kernel descriptor, seen through a queued item before the kernel's
+ * edge for it was taken, is reported a second time when that edge is. */
 static uint32_t item_revents(struct ep_item *it, int depth)
 {
     if (it->pending)
         return 0; /* the kernel reports it */
     if (it->s)
         return (uint32_t)ss_sock_revents(it->s, (short)it->events) & (it->events | EPOLLERR | EPOLLHUP);
-    return set_ready(it->inner, depth) ? (EPOLLIN | EPOLLRDNORM) & it->events : 0;
+    bool ready;
+    if (!(it->events & (EPOLLET | EPOLLONESHOT)))
+        ready = set_ready(it->inner, depth, true);
+    else
+        ready = set_ready(it->inner, depth, false) || (it->kernel_edge && kernel_side_ready(it->inner));
+    return ready ? (EPOLLIN | EPOLLRDNORM) & it->events : 0;
 }
 
 static void take_events(void);
+
+/* A thread that drained the doorbell hands the news on: the event ring's
+ * entries queue the items of every set, waking the threads asleep on
+ * those (queue_check).  Outside ep_lock. */
+static void dispatch_events(void)
+{
+    if (!__atomic_load_n(&sets, __ATOMIC_ACQUIRE) || ss_ch.state != SS_CH_ATTACHED ||
+        __atomic_load_n(&ss_ch.r->event.head, __ATOMIC_ACQUIRE) == __atomic_load_n(&ss_ch.r->event.tail,
+                                                                                    __ATOMIC_RELAXED))
+        return;
+    pthread_mutex_lock(&ep_lock);
+    take_events();
+    pthread_mutex_unlock(&ep_lock);
+}
 
 /* An epoll descriptor in poll or select: the set, when it is one of ours. */
 static struct ep_set *polled_set(int fd)
@@ -370,7 +414,7 @@ static short set_revents(struct ep_set *set, short events)
     pthread_mutex_lock(&ep_lock);
     if (ss_ch.state == SS_CH_ATTACHED)
         take_events();
-    bool ready = set_ready(set, 0);
+    bool ready = set_ready(set, 0, true);
     pthread_mutex_unlock(&ep_lock);
     return ready ? (short)((POLLIN | POLLRDNORM) & events) : 0;
 }
@@ -439,6 +483,7 @@ static int nested_ctl(int ep, int op, int fd, struct epoll_event *ev)
         it->events = ev->events;
         it->data = ev->data;
         it->disabled = false;
+        it->kernel_edge = false; /* the kernel's MOD polled the set again: a new edge if ready */
         queue_check(set, it);
     } else if (it) {
         unlink_item(set, it);
@@ -650,6 +695,8 @@ void ss_epoll_close(int ep)
             }
         }
         *pp = set->next;
+        if (set->wake >= 0)
+            REAL(close)(set->wake);
         free(set);
         break;
     }
@@ -687,6 +734,8 @@ static int collect(struct ep_set *set, struct epoll_event *ev, int max)
         struct ep_item *next = it->next_check;
         it->queued = false;
         uint32_t r = it->disabled || n >= max ? 0 : item_revents(it, 0);
+        if (n < max || it->disabled)
+            it->kernel_edge = false; /* looked at: the edge is spent */
         if (n >= max && !it->disabled) {
             it->queued = true; /* no room: keep it for the next call */
             it->next_check = again;
@@ -723,10 +772,23 @@ int ss_epoll_wait(int ep, struct epoll_event *ev, int max, int timeout_ms, const
         pthread_mutex_lock(&ep_lock);
         take_events();
         int n = collect(set, ev, max);
-        pthread_mutex_unlock(&ep_lock);
         /* then the kernel's descriptors, without waiting when we have some */
         int left = 0;
         bool sleep = n == 0 && timeout_ms != 0;
+        if (sleep) {
+            /* From here on, under the same lock as the collect that found
+             * nothing, whoever queues an item on this set wakes us. */
+            if (set->wake < 0) {
+                struct epoll_event w = {.events = EPOLLIN, .data.u64 = WAKE_TAG};
+                set->wake = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+                if (set->wake >= 0 && REAL(epoll_ctl)(set->ep, EPOLL_CTL_ADD, set->wake, &w) < 0) {
+                    REAL(close)(set->wake);
+                    set->wake = -1;
+                }
+            }
+            set->sleepers++;
+        }
+        pthread_mutex_unlock(&ep_lock);
         if (sleep) {
             __atomic_add_fetch(&ss_ch.r->app_sleeping, 1, __ATOMIC_SEQ_CST);
             if (__atomic_load_n(&ss_ch.r->event.head, __ATOMIC_ACQUIRE) != ss_ch.r->event.tail) {
@@ -740,8 +802,12 @@ int ss_epoll_wait(int ep, struct epoll_event *ev, int max, int timeout_ms, const
             }
         }
         int k = mask ? REAL(epoll_pwait)(ep, ev + n, max - n, left, mask) : REAL(epoll_wait)(ep, ev + n, max - n, left);
-        if (sleep)
+        if (sleep) {
             __atomic_sub_fetch(&ss_ch.r->app_sleeping, 1, __ATOMIC_SEQ_CST);
+            pthread_mutex_lock(&ep_lock);
+            set->sleepers--;
+            pthread_mutex_unlock(&ep_lock);
+        }
         if (k < 0)
             return n ? n : -1;
         /* the doorbell and inner sets' tags are ours, not the program's */
@@ -752,6 +818,13 @@ int ss_epoll_wait(int ep, struct epoll_event *ev, int max, int timeout_ms, const
                 rang = true;
                 continue;
             }
+            if (ev[i].data.u64 == WAKE_TAG) {
+                uint64_t x;
+                ssize_t r = REAL(read)(set->wake, &x, sizeof x);
+                (void)r;
+                nested = true; /* as a nested set's edge: look at the check list again */
+                continue;
+            }
             if ((ev[i].data.u64 & ~0xffffffffull) == NEST_TAG) {
                 /* The inner set's kernel side moved, or only the doorbell
                  * in it rang (its sockets' news reach us as events): an
@@ -759,8 +832,10 @@ int ss_epoll_wait(int ep, struct epoll_event *ev, int max, int timeout_ms, const
                 int fd = (int)(uint32_t)ev[i].data.u64;
                 pthread_mutex_lock(&ep_lock);
                 for (struct ep_item *it = set->items; it; it = it->next_in_set)
-                    if (it->inner && it->fd == fd && kernel_side_ready(it->inner))
+                    if (it->inner && it->fd == fd && kernel_side_ready(it->inner)) {
+                        it->kernel_edge = true;
                         queue_check(set, it);
+                    }
                 pthread_mutex_unlock(&ep_lock);
                 nested = true;
                 continue;
@@ -769,8 +844,10 @@ int ss_epoll_wait(int ep, struct epoll_event *ev, int max, int timeout_ms, const
         }
         if (rang)
             drain_bell();
-        if (out || !sleep || (left == 0 && !rang && !nested) || (until && ss_now_ms() >= until))
+        if (out || !sleep || (left == 0 && !rang && !nested) || (until && ss_now_ms() >= until)) {
+            dispatch_events(); /* news for other sets, if this thread took their doorbell */
             return out;
+        }
     }
 }
 

@@ -459,3 +459,20 @@ def test_usage_errors_and_completion(tmp_path):
     assert complete("up", "--backend", "af") == ["afpacket", "afxdp"]
     assert complete("run", "--profile", "") == ["throughput", "latency"]
     assert "--no-pin" in complete("run", "--")
+
+
+@root_only
+def test_compat_command(tmp_path):
+    """shardsock compat: --list names every scenario; a selection runs for
+    real and writes its matrix where --matrix says."""
+    r = cli("compat", "--list")
+    assert r.returncode == 0
+    assert re.search(r"^redis\s+redis-cli set, get, incr\s+server,client,loopback$", r.stdout, re.M), r.stdout
+    out = tmp_path / "MATRIX.md"
+    r = cli("compat", "--matrix-only", "-k", "memcached and server", "--matrix", str(out), timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert "compat: 1 rows, 1 pass, 0 known not to pass yet, 0 fail (%s)" % out in r.stdout
+    assert re.search(r"^\| memcached \| set, get, delete \| server \| exit 0, .* \| pass \| 0 \|$",
+                     out.read_text(), re.M), out.read_text()
+    r = cli("compat", "--matrix-only", "-k", "nosuchprogram", "--matrix", str(tmp_path / "none.md"), timeout=120)
+    assert r.returncode == 1

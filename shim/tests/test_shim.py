@@ -114,6 +114,16 @@ def test_gevent_same_as_the_kernel(group, side):
     assert out == {"clients": 50, "same": 50}
 
 
+@pytest.mark.parametrize("side", SIDES)
+def test_threads_with_epoll_sets_of_their_own(group, side):
+    """memcached's shape: worker threads, each in epoll_wait on its own set
+    (a pipe and its connections), a main thread handing them connections.
+    No round trip is lost whichever thread drains the doorbell."""
+    out = same_as_the_kernel(group, side, [sys.executable, os.path.join(HERE, "threadsprog.py")], "17500", 8,
+                             json.loads)
+    assert out == {"clients": [300] * 8}
+
+
 def test_http_server_serves_curl_through_the_stack(group):
     """The issue's acceptance: `shardsock run -- python3 -m http.server`
     serves curl at the stack's address."""
