@@ -25,6 +25,7 @@
 #include "shim.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -723,9 +724,10 @@ static void take_events(void)
     __atomic_store_n(&q->tail, tail, __ATOMIC_RELEASE);
 }
 
-/* Reports the set's ready accelerated sockets into ev; level-triggered
- * ones that stay ready are looked at again next time. */
-static int collect(struct ep_set *set, struct epoll_event *ev, int max)
+/* Reports the set's ready accelerated sockets into ev (the library's
+ * buffer, never the program's: see put_events), each one's item into its;
+ * level-triggered ones that stay ready are looked at again next time. */
+static int collect(struct ep_set *set, struct epoll_event *ev, struct ep_item **its, int max)
 {
     int n = 0;
     struct ep_item *again = NULL, *it = set->check;
@@ -743,7 +745,7 @@ static int collect(struct ep_set *set, struct epoll_event *ev, int max)
         } else if (r) {
             ev[n].events = r;
             ev[n].data = it->data;
-            n++;
+            its[n++] = it;
             if (it->events & EPOLLONESHOT)
                 it->disabled = true;
             else if (!(it->events & EPOLLET)) {
@@ -758,20 +760,135 @@ static int collect(struct ep_set *set, struct epoll_event *ev, int max)
     return n;
 }
 
+/* The program's event array, as far as this thread has written to it:
+ * whole pages, written once through the kernel, take a plain copy after. */
+static __thread uintptr_t ev_ok_lo, ev_ok_hi;
+
+/* Copies n collected events out to the program's array as the kernel
+ * does (epoll_put_uevent): an array it cannot write to is EFAULT, not a
+ * SIGSEGV inside the library.  (stress-ng's epoll stressor hands
+ * epoll_wait a PROT_NONE page and expects EFAULT or 0; its SIGSEGV
+ * handler siglongjmps, which left ep_lock held, and the process hung in
+ * its next epoll call.)  Returns how many went out. */
+static int put_events(struct epoll_event *to, const struct epoll_event *from, int n)
+{
+    size_t len = (size_t)n * sizeof *to;
+    uintptr_t lo = (uintptr_t)to, hi = lo + len;
+    if (lo >= ev_ok_lo && hi <= ev_ok_hi && hi > lo) {
+        memcpy(to, from, len);
+        return n;
+    }
+    static bool no_vm_write;
+    if (__atomic_load_n(&no_vm_write, __ATOMIC_RELAXED)) {
+        memcpy(to, from, len);
+        return n;
+    }
+    int saved = errno;
+    struct iovec l = {.iov_base = (void *)from, .iov_len = len}, r = {.iov_base = to, .iov_len = len};
+    ssize_t w = process_vm_writev(getpid(), &l, 1, &r, 1, 0);
+    if (w < 0 && errno != EFAULT) {
+        /* not allowed here (seccomp: EPERM, ENOSYS): trust the array */
+        __atomic_store_n(&no_vm_write, true, __ATOMIC_RELAXED);
+        errno = saved;
+        memcpy(to, from, len);
+        return n;
+    }
+    errno = saved;
+    if (w < 0)
+        return 0;
+    if ((size_t)w == len) {
+        uintptr_t pg = (uintptr_t)getpagesize(), plo = lo & ~(pg - 1), phi = (hi + pg - 1) & ~(pg - 1);
+        if (plo <= ev_ok_hi && phi >= ev_ok_lo && ev_ok_hi > ev_ok_lo) {
+            ev_ok_lo = plo < ev_ok_lo ? plo : ev_ok_lo;
+            ev_ok_hi = phi > ev_ok_hi ? phi : ev_ok_hi;
+        } else {
+            ev_ok_lo = plo;
+            ev_ok_hi = phi;
+        }
+    }
+    return (int)((size_t)w / sizeof *to);
+}
+
+/* Collected events the program's array did not take: as the kernel puts
+ * such an item back on the ready list (and a ONESHOT one stays armed). */
+static void put_back(int ep, struct ep_set *set, struct ep_item **its, int n)
+{
+    pthread_mutex_lock(&ep_lock);
+    if (find_set(ep, false) == set)
+        for (int i = 0; i < n; i++)
+            for (struct ep_item *it = set->items; it; it = it->next_in_set)
+                if (it == its[i]) {
+                    it->disabled = false;
+                    if (it->inner)
+                        it->kernel_edge = true;
+                    queue_check(set, it);
+                    break;
+                }
+    pthread_mutex_unlock(&ep_lock);
+}
+
+static int epoll_loop(int ep, struct ep_set *set, struct epoll_event *ev, int max, int timeout_ms,
+                      const sigset_t *mask, uint64_t until, struct epoll_event *got, struct ep_item **its,
+                      int room);
+
+/* The kernel could not write to the program's array (EFAULT), and keeps
+ * what it could not report: the program's answer is EFAULT only when one
+ * of its own descriptors is ready, not when the doorbell or the set's
+ * wake-up rang (the kernel waits on in silence until the timeout). */
+static bool program_ready(struct ep_set *set)
+{
+    int saved = errno;
+    if (set->wake >= 0) {
+        uint64_t x;
+        ssize_t r = REAL(read)(set->wake, &x, sizeof x);
+        (void)r;
+    }
+    if (set->bell)
+        drain_bell();
+    dispatch_events(); /* news for other sets too, as after a wait */
+    pthread_mutex_lock(&ep_lock);
+    if (ss_ch.state == SS_CH_ATTACHED)
+        take_events();
+    bool ready = set_ready(set, 0, true);
+    pthread_mutex_unlock(&ep_lock);
+    errno = saved;
+    return ready;
+}
+
+#define EP_LOCAL 256 /* events collected on the stack; more in a buffer of the call's */
+
 int ss_epoll_wait(int ep, struct epoll_event *ev, int max, int timeout_ms, const sigset_t *mask)
 {
-    if (max <= 0)
-        return fail(EINVAL);
+    if (max <= 0 || max > INT_MAX / (int)sizeof *ev)
+        return fail(EINVAL); /* Linux: EP_MAX_EVENTS */
     pthread_mutex_lock(&ep_lock);
     struct ep_set *set = ss_ch.state == SS_CH_ATTACHED ? find_set(ep, false) : NULL;
     pthread_mutex_unlock(&ep_lock);
     if (!set)
         return mask ? REAL(epoll_pwait)(ep, ev, max, timeout_ms, mask) : REAL(epoll_wait)(ep, ev, max, timeout_ms);
     uint64_t until = timeout_ms > 0 ? ss_now_ms() + (uint64_t)timeout_ms : 0;
+    struct epoll_event local[EP_LOCAL], *got = local;
+    struct ep_item *local_its[EP_LOCAL], **its = local_its;
+    int room = max < EP_LOCAL ? max : EP_LOCAL;
+    void *big = NULL;
+    if (max > EP_LOCAL && (big = malloc((size_t)max * (sizeof *got + sizeof *its)))) {
+        its = big;
+        got = (struct epoll_event *)(its + max);
+        room = max;
+    }
+    int rc = epoll_loop(ep, set, ev, max, timeout_ms, mask, until, got, its, room);
+    free(big);
+    return rc;
+}
+
+static int epoll_loop(int ep, struct ep_set *set, struct epoll_event *ev, int max, int timeout_ms,
+                      const sigset_t *mask, uint64_t until, struct epoll_event *got, struct ep_item **its,
+                      int room)
+{
     for (;;) {
         pthread_mutex_lock(&ep_lock);
         take_events();
-        int n = collect(set, ev, max);
+        int n = collect(set, got, its, room);
         /* then the kernel's descriptors, without waiting when we have some */
         int left = 0;
         bool sleep = n == 0 && timeout_ms != 0;
@@ -789,6 +906,14 @@ int ss_epoll_wait(int ep, struct epoll_event *ev, int max, int timeout_ms, const
             set->sleepers++;
         }
         pthread_mutex_unlock(&ep_lock);
+        if (n) {
+            /* out of the lock: a program's handler may longjmp from a fault */
+            int put = put_events(ev, got, n);
+            if (put < n) {
+                put_back(ep, set, its + put, n - put);
+                return put ? put : fail(EFAULT);
+            }
+        }
         if (sleep) {
             __atomic_add_fetch(&ss_ch.r->app_sleeping, 1, __ATOMIC_SEQ_CST);
             if (__atomic_load_n(&ss_ch.r->event.head, __ATOMIC_ACQUIRE) != ss_ch.r->event.tail) {
@@ -808,8 +933,14 @@ int ss_epoll_wait(int ep, struct epoll_event *ev, int max, int timeout_ms, const
             set->sleepers--;
             pthread_mutex_unlock(&ep_lock);
         }
-        if (k < 0)
+        if (k < 0) {
+            if (!n && errno == EFAULT && !program_ready(set)) {
+                if (until && ss_now_ms() >= until)
+                    return 0;
+                continue; /* only our doorbell or wake-up was there to write */
+            }
             return n ? n : -1;
+        }
         /* the doorbell and inner sets' tags are ours, not the program's */
         int out = n;
         bool rang = false, nested = false;

@@ -27,6 +27,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -427,6 +428,29 @@ int main(int argc, char **argv)
     show("epoll exclusive wakes", epoll_wait(ep, out, 4, 1000));
     recv(s, buf, 1, 0);
     close(ep);
+
+    /* an event array epoll_wait cannot write to (stress-ng's epoll stressor
+     * passes a PROT_NONE page): 0 when nothing is ready, EFAULT when
+     * something is, and the event is kept for the next call */
+    struct epoll_event *none = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    int ep3 = epoll_create1(0);
+    ev = (struct epoll_event){.events = EPOLLIN | EPOLLET, .data.u32 = 43};
+    epoll_ctl(ep3, EPOLL_CTL_ADD, s, &ev);
+    show("epoll unwritable idle", epoll_wait(ep3, none, 1, 50));
+    send(c, "f", 1, 0);
+    wait_fd(s, POLLIN, 5000);
+    show("epoll unwritable ready", epoll_wait(ep3, none, 1, 1000));
+    r = epoll_wait(ep3, out, 4, 1000);
+    printf("epoll ET kept after EFAULT: %d data %u\n", r, r > 0 ? out[0].data.u32 : 0);
+    show("epoll ET spent after EFAULT", epoll_wait(ep3, out, 4, 50));
+    ev.events = EPOLLIN | EPOLLONESHOT;
+    epoll_ctl(ep3, EPOLL_CTL_MOD, s, &ev);
+    show("epoll unwritable oneshot", epoll_pwait(ep3, none, 1, 1000, NULL));
+    show("epoll oneshot armed after EFAULT", epoll_wait(ep3, out, 4, 1000));
+    show("epoll oneshot disabled after", epoll_wait(ep3, out, 4, 50));
+    recv(s, buf, 1, 0);
+    close(ep3);
+    munmap(none, 4096);
 
     /* epoll before connect, as nginx registers its upstream sockets */
     int ec = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
