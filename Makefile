@@ -113,7 +113,7 @@ test-engine: build ## the engine's and the instances' tests (100 MB each way acr
 	SHARDSOCK_IMPAIRED_MB=100 $(PYTEST) core/tests
 
 test-engine-sanitized: build ## the same tests against the ASan+UBSan builds of the engine and shardsockd
-	SHARDSOCK_ENGINE_MODULE=$$(ls $(BUILD)/asan/_engine*.so) SHARDSOCKD=$(CURDIR)/$(BUILD)/shardsockd-san \
+	SHARDSOCK_ENGINE_MODULE=$$(ls $(CURDIR)/$(BUILD)/asan/_engine*.so) SHARDSOCKD=$(CURDIR)/$(BUILD)/shardsockd-san \
 	LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	SHARDSOCK_SANITIZED=1 $(PYTEST) core/tests

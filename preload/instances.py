@@ -177,8 +177,7 @@ def start_supervisor(cfg):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
     with open(os.path.join(group_dir(cfg), "supervisor.log"), "a") as logf:
         p = subprocess.Popen([sys.executable, "-m", "preload.supervisor", state_path(cfg), str(w)], pass_fds=(w,),
-                             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True, env=env,
-                             cwd="/")
+                             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True, env=env)
     os.close(w)
     answer = b""
     deadline = time.monotonic() + cfg["ready_timeout_s"] + 10
@@ -197,8 +196,11 @@ def start_supervisor(cfg):
             p.kill()
         p.wait()
         why = answer.decode(errors="replace").strip().removeprefix("error: ")
-        raise GroupError(why or "the supervisor did not start the instances (see %s)"
-                         % os.path.join(group_dir(cfg), "supervisor.log"))
+        if not why:
+            with open(os.path.join(group_dir(cfg), "supervisor.log"), errors="replace") as f:
+                tail = f.read().strip().splitlines()[-5:]
+            why = "the supervisor did not start the instances: %s" % (" / ".join(tail) or "it said nothing")
+        raise GroupError(why)
     # it stays, the instances' parent; it is not ours to wait for
     p.returncode = 0
 
