@@ -4,6 +4,8 @@ directions, made by linkem (apps/linkem.c: netem in user space, since this
 kernel has no netem) in a namespace between the kernel's TCP and the stack.
 Every backend, with one instance per core; tap is reached through the stack
 namespace's kernel, which routes to it."""
+import concurrent.futures
+import contextlib
 import json
 import os
 import time
@@ -16,21 +18,25 @@ from test_instances import CLOSE_BOTH_WAYS, REFUSED, RUN_DIR, THOUSAND, Group, a
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and tap devices")
 
 IMPAIR = dict(delay_ms=5, loss=0.02, dup=0.02, reorder=0.05, limit=20000)
-# `make test` moves 100 MB each way in its first pass (about 90 s a backend
-# here) and 20 MB under the sanitizers; `make soak` moves 500 MB.
+# `make test` moves 100 MB each way in its first pass (about 90 s, the three
+# backends at once) and 20 MB under the sanitizers; `make soak` moves 500 MB.
 ECHO_BYTES = int(os.environ.get("SHARDSOCK_IMPAIRED_MB", "20")) * 1_000_000
 
 
-@pytest.fixture(params=["tap", "afpacket", "afxdp"])
-def lossy_group(request):
-    backend = request.param
+BACKENDS = ["tap", "afpacket", "afxdp"]
+
+
+@contextlib.contextmanager
+def impaired(backend):
+    """A group on backend behind its own impaired path (namespaces of its
+    own: several can run at once)."""
     path = ImpairedPath(queues=os.cpu_count() if backend == "afxdp" else None, routed=backend == "tap",
                         seed=os.getpid(), **IMPAIR)
     g = None
     try:
         extra = ["--gateway", "198.18.0.1"] if backend == "tap" else []
-        g = Group(path.stack, "l%d%d" % (os.getpid(), int(time.time() * 1000) % 100000), *extra, backend=backend,
-                  client=path.client)
+        g = Group(path.stack, "l%s%d%d" % (backend[:2], os.getpid(), int(time.time() * 1000) % 100000), *extra,
+                  backend=backend, client=path.client)
         g.path = path
         yield g
     finally:
@@ -38,6 +44,12 @@ def lossy_group(request):
             assert g.down().returncode == 0
             assert_clean(g)
         path.delete()
+
+
+@pytest.fixture(params=BACKENDS)
+def lossy_group(request):
+    with impaired(request.param) as g:
+        yield g
 
 
 def link_did_its_job(g, busy=True):
@@ -53,15 +65,23 @@ def link_did_its_job(g, busy=True):
     return st
 
 
-def test_echo_byte_exact_under_impairment(lossy_group):
-    g = lossy_group
-    out = g.client.python(ECHO.replace("timeout=30", "timeout=120"), g.addr, ECHO_BYTES, timeout=900)
-    assert out["received"] == ECHO_BYTES and out["same"]
-    c = [i["counters"] for i in g.stat()]
-    assert sum(x["tcp_retransmits"] for x in c) > 0           # it lost, and recovered
-    assert sum(x["tcp_ooo_segments"] for x in c) > 0          # losses and reordering from the kernel
-    assert sum(x["drop_tcp_out_of_window"] for x in c) > 0    # duplicates from the kernel
-    link_did_its_job(g)
+def test_echo_byte_exact_under_impairment_on_every_backend():
+    """ECHO_BYTES each way through every backend, the three at once: each
+    transfer is bound by the path's delay and loss, not by the CPU (100 MB
+    takes about 90 s alone and about as long beside the others)."""
+    with contextlib.ExitStack() as stack:
+        groups = {b: stack.enter_context(impaired(b)) for b in BACKENDS}
+        with concurrent.futures.ThreadPoolExecutor(len(groups)) as pool:
+            runs = {b: pool.submit(g.client.python, ECHO.replace("timeout=30", "timeout=120"), g.addr, ECHO_BYTES,
+                                   timeout=900) for b, g in groups.items()}
+            outs = {b: r.result() for b, r in runs.items()}
+        for b, g in groups.items():
+            assert outs[b]["received"] == ECHO_BYTES and outs[b]["same"], b
+            c = [i["counters"] for i in g.stat()]
+            assert sum(x["tcp_retransmits"] for x in c) > 0, b         # it lost, and recovered
+            assert sum(x["tcp_ooo_segments"] for x in c) > 0, b        # losses and reordering from the kernel
+            assert sum(x["drop_tcp_out_of_window"] for x in c) > 0, b  # duplicates from the kernel
+            link_did_its_job(g)
 
 
 def test_thousand_connections_under_impairment(lossy_group):
