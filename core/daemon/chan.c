@@ -609,6 +609,15 @@ static void free_channel(struct ss_chans *cs, struct ss_chan_host *c)
     free(c);
 }
 
+/* A gone channel whose sockets all closed. */
+static void free_if_empty(struct ss_chans *cs, struct ss_chan_host *c)
+{
+    for (uint32_t k = 0; k < SS_CHAN_SOCKETS; k++)
+        if (c->s[k].sid >= 0)
+            return;
+    free_channel(cs, c);
+}
+
 /* The process is gone (or broke the rules): its sockets close as the
  * kernel closes a dead process's sockets, after what it had written.
  * Those a ticket pins stay, and with them the channel, until the child or
@@ -620,16 +629,18 @@ static void detach(struct ss_chans *cs, struct ss_chan_host *c)
     for (uint32_t k = 0; k < SS_CHAN_SOCKETS; k++) {
         if (c->s[k].sid < 0)
             continue;
-        bool pinned = c->s[k].pins > 0;
         c->s[k].close_pending = true;
-        bool sane = pump(cs, c, k);
-        if (!sane || (c->s[k].sid >= 0 && !pinned)) {
-            /* corrupt rings, or the engine could not take all of it */
+        if (!pump(cs, c, k)) {
+            /* corrupt rings: nothing of them can be trusted */
             struct ss_chan_socket *so = &c->r->sock[k];
             so->tx.tail = so->tx.head;
             c->s[k].pins = 0;
             release(cs, c, k);
         }
+        /* What the engine could not take yet stays in the ring and goes as
+         * ACKs make room (ss_chans_event pumps it), then the FIN: the kernel
+         * too sends a dead process's last bytes (nginx's workers exit right
+         * after handing the end of a file to close()). */
         kept |= c->s[k].sid >= 0;
     }
     if (!c->gone) {
@@ -804,6 +815,8 @@ bool ss_chans_event(struct ss_chans *cs, int sid)
             corrupt(cs, c);
             return true; /* the chain changed under us: the next event resumes */
         }
+        if (c->gone && c->s[k].sid < 0)
+            free_if_empty(cs, c); /* its last bytes went: a gone channel ends with its last socket */
         chan = next;
         k = nk;
     }

@@ -124,6 +124,52 @@ def test_threads_with_epoll_sets_of_their_own(group, side):
     assert out == {"clients": [300] * 8}
 
 
+# Writes 4 MB to its one client, closes and exits at once: what the stack
+# had not sent yet must still go, as the kernel sends a dead process's
+# last bytes.
+WRITE_AND_EXIT = r"""
+import os, socket, sys
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("0.0.0.0", int(sys.argv[1]))); l.listen(1)
+print("listening", flush=True)
+c, _ = l.accept()
+c.sendall(bytes(range(256)) * 16384)
+c.close()
+os._exit(0)
+"""
+
+SLOW_READER = r"""
+import hashlib, json, socket, sys, time
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+got = b""
+time.sleep(0.5)  # the writer has exited by now, most of the 4 MB unsent
+while True:
+    b = c.recv(65536)
+    if not b:
+        break
+    got += b
+    time.sleep(0.002)
+print(json.dumps({"bytes": len(got), "same": got == bytes(range(256)) * 16384}))
+"""
+
+
+def test_a_process_that_exits_after_writing_delivers_everything(group):
+    """The tail of what a process wrote before it exited reaches the peer
+    (the instance keeps the gone channel's ring until it drained, then
+    sends the FIN), however slowly the peer reads."""
+    srv = group.popen(sys.executable, "-c", WRITE_AND_EXIT, "17600", stdout=subprocess.PIPE, text=True)
+    try:
+        assert srv.stdout.readline().strip() == "listening"
+        out = group.ns.python(SLOW_READER, STACK, 17600, timeout=120)
+        assert out == {"bytes": 4194304, "same": True}
+        assert srv.wait(10) == 0
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+            srv.wait()
+
+
 def test_http_server_serves_curl_through_the_stack(group):
     """The issue's acceptance: `shardsock run -- python3 -m http.server`
     serves curl at the stack's address."""
