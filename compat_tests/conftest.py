@@ -13,8 +13,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from topology import Group, Netns  # noqa: E402
 
 RUN_DIR = "/run/shardsock-compat"
-# where the matrix goes: shardsock compat --matrix PATH sets SHARDSOCK_MATRIX
-MATRIX = os.environ.get("SHARDSOCK_MATRIX") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "MATRIX.md")
+# where the matrix goes: shardsock compat --matrix PATH sets SHARDSOCK_MATRIX;
+# a run of part of the suite (-k, a file) writes MATRIX.partial.md, and the
+# whole suite's table, the one the README links, stays as it was
+HERE = os.path.dirname(os.path.abspath(__file__))
+_deselected = []
 _rows = []      # the matrix's own rows (test_matrix.py)
 _results = {}   # every other compat test: nodeid -> outcome
 
@@ -47,6 +50,17 @@ def matrix_rows():
     return _rows
 
 
+def pytest_deselected(items):
+    _deselected.extend(items)
+
+
+def _matrix_path(session):
+    if os.environ.get("SHARDSOCK_MATRIX"):
+        return os.environ["SHARDSOCK_MATRIX"]
+    whole = not _deselected and [os.path.abspath(a) for a in session.config.args] in ([HERE], [HERE + "/"])
+    return os.path.join(HERE, "MATRIX.md" if whole else "MATRIX.partial.md")
+
+
 def pytest_runtest_logreport(report):
     if "test_matrix.py" in report.nodeid:
         return
@@ -69,5 +83,6 @@ def pytest_sessionfinish(session):
     known = sum(r["verdict"].startswith("KNOWN") for r in rows)
     summary = "compat: %d rows, %d pass, %d known not to pass yet, %d fail" % (
         len(rows), passed, known, len(rows) - passed - known)
-    matrix.write_matrix(rows, MATRIX, summary)
-    print("\n%s (%s)" % (summary, MATRIX))
+    path = _matrix_path(session)
+    matrix.write_matrix(rows, path, summary)
+    print("\n%s (%s)" % (summary, path))
