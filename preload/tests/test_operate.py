@@ -407,6 +407,25 @@ for i in range(200):
 print("ok")
 """, ns=up.ns)
     assert r.stdout.strip() == "ok", r.stderr
+    # SHARDSOCK_POLL_US busy-polls before sleeping: a blocking recv that
+    # waits half a second spends the poll time on the CPU, and none without
+    wait = r"""
+import resource, socket, threading, time
+l = socket.socket(); l.bind(("127.0.0.1", 8101)); l.listen()
+c = socket.create_connection(("127.0.0.1", 8101)); a, _ = l.accept()
+threading.Timer(0.5, lambda: c.sendall(b"x")).start()
+t0 = resource.getrusage(resource.RUSAGE_SELF)
+assert a.recv(1) == b"x"
+t1 = resource.getrusage(resource.RUSAGE_SELF)
+print(round(t1.ru_utime + t1.ru_stime - t0.ru_utime - t0.ru_stime, 3))
+"""
+    cpu = {}
+    for us in ("0", "300000"):
+        r = cli("run", *up.args, "--", sys.executable, "-c", wait, ns=up.ns,
+                env={"SHARDSOCK_POLL_US": us})
+        assert r.returncode == 0, r.stderr
+        cpu[us] = float(r.stdout)
+    assert cpu["0"] < 0.1 and cpu["300000"] > 0.1, cpu
     # usage errors: exit 2
     assert cli("run", *up.args, "--profile", "fast", "--", "true").returncode == 2
     r = cli("run", *up.args)
