@@ -1099,6 +1099,7 @@ static pid_t hook_fork(void)
             REAL(close)(ticket); /* the child's copy holds it */
         return p;
     }
+    ss_poll_after_fork();
     if (ss_ch.state != SS_CH_ATTACHED)
         return 0;
     parent.ticket = ticket;

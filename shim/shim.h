@@ -165,5 +165,6 @@ void ss_epoll_decided(struct ss_sock *s, bool stack);
 /* After a forked child adopted its sockets: their new numbers, and the
  * child's doorbell in its (shared) epoll sets. */
 void ss_epoll_after_fork(void);
+void ss_poll_after_fork(void); /* the child of a fork: forget the parent's sleeping threads */
 
 #endif

@@ -37,11 +37,87 @@ static int fail(int e)
     return -1;
 }
 
+static int real_wait(struct pollfd *p, nfds_t n, int timeout_ms, const sigset_t *mask)
+{
+    if (!mask)
+        return REAL(poll)(p, n, timeout_ms);
+    struct timespec ts = {timeout_ms / 1000, (long)(timeout_ms % 1000) * 1000000};
+    return REAL(ppoll)(p, n, timeout_ms < 0 ? NULL : &ts, mask);
+}
+
+/* Threads asleep in poll or select with kernel descriptors, each also on
+ * an eventfd of its own.  The kernel wakes every poller of the doorbell,
+ * but the first to drain it leaves the others an empty eventfd, and they
+ * sleep on: whoever drains the doorbell passes the wake-up on to each of
+ * them.  (Threads in epoll_wait are woken through their set, queue_check;
+ * threads waiting on the stack alone sleep on the wake sequence.)  The
+ * list lives under its own lock, taken last. */
+struct poll_waiter {
+    int efd;
+    struct poll_waiter *next;
+};
+static pthread_mutex_t pw_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct poll_waiter *poll_waiters;
+
+static void waiter_add(struct poll_waiter *w)
+{
+    pthread_mutex_lock(&pw_lock);
+    w->next = poll_waiters;
+    poll_waiters = w;
+    pthread_mutex_unlock(&pw_lock);
+}
+
+static void waiter_remove(struct poll_waiter *w)
+{
+    pthread_mutex_lock(&pw_lock);
+    for (struct poll_waiter **pp = &poll_waiters; *pp; pp = &(*pp)->next)
+        if (*pp == w) {
+            *pp = w->next;
+            break;
+        }
+    pthread_mutex_unlock(&pw_lock);
+}
+
 static void drain_bell(void)
 {
     uint64_t x;
-    ssize_t r = REAL(read)(ss_ch.app_bell, &x, sizeof x);
-    (void)r;
+    if (REAL(read)(ss_ch.app_bell, &x, sizeof x) != sizeof x)
+        return; /* nothing was there to take from anyone */
+    pthread_mutex_lock(&pw_lock);
+    for (struct poll_waiter *w = poll_waiters; w; w = w->next) {
+        uint64_t one = 1;
+        ssize_t r = REAL(write)(w->efd, &one, sizeof one);
+        (void)r;
+    }
+    pthread_mutex_unlock(&pw_lock);
+}
+
+static void waiter_cancelled(void *arg)
+{
+    struct poll_waiter *w = arg;
+    waiter_remove(w);
+    REAL(close)(w->efd);
+    __atomic_sub_fetch(&ss_ch.r->app_sleeping, 1, __ATOMIC_SEQ_CST);
+}
+
+/* poll is a cancellation point: a thread cancelled in it leaves the list */
+static int waiter_wait(struct pollfd *kp, nfds_t n, int timeout_ms, const sigset_t *mask, struct poll_waiter *w)
+{
+    int r;
+    pthread_cleanup_push(waiter_cancelled, w);
+    r = real_wait(kp, n, timeout_ms, mask);
+    pthread_cleanup_pop(0);
+    return r;
+}
+
+/* The child of a fork has one thread: the others' entries are copies of
+ * eventfds that only the parent's threads wait on. */
+void ss_poll_after_fork(void)
+{
+    pthread_mutex_init(&pw_lock, NULL);
+    for (struct poll_waiter *w = poll_waiters; w; w = w->next)
+        REAL(close)(w->efd);
+    poll_waiters = NULL;
 }
 
 static struct ss_sock *accelerated(int fd)
@@ -50,13 +126,6 @@ static struct ss_sock *accelerated(int fd)
     return s && s->stack && ss_ch.state == SS_CH_ATTACHED ? s : NULL;
 }
 
-static int real_wait(struct pollfd *p, nfds_t n, int timeout_ms, const sigset_t *mask)
-{
-    if (!mask)
-        return REAL(poll)(p, n, timeout_ms);
-    struct timespec ts = {timeout_ms / 1000, (long)(timeout_ms % 1000) * 1000000};
-    return REAL(ppoll)(p, n, timeout_ms < 0 ? NULL : &ts, mask);
-}
 
 struct ep_set;
 static struct ep_set *polled_set(int fd);
@@ -72,8 +141,8 @@ int ss_poll(struct pollfd *p, nfds_t n, int timeout_ms, const sigset_t *mask)
         return real_wait(p, n, timeout_ms, mask);
     /* the kernel's share: kernel descriptors, the kernel side of wildcard
      * listeners, and the doorbell last */
-    struct pollfd small[64], *kp = n + 1 <= 64 ? small : malloc((n + 1) * sizeof *kp);
-    nfds_t *which = malloc((n + 1) * sizeof *which);
+    struct pollfd small[64], *kp = n + 2 <= 64 ? small : malloc((n + 2) * sizeof *kp);
+    nfds_t *which = malloc((n + 2) * sizeof *which);
     if (!kp || !which) {
         if (kp != small)
             free(kp);
@@ -99,15 +168,28 @@ int ss_poll(struct pollfd *p, nfds_t n, int timeout_ms, const sigset_t *mask)
             }
         }
         bool sleep = total == 0 && timeout_ms != 0;
+        bool on_bell = sleep && (m != 0 || mask); /* else on the wake sequence */
+        struct poll_waiter me = {.efd = -1};
         uint32_t seen = __atomic_load_n(&ss_ch.r->app_wake_seq, __ATOMIC_ACQUIRE);
         if (sleep) {
             __atomic_add_fetch(&ss_ch.r->app_sleeping, 1, __ATOMIC_SEQ_CST);
+            if (on_bell) {
+                /* listed before the last look: a doorbell rung after
+                 * it and drained by another thread is passed on to us */
+                me.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+                if (me.efd >= 0)
+                    waiter_add(&me);
+            }
             for (nfds_t i = 0; i < n && !total; i++) {
                 struct ss_sock *s = accelerated(p[i].fd);
                 if (s && ss_sock_revents(s, p[i].events))
                     total = 1;
             }
             if (total) {
+                if (me.efd >= 0) {
+                    waiter_remove(&me);
+                    REAL(close)(me.efd);
+                }
                 __atomic_sub_fetch(&ss_ch.r->app_sleeping, 1, __ATOMIC_SEQ_CST);
                 continue; /* it changed while we were looking: count again */
             }
@@ -119,7 +201,7 @@ int ss_poll(struct pollfd *p, nfds_t n, int timeout_ms, const sigset_t *mask)
                 uint64_t now = ss_now_ms();
                 left = now >= until ? 0 : (int)(until - now);
             }
-            if (m == 0 && !mask) {
+            if (!on_bell) {
                 /* Only the stack's sockets: sleep on the wake sequence,
                  * which cannot miss a wake-up however many threads wait. */
                 int e = ss_sleep_since(seen, left < 0 || left > 1000 ? 1000 : left);
@@ -142,21 +224,28 @@ int ss_poll(struct pollfd *p, nfds_t n, int timeout_ms, const sigset_t *mask)
                 }
                 continue;
             }
-            /* Kernel descriptors too: the doorbell.  Another thread may
-             * drain it first; a waiter among several wakes at least every
-             * 100 ms to look again. */
-            if (__atomic_load_n(&ss_ch.r->app_sleeping, __ATOMIC_RELAXED) > 1 && (left < 0 || left > 100))
-                left = 100;
+            /* Kernel descriptors too: the doorbell, and our own eventfd
+             * in case another thread drains the doorbell first.  Without
+             * one (out of descriptors) we look again every 100 ms. */
             kp[m] = (struct pollfd){.fd = ss_ch.app_bell, .events = POLLIN};
+            kp[m + 1] = (struct pollfd){.fd = me.efd, .events = POLLIN};
+            if (me.efd < 0 && (left < 0 || left > 100))
+                left = 100;
         }
-        int r = real_wait(kp, m + (sleep ? 1 : 0), left, mask);
+        int r = me.efd >= 0 ? waiter_wait(kp, m + 2, left, mask, &me) : real_wait(kp, m + (sleep ? 1 : 0), left, mask);
+        int e = errno;
+        if (me.efd >= 0) {
+            waiter_remove(&me);
+            REAL(close)(me.efd);
+        }
         if (sleep)
             __atomic_sub_fetch(&ss_ch.r->app_sleeping, 1, __ATOMIC_SEQ_CST);
+        errno = e;
         if (r < 0) {
             total = -1;
             break;
         }
-        if (sleep && kp[m].revents) {
+        if (sleep && (kp[m].revents || (me.efd >= 0 && kp[m + 1].revents))) {
             drain_bell();
             dispatch_events();
         }

@@ -9,11 +9,12 @@ is left: no device, no process, no shared memory."""
 import json
 import os
 import re
+import sys
 import time
 
 import pytest
 
-from topology import ECHO, Netns, VethPair
+from topology import ECHO, ROOT, Netns, VethPair
 from preload.stats import read_page
 
 RUN_DIR = "/run/shardsock-test"
@@ -396,6 +397,54 @@ def test_errors_are_clear():
         assert_clean(g)
     finally:
         ns.delete()
+
+
+def test_backend_errors_name_the_cause():
+    """A backend that cannot run on what it was given fails `up` with exit 1,
+    says what is missing and what to do, and leaves nothing behind:
+    afpacket on an interface where the kernel holds the stack's address;
+    afxdp on a driver without native XDP (a bridge), without BPF permission
+    (CAP_BPF and CAP_SYS_ADMIN dropped), and with several instances where
+    bpffs is not mounted and cannot be (CAP_SYS_ADMIN dropped; `ip netns
+    exec` gives a fresh /sys with no bpffs)."""
+    pair = VethPair(queues=2, stack_kernel_address="198.18.1.2/24")
+    try:
+        ns = pair.stack
+        ns.run(["ip", "link", "add", "br0", "type", "bridge"], check=True)
+        ns.run(["ip", "link", "set", "br0", "up"], check=True)
+        name = "b%d" % os.getpid()
+        base = ["up", "--group", name, "--run-dir", RUN_DIR, "--address", "198.18.1.2/24"]
+
+        def up(*args, drop=None):
+            argv = [sys.executable, "-m", "preload.cli", *base, *args]
+            if drop:
+                # the bounding set bounds what the instances may ever hold
+                argv = ["setpriv", "--bounding-set", drop, "--inh-caps", drop, *argv]
+            r = ns.run(argv, timeout=60, env=dict(os.environ, PYTHONPATH=ROOT))
+            assert r.returncode == 1, (r.stdout, r.stderr)
+            assert "Traceback" not in r.stderr
+            assert not os.path.exists(os.path.join(RUN_DIR, name))
+            assert not [f for f in os.listdir("/dev/shm") if f.startswith("shardsock-%s-" % name)]
+            return r.stderr
+
+        err = up("--backend", "afpacket", "--interface", "vs", "--cores", "0")
+        assert "the kernel holds the stack's address on vs" in err and "ip addr del" in err
+        ns.run(["ip", "addr", "del", "198.18.1.2/24", "dev", "vs"], check=True)
+        err = up("--backend", "afxdp", "--interface", "br0", "--cores", "0")
+        assert "does not support native XDP" in err and "use the afpacket backend" in err
+        err = up("--backend", "afxdp", "--interface", "vs", "--cores", "0", drop="-bpf,-sys_admin")
+        assert "BPF permission denied" in err and "CAP_BPF" in err
+        err = up("--backend", "afxdp", "--interface", "vs", "--cores", "0,1", drop="-sys_admin")
+        assert "not a bpf filesystem" in err and "mount -t bpf bpf /sys/fs/bpf" in err
+        # nothing was left attached: the same interface serves a group now
+        g = Group(ns, name, "--cores", "0,1", backend="afxdp", client=pair.client)
+        try:
+            assert pair.client.python(CLOSE_BOTH_WAYS, g.addr) == {"echoed": 5000}
+        finally:
+            assert g.down().returncode == 0
+        assert_clean(g)
+    finally:
+        pair.delete()
 
 
 def control(group, k, request):

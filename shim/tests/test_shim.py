@@ -124,6 +124,18 @@ def test_threads_with_epoll_sets_of_their_own(group, side):
     assert out == {"clients": [300] * 8}
 
 
+@pytest.mark.parametrize("side", ["server", "loopback"])
+def test_threads_asleep_in_poll_each_wake_for_their_own(group, side):
+    """A thread asleep in poll with no timeout, on a pipe and a socket, wakes
+    when its socket gets data, though eight threads asleep beside it (each
+    on a pipe and a socket of its own) are woken by the same doorbell and
+    one of them may drain it first (a threaded Python server's accept thread
+    slept through its connection this way)."""
+    out = same_as_the_kernel(group, side, [sys.executable, os.path.join(HERE, "pollthreadsprog.py")], "17650", 90,
+                             json.loads)
+    assert out == {"woke": [True] * 10}
+
+
 # Writes 4 MB to its one client, closes and exits at once: what the stack
 # had not sent yet must still go, as the kernel sends a dead process's
 # last bytes.
