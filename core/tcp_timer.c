@@ -133,10 +133,10 @@ static void on_persist(struct ss_tcb *t)
 {
     struct ss_engine *e = t->e;
     uint32_t flight = t->snd_nxt - t->snd_una;
-    if (t->snd_wnd > flight)
+    if (t->cork && t->snd_wnd > flight)
         e->ctr->tcp_cork_timeouts++; /* the window is open: a cork held the data */
     else
-        e->ctr->tcp_zero_window_probes++;
+        e->ctr->tcp_zero_window_probes++; /* a window shut, or too small to use (RFC 9293 3.8.6.2.1) */
     ss_tcp_send_probe(t);
     if (t->deadline[SS_T_RTX])
         return; /* the window had room: data went out under the RTO */

@@ -364,6 +364,8 @@ def test_sender_sws_override_timeout_fills_small_window(make_stack):
     c.write(1000)
     st.expect_nothing()
     c.expect_at(200, c.d(0, 100))
+    # a window probe, not a cork (nothing corked the data)
+    assert st.counters()["tcp_zero_window_probes"] == 1 and st.counters()["tcp_cork_timeouts"] == 0
 
 
 # ===========================================================================
