@@ -61,6 +61,8 @@ struct ss_chan_host {
     bool news;
     bool gone;         /* its process exec'd or ended: kept only for the sockets tickets pin */
     struct slot s[SS_CHAN_SOCKETS];
+    /* When each free slot whose buffers still hold pages was freed (0: none) */
+    uint64_t freed_us[SS_CHAN_SOCKETS];
 };
 
 static uint64_t now_us(void)
@@ -100,6 +102,7 @@ static void map_slot(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k, in
 {
     struct ss_chan_socket *so = &c->r->sock[k];
     memset(&c->s[k], 0, sizeof c->s[k]);
+    c->freed_us[k] = 0; /* its buffers' pages, if still there, serve again */
     c->s[k].sid = sid;
     c->s[k].next_chan = -1;
     memset(so, 0, sizeof *so);
@@ -223,10 +226,42 @@ static void release(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
     }
     c->s[k].sid = -1;
     __atomic_store_n(&so->in_use, 0, __ATOMIC_RELEASE);
-    /* The buffers' pages go back to the system: a closed socket costs
-     * nothing, and the next one starts from untouched memory. */
-    fallocate(c->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)SS_CHAN_RX_OFF(k),
-              SS_CHAN_RXBUF + SS_CHAN_TXBUF);
+    /* The buffers' pages go back to the system once the slot has stayed
+     * free for SS_CHANS_COLD_US (ss_chans_sweep): a closed socket costs
+     * nothing for long, while a program that opens and closes connections
+     * all the time reuses warm pages (free_slot takes the lowest free
+     * slot) instead of paying a hole punch, with the TLB shootdown in
+     * every process that maps the channel, and page faults per connection. */
+    uint64_t t = now_us();
+    c->freed_us[k] = t;
+    if (!cs->sweep_at_us)
+        cs->sweep_at_us = t + SS_CHANS_COLD_US;
+}
+
+void ss_chans_sweep(struct ss_chans *cs, uint64_t t)
+{
+    if (!cs->sweep_at_us || t < cs->sweep_at_us)
+        return;
+    uint64_t oldest = 0;
+    for (int i = 0; i < SS_MAX_CHANNELS; i++) {
+        struct ss_chan_host *c = cs->c[i];
+        if (!c)
+            continue;
+        for (uint32_t k = 0; k < SS_CHAN_SOCKETS; k++) {
+            uint64_t f = c->freed_us[k];
+            if (!f)
+                continue;
+            if (t - f < SS_CHANS_COLD_US) {
+                if (!oldest || f < oldest)
+                    oldest = f;
+                continue;
+            }
+            fallocate(c->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)SS_CHAN_RX_OFF(k),
+                      SS_CHAN_RXBUF + SS_CHAN_TXBUF);
+            c->freed_us[k] = 0;
+        }
+    }
+    cs->sweep_at_us = oldest ? oldest + SS_CHANS_COLD_US : 0;
 }
 
 static void set_more(struct ss_chans *cs, struct slot *st, int sid, bool more, uint64_t t)

@@ -28,7 +28,11 @@ struct ss_chans {
     uint16_t *sid_slot;
     struct ss_chan_host *c[SS_MAX_CHANNELS];
     struct ss_fork_ticket *tickets;
+    uint64_t sweep_at_us;      /* when a freed slot's buffers turn cold (ss_chans_sweep); 0: none waits */
 };
+
+/* A slot free this long gives its buffers' pages back. */
+#define SS_CHANS_COLD_US 1000000u
 
 int ss_chans_init(struct ss_chans *cs, struct ss_engine *e, struct ss_counters *ctr, uint32_t max_sockets,
                   uint32_t instance, uint32_t stack_ip, uint32_t stack_netmask, int epfd);
@@ -46,6 +50,9 @@ int ss_chans_fork_ticket(struct ss_chans *cs, int fd, const char *req);
 bool ss_chans_owns_fd(struct ss_chans *cs, int fd);
 /* Requests and kicks of every channel; returns whether there was work. */
 bool ss_chans_poll(struct ss_chans *cs);
+/* Gives back the pages of slots free for SS_CHANS_COLD_US by time t; the
+ * instance's wait ends by sweep_at_us. */
+void ss_chans_sweep(struct ss_chans *cs, uint64_t t);
 /* An engine readiness event for socket id sid; false: not a channel's. */
 bool ss_chans_event(struct ss_chans *cs, int sid);
 /* Wakes the applications that sleep and have news. */

@@ -573,6 +573,8 @@ static void setup(struct instance *in)
 static void sleep_until_work(struct instance *in)
 {
     uint64_t next = ss_engine_next_deadline(in->e);
+    if (in->chans.sweep_at_us && in->chans.sweep_at_us < next)
+        next = in->chans.sweep_at_us;
     struct itimerspec its = {{0, 0}, {0, 0}};
     if (next != UINT64_MAX) {
         its.it_value.tv_sec = (time_t)(next / 1000000);
@@ -629,6 +631,7 @@ static void run(struct instance *in)
         ss_engine_poll(in->e, t);
         /* 3. the applications' requests and kicks */
         work |= ss_chans_poll(&in->chans);
+        ss_chans_sweep(&in->chans, t);
         /* 4. engine events: to the applications' sockets and the services */
         run_services(in);
         ss_chans_flush(&in->chans);

@@ -305,6 +305,69 @@ while True:
 """
 
 
+CHANNEL_MAPPING = "/memfd:shardsock-channel"
+
+
+def instances_rss_kib(pids, names):
+    """Rss of the instances' mappings with these names, summed."""
+    total = 0
+    for pid in pids:
+        name = None
+        with open("/proc/%d/smaps" % pid) as f:
+            for line in f:
+                head = line.split()
+                if "-" in head[0] and ":" not in head[0]:
+                    name = head[5] if len(head) > 5 else ""
+                elif line.startswith("Rss:") and name in names:
+                    total += int(head[1])
+    return total
+
+
+# 20 connections at once, 256 KiB echoed on each, then all closed.
+TWENTY_ECHOES = r"""
+import socket, sys, threading
+def one():
+    c = socket.create_connection((sys.argv[1], 17600), timeout=30)
+    data = b"x" * 262144
+    t = threading.Thread(target=c.sendall, args=(data,)); t.start()
+    got = 0
+    while got < len(data):
+        got += len(c.recv(65536))
+    t.join()
+    c.close()
+ts = [threading.Thread(target=one) for _ in range(20)]
+for t in ts: t.start()
+for t in ts: t.join()
+print("done", flush=True)
+"""
+
+
+def test_closed_sockets_give_their_buffers_back(group):
+    """The ring buffers of a closed socket keep their pages for a second,
+    so that a program that opens and closes connections all the time
+    reuses them warm; after that they go back to the system, whether the
+    instance is busy or asleep."""
+    pids = [i["pid"] for i in group.status()["instances"]]
+    srv = group.popen(sys.executable, "-c", LOOP_SERVER, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert srv.stdout.readline().strip() == "listening"
+        before = instances_rss_kib(pids, (CHANNEL_MAPPING,))
+        # the clients are the kernel's: only the server's channel holds buffers
+        r = kernel_run(group.ns, sys.executable, "-c", TWENTY_ECHOES, STACK)
+        assert r.returncode == 0 and r.stdout.strip() == "done", r.stderr[-2000:]
+        touched = instances_rss_kib(pids, (CHANNEL_MAPPING,)) - before
+        # 20 sockets, each 64 KiB in each direction through its rings
+        assert touched >= 20 * 64, "the rings were not used: %d KiB" % touched
+        deadline = time.time() + 5
+        while time.time() < deadline and instances_rss_kib(pids, (CHANNEL_MAPPING,)) - before > touched // 10:
+            time.sleep(0.2)
+        left = instances_rss_kib(pids, (CHANNEL_MAPPING,)) - before
+        assert left <= touched // 10, "%d of %d KiB still held 5 s after the close" % (left, touched)
+    finally:
+        srv.stdin.close()
+        topology.stop_pids([srv.pid])
+
+
 def test_idle_connections_cost_little(group):
     """1000 idle accepted connections: what they add to the instances'
     memory, engine state and channel slots together, stays under 2 KiB
@@ -333,18 +396,7 @@ sys.stdin.read()
     pids = [i["pid"] for i in group.status()["instances"]]
 
     def private_kib():
-        """Rss of each instance's heap and channel mappings, summed."""
-        total = 0
-        for pid in pids:
-            name = None
-            with open("/proc/%d/smaps" % pid) as f:
-                for line in f:
-                    head = line.split()
-                    if "-" in head[0] and ":" not in head[0]:
-                        name = head[5] if len(head) > 5 else ""
-                    elif line.startswith("Rss:") and name in ("[heap]", "/memfd:shardsock-channel"):
-                        total += int(head[1])
-        return total
+        return instances_rss_kib(pids, ("[heap]", CHANNEL_MAPPING))
 
     srv = group.popen(sys.executable, "-c", server, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     cli = None
