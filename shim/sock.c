@@ -222,7 +222,10 @@ int ss_sock_accept(int fd, struct ss_sock *s, struct sockaddr *a, socklen_t *len
     uint64_t until = deadline(s->rcvtimeo_ms);
     for (;;) {
         int64_t rip = 0, rport = 0;
-        int slot = ss_request(SS_OP_ACCEPT, s->slot, 0, 0, &rip, &rport);
+        /* An empty queue, as the instance's word says, needs no round trip
+         * (a connection queued since is announced like any readiness). */
+        int slot = ss_sock_revents(s, POLLIN) & POLLIN ? ss_request(SS_OP_ACCEPT, s->slot, 0, 0, &rip, &rport)
+                                                       : -EAGAIN;
         if (slot >= 0) {
             int nfd = REAL(socket)(s->v6 ? AF_INET6 : AF_INET, SOCK_STREAM | (flags & (SOCK_NONBLOCK | SOCK_CLOEXEC)),
                                    0);
@@ -533,11 +536,16 @@ int ss_sock_shutdown(int fd, struct ss_sock *s, int how)
     return 0;
 }
 
+/* No round trip: the instance learns of the close from the socket's kick,
+ * after the bytes written before it, and frees the slot when they went.
+ * Nothing it could say would change what close returns. */
 int ss_sock_close(int fd, struct ss_sock *s)
 {
     (void)fd;
-    if (s->stack && ss_ch.state == SS_CH_ATTACHED)
-        ss_request(SS_OP_CLOSE, s->slot, 0, 0, NULL, NULL);
+    if (s->stack && ss_ch.state == SS_CH_ATTACHED) {
+        __atomic_store_n(&ss_so(s->slot)->closing, 1, __ATOMIC_RELEASE);
+        ss_kick(s->slot);
+    }
     return 0;
 }
 

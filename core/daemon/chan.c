@@ -281,6 +281,8 @@ static bool pump(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
     int sid = st->sid;
     if (sid < 0)
         return true;
+    if (!st->close_pending && __atomic_load_n(&so->closing, __ATOMIC_ACQUIRE))
+        st->close_pending = true; /* closed by the application (ss_sock_close), as SS_OP_CLOSE */
     uint64_t t = now_us();
     /* application -> engine */
     uint32_t head = __atomic_load_n(&so->tx.head, __ATOMIC_ACQUIRE), tail = so->tx.tail, tail0 = tail;
@@ -804,11 +806,10 @@ bool ss_chans_poll(struct ss_chans *cs)
         struct ss_chan_host *c = cs->c[i];
         if (!c || c->gone)
             continue;
+        /* The request after the kicks: a kick the thread queued before it
+         * asked (a close, whose port the next bind may want) is visible
+         * once the request is, and goes first. */
         uint32_t seq = __atomic_load_n(&c->r->req.seq, __ATOMIC_ACQUIRE);
-        if (seq != c->last_req) {
-            handle_request(cs, c, seq);
-            work = true;
-        }
         struct ss_chan_ring32 *q = &c->r->kick;
         uint32_t head = __atomic_load_n(&q->head, __ATOMIC_ACQUIRE), tail = q->tail;
         if (head - tail > SS_CHAN_KICKS) {
@@ -831,6 +832,10 @@ bool ss_chans_poll(struct ss_chans *cs)
             continue;
         }
         __atomic_store_n(&q->tail, tail, __ATOMIC_RELEASE);
+        if (seq != c->last_req) {
+            handle_request(cs, c, seq);
+            work = true;
+        }
     }
     return work;
 }

@@ -290,8 +290,33 @@ def dual_stack():
         x.close()
 
 
+def close_frees_the_port():
+    """A closed listener's port is free at once: bound again (no
+    SO_REUSEADDR) right after each close, 50 times, then it serves."""
+    binds = 0
+    for _ in range(50):
+        s = socket.socket()
+        try:
+            s.bind(("0.0.0.0", BASE + 9))
+            s.listen(4)
+            binds += 1
+        except OSError as e:
+            out["close_frees_the_port"] = {"error": e.errno}
+            return
+        finally:
+            s.close()
+    srv = listener(BASE + 9)
+    threading.Thread(target=echo_once, args=(srv,), daemon=True).start()
+    c = socket.create_connection((ADDR, BASE + 9), timeout=10)
+    c.sendall(b"after")
+    c.shutdown(socket.SHUT_WR)
+    out["close_frees_the_port"] = {"binds": binds, "echo": c.recv(100).decode()}
+    c.close()
+    srv.close()
+
+
 STEPS = (blocking, timeouts, selectors_all, asyncio_streams, threading_server, http_urllib, forking_server,
-         fork_shares_a_connection, dual_stack)
+         fork_shares_a_connection, dual_stack, close_frees_the_port)
 only = os.environ.get("PYPROG_STEPS")  # a comma-separated subset, for debugging
 for step in STEPS:
     if not only or step.__name__ in only.split(","):

@@ -44,7 +44,7 @@
 #endif
 
 #define SS_CHAN_MAGIC 0x53534348 /* "SSCH" */
-#define SS_CHAN_VERSION 2
+#define SS_CHAN_VERSION 3
 #define SS_CHAN_SOCKETS 4096     /* stack sockets per process (buffer pages only as used) */
 #define SS_CHAN_RXBUF 65536      /* bytes, each a power of two */
 #define SS_CHAN_TXBUF 65536
@@ -113,11 +113,12 @@ struct ss_chan_socket {
     int32_t error;         /* pending SO_ERROR (negative errno), by the instance */
     uint32_t kicked;       /* 1 while a kick for it waits on the kick ring */
     uint32_t evq;          /* 1 while an event for it waits on the event ring */
-    uint32_t in_use;       /* 1 from SS_OP_SOCKET/ACCEPT until SS_OP_CLOSE */
+    uint32_t in_use;       /* 1 from SS_OP_SOCKET/ACCEPT until closed (SS_OP_CLOSE or closing) */
     uint32_t local_ip, remote_ip;
     uint16_t local_port, remote_port;
     uint32_t more;         /* 1: the application's last send had MSG_MORE */
-    uint8_t _pad[28];
+    uint32_t closing;      /* 1: the application closed it; the kick that follows tells the instance */
+    uint8_t _pad[24];
     struct ss_chan_bytes rx; /* instance -> application */
     struct ss_chan_bytes tx; /* application -> instance */
 };
