@@ -56,7 +56,8 @@ def fwd_path(group):
 def create_fwd_region(group, ninstances):
     """Creates the group's forwarding region (``struct ss_fwd_region``: the
     flow directory and the rings between instances) before the instances
-    start, with a fresh secret for the directory's hash.  The file is sized
+    start, with fresh secrets for the directory's hash and the instances' ISNs
+    and SYN cookies.  The file is sized
     for the rings but tmpfs allocates only the pages that are touched."""
     size = ffi.sizeof("struct ss_fwd_region") + ninstances * ninstances * ffi.sizeof("struct ss_fwd_ring")
     fd = os.open(fwd_path(group), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -67,6 +68,7 @@ def create_fwd_region(group, ninstances):
             p.version = lib.SS_FWD_VERSION
             p.ninstances = ninstances
             p.secret = list(int.from_bytes(os.urandom(8), "little") for _ in range(2))
+            p.engine_key = list(int.from_bytes(os.urandom(8), "little") for _ in range(2))
             p.magic = lib.SS_FWD_MAGIC  # last: instances check it
             del p
     finally:

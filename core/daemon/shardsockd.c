@@ -514,6 +514,11 @@ static void setup(struct instance *in)
                         sizeof err) < 0)
             die(err);
         in->fwd_on = true;
+        /* One key for the group: a SYN cookie one instance sent is good at
+         * another (on afxdp Linux may send the ACK on another queue after
+         * a lost SYN-ACK), and a SYN that reaches two instances gets the
+         * same ISN from both. */
+        memcpy(cfg.secret, in->fwd.r->engine_key, sizeof cfg.secret);
         cfg.flow_publish = ss_fwd_publish;
         cfg.flow_owner = ss_fwd_owner;
         cfg.forward = ss_fwd_send;

@@ -100,7 +100,7 @@ struct ss_neigh_table {
  * wakes once per sleep, and a busy one is never signalled.
  */
 #define SS_FWD_MAGIC 0x53534657 /* "SSFW" */
-#define SS_FWD_VERSION 3
+#define SS_FWD_VERSION 4
 #define SS_FWD_MAX_INSTANCES 64
 #define SS_FWD_SLOTS 256
 #define SS_FWD_FRAME_MAX 2040   /* an MTU of 1500 and its ethernet header fit */
@@ -139,7 +139,10 @@ struct ss_fwd_region {
     uint32_t ninstances;
     uint32_t _pad;
     uint64_t secret[2];    /* keys the directory's hash: peers cannot aim at one chain */
-    uint8_t _pad1[32];
+    uint64_t engine_key[2]; /* the instances' ISN and SYN-cookie key (struct ss_engine_config
+                             * secret), one for the group: a cookie one instance sent is
+                             * good at another */
+    uint8_t _pad1[16];
     struct ss_fwd_inbox inbox[SS_FWD_MAX_INSTANCES];
     /* bit k of listeners[port]: instance k listens on the port; of
      * active[port]: a process uses one of those listeners (listen spawn) */
