@@ -740,6 +740,18 @@ static void segment_arrives(struct ss_tcb *t, const struct ss_ip_repr *ip, struc
     }
     if (t->state == SS_TCP_SYN_RECEIVED) {
         if (!SEQ_LT(t->snd_una, s->ack) || SEQ_GT(s->ack, t->snd_max)) {
+            /* The peer's SYN drew a cookie while the SYN queue was full, a
+             * duplicate of it made this half-open connection later, and the
+             * peer answers the cookie: its connection wins, as in Linux
+             * (tcp_check_req leaves such an ACK to the listener's cookie
+             * check). */
+            struct ss_tcb *l = t->listener;
+            if (l && !t->cookie && e->last_cookie_us && e->now_us - e->last_cookie_us < 128000000ull &&
+                ss_syncookie_check(e, ip, s)) {
+                ss_tcp_done(t, 0);
+                ss_tcp_listen_input(l, ip, s, 0);
+                return;
+            }
             e->ctr->drop_tcp_bad_ack++;
             ss_tcp_send_rst_for(e, ip, s);
             return;

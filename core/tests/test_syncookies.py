@@ -105,6 +105,34 @@ def test_valid_cookie_ack_completes_connection_with_data_both_ways(cstack):
     assert c["tcp_syncookies_failed"] == 0
 
 
+def test_cookie_ack_wins_over_a_half_open_connection_from_a_duplicate_syn(cstack):
+    """The SYN drew a cookie while the queue was full; a duplicate of it,
+    arriving once there is room, makes a half-open connection with another
+    ISN; the peer answers the cookie.  As in Linux, the cookie's connection
+    is made (no reset, which would fail the peer's connect)."""
+    stack = cstack
+    lsid = stack.listen(80)
+    queued = fill_syn_queue(stack)
+    peer = full_options_peer(stack, 42000)
+    sa = get_cookie(stack, peer)
+    assert [name for name, _ in sa.options] == ["MSS"]  # a cookie
+    for p in queued:
+        p.seg("A")  # the queue empties
+    assert stack.accept(lsid) >= 0 and stack.accept(lsid) >= 0
+    peer.seg("S", seq=peer.isn, options=peer.syn_options(), advance=False)  # the duplicate
+    (sa2,) = stack.expect({"flags": "SA", "ack": peer.nxt})
+    assert sa2.seq != sa.seq
+    peer.rcv = (sa.seq + 1) % 2**32
+    peer.seg("A")  # the answer to the cookie
+    stack.expect_nothing()
+    sid = stack.accept(lsid)
+    assert sid >= 0 and stack.state(sid) == "ESTABLISHED"
+    assert stack.info(sid)["iss"] == sa.seq
+    c = stack.counters()
+    assert c["tcp_syncookies_ok"] == 1 and c["tcp_rst_tx"] == 0
+    assert c["tcp_state"]["SYN_RECEIVED"] == 0
+
+
 def test_cookie_connection_has_no_negotiated_options(cstack):
     stack = cstack
     lsid = stack.listen(80)
