@@ -2,7 +2,10 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
-PY      ?= python3
+# Every Python step runs in the environment `make setup` makes (Debian's
+# python3 is externally managed, PEP 668; see scripts/setup.sh).
+VENV    := $(CURDIR)/.venv
+PY      ?= $(VENV)/bin/python
 CC      ?= cc
 BUILD   := build
 WARN    := -Wall -Wextra -Werror
@@ -29,8 +32,12 @@ PYTEST      = $(PY) -m pytest -q -p no:cacheprovider
 help: ## list the targets
 	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-24s %s\n", $$1, $$2}'
 
-setup: ## install Debian packages and `pip install -e .[test]` (idempotent)
-	PY=$(PY) scripts/setup.sh
+setup: ## as root: Debian packages, the Python environment .venv, `shardsock` in /usr/local/bin (idempotent)
+	scripts/setup.sh
+
+# The environment, made once by `make setup`, for targets that need Python.
+$(VENV)/bin/python:
+	scripts/setup.sh
 
 build: $(BUILD)/libssengine.a $(XDP_OBJ) $(BUILD)/shardsockd $(BUILD)/shardsockd-san $(BUILD)/echo_server $(BUILD)/echo_bench $(BUILD)/linkem $(BUILD)/libshardsock.so $(BUILD)/sockcheck $(BUILD)/pair $(BUILD)/pair-san $(BUILD)/wheel_test $(BUILD)/wheel_test-san preload/.engine-built ## build every C part
 
@@ -97,7 +104,7 @@ $(BUILD)/%-san: core/tests/%.c $(ENGINE_SAN)
 	@$(CC) $(CSTD) $(WARN) $(SAN) $(INC) $^ -o $@
 
 # The Python extension (preload/_engine*.so) and its sanitizer twin.
-preload/.engine-built: $(ENGINE_SRC) $(ENGINE_HDR) preload/_build_engine.py
+preload/.engine-built: $(ENGINE_SRC) $(ENGINE_HDR) preload/_build_engine.py | $(VENV)/bin/python
 	@echo "  CFFI    preload/_engine (and its sanitizer build in $(BUILD)/asan)"
 	@$(PY) preload/_build_engine.py >/dev/null
 	@$(PY) preload/_build_engine.py --sanitize $(BUILD)/asan >/dev/null
