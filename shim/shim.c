@@ -516,6 +516,7 @@ static void fd_drop(int fd)
         ss_epoll_forget(fd);
         if (last) {
             ss_sock_close(fd, s);
+            ss_placeholder_free(s);
             free(s);
         }
     }
@@ -601,6 +602,7 @@ static int hook_connect(int fd, const struct sockaddr *a, socklen_t len)
 /* The descriptor is about to close (close, close_range, or dup2 onto it). */
 static void fd_closing(int fd)
 {
+    ss_placeholder_forget(fd);
     if (ss_lookup(fd))
         fd_drop(fd);
     else
@@ -848,6 +850,12 @@ static int fcntl_common(int (*real)(int, int, long), int fd, int cmd, long arg)
     if (r < 0 || !s)
         return r;
     switch (cmd) {
+    case F_GETFL:
+        /* a shared placeholder's file-status flags are everyone's: the
+         * socket's own mode is the library's */
+        if (s->shared)
+            r = (r & ~O_NONBLOCK) | (s->nonblock ? O_NONBLOCK : 0);
+        break;
     case F_SETFL:
         s->nonblock = (arg & O_NONBLOCK) != 0;
         break;
@@ -1126,7 +1134,8 @@ static pid_t hook_fork(void)
  * sockets in the instance after the old image's channel closes, until the
  * new image adopted them, at its first socket call. */
 #define SS_INHERIT_ENV "SHARDSOCK_INHERIT"
-enum { INH_NONBLOCK = 1, INH_LISTENING = 2, INH_KERNEL_TOO = 4, INH_CONNECTING = 8, INH_WR_SHUT = 16, INH_V6 = 32 };
+enum { INH_NONBLOCK = 1, INH_LISTENING = 2, INH_KERNEL_TOO = 4, INH_CONNECTING = 8, INH_WR_SHUT = 16, INH_V6 = 32,
+       INH_SHARED = 64 };
 struct inherited {
     int fd;
     uint32_t slot, flags;
@@ -1201,6 +1210,7 @@ static void adopt_after_exec(bool ok)
                               .nonblock = in->flags & INH_NONBLOCK, .listening = in->flags & INH_LISTENING,
                               .kernel_too = in->flags & INH_KERNEL_TOO, .connecting = in->flags & INH_CONNECTING,
                               .wr_shut = in->flags & INH_WR_SHUT, .v6 = in->flags & INH_V6,
+                              .shared = in->flags & INH_SHARED,
                               .rcvtimeo_ms = in->rcvtimeo_ms, .sndtimeo_ms = in->sndtimeo_ms};
         fd_set_sock(in->fd, s);
     }
@@ -1379,7 +1389,7 @@ static char **exec_env(char *const envp[], int *ticket)
         slen += (size_t)snprintf(slots + slen, cap - slen, " %u", s->slot);
         unsigned flags = (s->nonblock ? INH_NONBLOCK : 0) | (s->listening ? INH_LISTENING : 0) |
                          (s->kernel_too ? INH_KERNEL_TOO : 0) | (s->connecting ? INH_CONNECTING : 0) |
-                         (s->wr_shut ? INH_WR_SHUT : 0) | (s->v6 ? INH_V6 : 0);
+                         (s->wr_shut ? INH_WR_SHUT : 0) | (s->v6 ? INH_V6 : 0) | (s->shared ? INH_SHARED : 0);
         len += (size_t)snprintf(inherit + len, cap - len, " %d:%u:%u:%lld:%lld", fd, s->slot, flags,
                                 (long long)s->rcvtimeo_ms, (long long)s->sndtimeo_ms);
     }

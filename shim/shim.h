@@ -30,8 +30,19 @@ SS_CALLS(X)
 void ss_resolve(void);
 #define REAL(name) (ss_real_##name ? ss_real_##name : (ss_resolve(), ss_real_##name))
 
+/* The value the kernel would report for an option set on a socket whose
+ * kernel socket is shared (placeholder.c). */
+#define SS_OPT_SHADOW_MAX 64
+struct ss_optshadow {
+    struct ss_optshadow *next;
+    int lvl, opt;
+    socklen_t len;
+    unsigned char val[SS_OPT_SHADOW_MAX];
+};
+
 /* An accelerated socket.  Its descriptor is a kernel socket the library
- * holds; several descriptors (dup) share one of these. */
+ * holds, or a duplicate of one shared by many (placeholder.c); several
+ * descriptors (dup) share one of these. */
 struct ss_sock {
     int refs;
     bool stack;          /* served by the instance; false: still undecided */
@@ -43,6 +54,8 @@ struct ss_sock {
     bool wr_shut;
     bool v6;             /* an AF_INET6 socket: IPv4 through mapped addresses (::ffff:a.b.c.d) */
     bool kernel_only;    /* an option the stack cannot honour was set: bind or connect leaves it to the kernel */
+    bool shared;         /* its kernel socket is shared (placeholder.c): options live in shadow */
+    struct ss_optshadow *shadow;
     /* a listener's use by this process, which the instance counts (listen
      * spawn prefers listeners in use): accept, poll or select make it
      * used for good; epoll sets while they hold it (nginx's accept_mutex
@@ -91,6 +104,16 @@ static inline struct ss_sock *ss_lookup(int fd)
         ss_adopt_for(fd);
     return fd >= 0 && fd < SS_FD_MAX ? __atomic_load_n(&ss_fds[fd], __ATOMIC_ACQUIRE) : NULL;
 }
+
+/* Accepted connections' descriptors (placeholder.c): a duplicate of the
+ * family's idle master socket, the lowest free number, FD_CLOEXEC when
+ * flags has SOCK_CLOEXEC; -1 with errno (EMFILE) as socket() would. */
+int ss_placeholder_take(bool v6, int flags);
+/* fd is closing or being replaced: if it is one of the library's own. */
+void ss_placeholder_forget(int fd);
+int ss_placeholder_setsockopt(struct ss_sock *s, int lvl, int opt, const void *v, socklen_t len);
+int ss_placeholder_getsockopt(int fd, struct ss_sock *s, int lvl, int opt, void *v, socklen_t *len);
+void ss_placeholder_free(struct ss_sock *s);
 
 bool ss_attach(void);       /* true once attached */
 int ss_request(uint32_t op, uint32_t slot, int64_t a0, int64_t a1, int64_t *o0, int64_t *o1);

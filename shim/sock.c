@@ -222,29 +222,35 @@ int ss_sock_accept(int fd, struct ss_sock *s, struct sockaddr *a, socklen_t *len
     uint64_t until = deadline(s->rcvtimeo_ms);
     for (;;) {
         int64_t rip = 0, rport = 0;
+        int slot = -EAGAIN;
         /* An empty queue, as the instance's word says, needs no round trip
          * (a connection queued since is announced like any readiness). */
-        int slot = ss_sock_revents(s, POLLIN) & POLLIN ? ss_request(SS_OP_ACCEPT, s->slot, 0, 0, &rip, &rport)
-                                                       : -EAGAIN;
-        if (slot >= 0) {
-            int nfd = REAL(socket)(s->v6 ? AF_INET6 : AF_INET, SOCK_STREAM | (flags & (SOCK_NONBLOCK | SOCK_CLOEXEC)),
-                                   0);
-            struct ss_sock *c = nfd >= 0 && nfd < SS_FD_MAX ? calloc(1, sizeof *c) : NULL;
+        if (ss_sock_revents(s, POLLIN) & POLLIN) {
+            /* The descriptor first, as Linux's accept does: at the limit
+             * the call fails with EMFILE and the connection stays queued. */
+            int nfd = ss_placeholder_take(s->v6, flags);
+            if (nfd < 0)
+                return -1;
+            struct ss_sock *c = nfd < SS_FD_MAX ? calloc(1, sizeof *c) : NULL;
             if (!c) {
-                int err = nfd >= 0 ? ENOMEM : errno;
-                if (nfd >= 0)
-                    REAL(close)(nfd);
-                ss_request(SS_OP_CLOSE, (uint32_t)slot, 0, 0, NULL, NULL);
-                return fail(err);
+                REAL(close)(nfd);
+                return fail(ENOMEM);
             }
-            c->refs = 1;
-            c->stack = true;
-            c->slot = (uint32_t)slot;
-            c->nonblock = (flags & SOCK_NONBLOCK) != 0;
-            c->v6 = s->v6;
-            __atomic_store_n(&ss_fds[nfd], c, __ATOMIC_RELEASE);
-            fill_addr(c, a, len, (uint32_t)rip, (uint16_t)rport);
-            return nfd;
+            slot = ss_request(SS_OP_ACCEPT, s->slot, 0, 0, &rip, &rport);
+            if (slot < 0) {
+                free(c);
+                REAL(close)(nfd);
+            } else {
+                c->refs = 1;
+                c->stack = true;
+                c->slot = (uint32_t)slot;
+                c->nonblock = (flags & SOCK_NONBLOCK) != 0;
+                c->v6 = s->v6;
+                c->shared = true;
+                __atomic_store_n(&ss_fds[nfd], c, __ATOMIC_RELEASE);
+                fill_addr(c, a, len, (uint32_t)rip, (uint16_t)rport);
+                return nfd;
+            }
         }
         if (slot != -EAGAIN)
             return fail(-slot);
@@ -649,7 +655,7 @@ int ss_sock_setsockopt(int fd, struct ss_sock *s, int lvl, int opt, const void *
     /* The kernel socket takes every option first: it checks the arguments
      * (EINVAL, EFAULT, ENOPROTOOPT) exactly as Linux does, keeps the value
      * getsockopt reports, and is ready should the socket stay the kernel's. */
-    if (REAL(setsockopt)(fd, lvl, opt, v, len) < 0)
+    if ((s->shared ? ss_placeholder_setsockopt(s, lvl, opt, v, len) : REAL(setsockopt)(fd, lvl, opt, v, len)) < 0)
         return -1;
     if (!s->stack && kernel_only_option(lvl, opt))
         s->kernel_only = true;
@@ -725,7 +731,7 @@ int ss_sock_getsockopt(int fd, struct ss_sock *s, int lvl, int opt, void *v, soc
         *len = n;
         return 0;
     }
-    return REAL(getsockopt)(fd, lvl, opt, v, len);
+    return s->shared ? ss_placeholder_getsockopt(fd, s, lvl, opt, v, len) : REAL(getsockopt)(fd, lvl, opt, v, len);
 }
 
 int ss_sock_name(int fd, struct ss_sock *s, struct sockaddr *a, socklen_t *len, bool peer)

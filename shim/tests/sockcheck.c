@@ -28,6 +28,8 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -41,7 +43,7 @@ static const char *ename(int e)
 #define E(x) case x: return #x;
     E(EAGAIN) E(EINPROGRESS) E(EALREADY) E(EISCONN) E(ENOTCONN) E(EPIPE) E(ECONNRESET) E(ECONNREFUSED)
     E(EBADF) E(EINVAL) E(EADDRINUSE) E(ENOTSOCK) E(EFAULT) E(ENOPROTOOPT) E(EAFNOSUPPORT) E(EOPNOTSUPP)
-    E(EDESTADDRREQ) E(ETIMEDOUT) E(EEXIST) E(ENOENT) E(EINTR) E(ELOOP)
+    E(EDESTADDRREQ) E(ETIMEDOUT) E(EEXIST) E(ENOENT) E(EINTR) E(ELOOP) E(EMFILE)
 #undef E
     default: return "E?";
     }
@@ -612,6 +614,93 @@ int main(int argc, char **argv)
     printf("got: %s\n", buf);
     close(d);
     close(c);
+
+    /* --- accepted descriptors: each its own, whatever is behind it --- */
+    int c1 = socket(AF_INET, SOCK_STREAM, 0), c2 = socket(AF_INET, SOCK_STREAM, 0);
+    connect(c1, (struct sockaddr *)&dst, sizeof dst);
+    connect(c2, (struct sockaddr *)&dst, sizeof dst);
+    wait_fd(l, POLLIN, 5000);
+    fcntl(l, F_SETFL, fcntl(l, F_GETFL) & ~O_NONBLOCK);
+    int a1 = accept4(l, NULL, NULL, SOCK_NONBLOCK), a2 = accept(l, NULL, NULL);
+    struct stat st;
+    printf("accepted fstat socket: %d\n", fstat(a1, &st) == 0 && S_ISSOCK(st.st_mode));
+    int v = 0;
+    socklen_t vl = sizeof v;
+    getsockopt(a1, SOL_SOCKET, SO_DOMAIN, &v, &vl);
+    printf("accepted SO_DOMAIN inet: %d\n", v == AF_INET);
+    getsockopt(a1, SOL_SOCKET, SO_PROTOCOL, &v, &vl);
+    printf("accepted SO_PROTOCOL tcp: %d\n", v == IPPROTO_TCP);
+    printf("accepted cloexec without the flag: %d\n", (fcntl(a2, F_GETFD) & FD_CLOEXEC) != 0);
+    printf("nonblock: SOCK_NONBLOCK %d, blocking %d\n", !!(fcntl(a1, F_GETFL) & O_NONBLOCK),
+           !!(fcntl(a2, F_GETFL) & O_NONBLOCK));
+    fcntl(a2, F_SETFL, O_NONBLOCK);
+    fcntl(a1, F_SETFL, 0);
+    printf("nonblock swapped: %d %d\n", !!(fcntl(a1, F_GETFL) & O_NONBLOCK), !!(fcntl(a2, F_GETFL) & O_NONBLOCK));
+    /* an option set on one connection is that connection's alone */
+    int rcv = 100000;
+    struct linger l5 = {1, 5};
+    show("accepted setsockopt TCP_NODELAY", setsockopt(a1, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one));
+    show("accepted setsockopt SO_KEEPALIVE", setsockopt(a1, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one));
+    show("accepted setsockopt SO_RCVBUF", setsockopt(a1, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv));
+    show("accepted setsockopt SO_LINGER", setsockopt(a1, SOL_SOCKET, SO_LINGER, &l5, sizeof l5));
+    show("accepted setsockopt SO_LINGER short", setsockopt(a1, SOL_SOCKET, SO_LINGER, &l5, 2));
+    show("accepted setsockopt bad level", setsockopt(a1, 12345, 1, &one, sizeof one));
+    int nd[2] = {-1, -1}, ka[2] = {-1, -1}, rb[2] = {-1, -1};
+    struct linger lgo[2];
+    for (int i = 0; i < 2; i++) {
+        int x = i ? a2 : a1;
+        vl = sizeof nd[i];
+        getsockopt(x, IPPROTO_TCP, TCP_NODELAY, &nd[i], &vl);
+        vl = sizeof ka[i];
+        getsockopt(x, SOL_SOCKET, SO_KEEPALIVE, &ka[i], &vl);
+        vl = sizeof rb[i];
+        getsockopt(x, SOL_SOCKET, SO_RCVBUF, &rb[i], &vl);
+        vl = sizeof lgo[i];
+        getsockopt(x, SOL_SOCKET, SO_LINGER, &lgo[i], &vl);
+    }
+    printf("options set: nodelay %d keepalive %d rcvbuf %d linger %d/%d\n", nd[0], ka[0], rb[0], lgo[0].l_onoff,
+           lgo[0].l_linger);
+    printf("options of the other: nodelay %d keepalive %d rcvbuf differs %d linger %d/%d\n", nd[1], ka[1],
+           rb[1] != rb[0], lgo[1].l_onoff, lgo[1].l_linger);
+    unsigned char byte = 0xee;
+    vl = 1;
+    show("accepted getsockopt TCP_NODELAY 1 byte", getsockopt(a1, IPPROTO_TCP, TCP_NODELAY, &byte, &vl));
+    printf("1 byte: len %u value %u\n", vl, byte);
+    vl = sizeof v;
+    show("accepted getsockopt bad pointer", getsockopt(a1, IPPROTO_TCP, TCP_NODELAY, (void *)8, &vl));
+    int a3 = dup(a1);
+    vl = sizeof v;
+    getsockopt(a3, IPPROTO_TCP, TCP_NODELAY, &v, &vl);
+    printf("dup keeps the option: %d\n", v);
+    close(a3);
+    close(a1);
+    close(a2);
+    close(c1);
+    close(c2);
+    /* descriptors exhausted: EMFILE, and the connection waits in the queue */
+    int c3 = socket(AF_INET, SOCK_STREAM, 0);
+    connect(c3, (struct sockaddr *)&dst, sizeof dst);
+    send(c3, "queued", 6, 0);
+    wait_fd(l, POLLIN, 5000);
+    fcntl(l, F_SETFL, fcntl(l, F_GETFL) | O_NONBLOCK); /* a lost connection shows, and hangs nothing */
+    struct rlimit old_lim, lim;
+    getrlimit(RLIMIT_NOFILE, &old_lim);
+    int lowest = dup(0);
+    close(lowest);
+    lim = old_lim;
+    lim.rlim_cur = (rlim_t)lowest;
+    setrlimit(RLIMIT_NOFILE, &lim);
+    show("accept at the descriptor limit", accept(l, NULL, NULL));
+    setrlimit(RLIMIT_NOFILE, &old_lim);
+    wait_fd(l, POLLIN, 1000);
+    int a4 = accept(l, NULL, NULL);
+    printf("accept after the limit: %s\n", a4 >= 0 ? "fd" : ename(errno));
+    wait_fd(a4, POLLIN, 5000);
+    memset(buf, 0, sizeof buf);
+    show("recv the queued connection's bytes", recv(a4, buf, 10, 0));
+    printf("got: %s\n", buf);
+    close(a4);
+    close(c3);
     close(l);
     printf("done\n");
     return 0;
