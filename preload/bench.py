@@ -4,13 +4,19 @@ in one run, on this machine.
     $ shardsock bench                      # every scenario, 3 rounds of 5 s
     $ shardsock bench --scenario echo --seconds 2 --rounds 1 --json
 
-Scenarios (a kernel client drives both sides, from another namespace):
+Scenarios (a kernel client drives both sides, from another namespace, but
+in the loopback ones):
 
   nginx-keepalive  Debian's nginx serving a 64-byte file; wrk, 64 keep-alive
                    connections: requests/s
   nginx-close      the same with ``Connection: close``, 32 connections: a
                    connection per request, so connections/s = requests/s
   echo             64-byte round trips on 64 connections (build/echo_bench)
+  loopback-keepalive, loopback-close
+                   nginx and wrk on one host over 127.0.0.1, as nginx-*: on
+                   the kernel both on its TCP, on shardsock both under
+                   ``shardsock run`` (both ends of each connection in the
+                   stack)
 
 Sides:
 
@@ -43,6 +49,11 @@ What is measured, and where it comes from:
                        softirq, anything else running) per request; counts
                        the kernel's network work the server processes are not
                        charged for, and anything else this machine runs
+  ctx_switches_per_request
+                       the server-side processes' context switches, voluntary
+                       and not, every thread (/proc/PID/task/TID/status)
+  syscalls_per_request the server-side processes' system calls (perf stat -e
+                       raw_syscalls:sys_enter -p PIDS); null without perf
 
 JSON (--json), stable keys:
 
@@ -53,7 +64,8 @@ JSON (--json), stable keys:
                   "cpu_ratio": shardsock cpu_us_per_request / kernel's}]}
   SIDE = {"requests_per_s", "connections_per_s", "latency_us": {"mean", "p50",
           "p75", "p90", "p99"}, "latency_source", "cpu_us_per_request",
-          "machine_cpu_us_per_request", "errors", "per_round": [...]}
+          "machine_cpu_us_per_request", "ctx_switches_per_request",
+          "syscalls_per_request", "errors", "per_round": [...]}
 
 Everything the run makes (namespaces, veth pairs, the tap device, instance
 groups, nginx, echo_server, temporary files) is removed before it returns,
@@ -97,6 +109,10 @@ SCENARIOS = {
     "nginx-keepalive": ("nginx", "keepalive", 64, "nginx, 64-byte file, keep-alive (wrk)"),
     "nginx-close": ("nginx", "close", 32, "nginx, 64-byte file, Connection: close (wrk)"),
     "echo": ("echo", "rr", 64, "64-byte echo round trips (echo_bench)"),
+    "loopback-keepalive": ("loopback", "keepalive", 64,
+                           "nginx and wrk on one host over 127.0.0.1, keep-alive (both under shardsock run)"),
+    "loopback-close": ("loopback", "close", 32,
+                       "nginx and wrk on one host over 127.0.0.1, Connection: close (both under shardsock run)"),
 }
 SIDES = ("kernel", "shardsock")
 PERCENTILES = ("p50", "p75", "p90", "p99")
@@ -206,17 +222,73 @@ def busy_jiffies():
     return sum(v) - v[3] - v[4]
 
 
+def context_switches(pids):
+    """Voluntary and involuntary context switches of pids, all their threads
+    (/proc/PID/task/TID/status)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for tid in os.listdir("/proc/%d/task" % pid):
+                with contextlib.suppress(OSError), open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+                    for line in f:
+                        if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                            total += int(line.split()[1])
+    return total
+
+
+class SyscallCounter:
+    """System calls entered by pids (every thread) while it runs: `perf stat
+    -e raw_syscalls:sys_enter -p` (the tracepoint counts each entry, whatever
+    the call).  Without perf, or where the kernel refuses, it counts None."""
+
+    def __init__(self, pids):
+        self.p = None
+        self.out = None
+        perf = shutil.which("perf")
+        if not perf or not pids:
+            return
+        self.out = tempfile.NamedTemporaryFile(mode="w+", prefix="ss-bench-perf-", suffix=".csv")
+        self.p = subprocess.Popen([perf, "stat", "-x,", "-e", "raw_syscalls:sys_enter", "-p",
+                                   ",".join(map(str, pids)), "-o", self.out.name],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self):
+        if not self.p:
+            return None
+        self.p.send_signal(signal.SIGINT)  # perf prints its counts on SIGINT
+        try:
+            self.p.wait(10)
+        except subprocess.TimeoutExpired:
+            _topology().stop_pids([self.p.pid])
+            return None
+        with self.out:
+            for line in self.out.read().splitlines():
+                fields = line.split(",")
+                if len(fields) > 2 and fields[2].startswith("raw_syscalls:sys_enter") and fields[0].isdigit():
+                    return int(fields[0])
+        return None
+
+
 def measure(load, pids):
     """Runs load() -- which returns a dict with at least ``requests`` (the
-    units the CPU is divided by) and ``seconds`` -- and adds the CPU time of
-    the serving processes (pids(), asked before and after: nginx's workers,
-    the instances) and of the whole machine per request."""
-    s0, b0 = process_jiffies(pids()), busy_jiffies()
-    res = load()
-    s1, b1 = process_jiffies(pids()), busy_jiffies()
+    units the CPU is divided by) and ``seconds`` -- and adds, per request,
+    the CPU time of the serving processes (pids(), asked before and after:
+    nginx's workers, the instances), of the whole machine, and the serving
+    processes' context switches and system calls."""
+    before = pids()
+    s0, b0, c0 = process_jiffies(before), busy_jiffies(), context_switches(before)
+    calls = SyscallCounter(before)
+    try:
+        res = load()
+    finally:
+        n_calls = calls.stop()
+    after = pids()
+    s1, b1, c1 = process_jiffies(after), busy_jiffies(), context_switches(after)
     n = max(res["requests"], 1)
     res["cpu_us_per_request"] = (s1 - s0) / HZ * 1e6 / n
     res["machine_cpu_us_per_request"] = (b1 - b0) / HZ * 1e6 / n
+    res["ctx_switches_per_request"] = (c1 - c0) / n
+    res["syscalls_per_request"] = n_calls / n if n_calls is not None else None
     return res
 
 
@@ -251,12 +323,14 @@ def parse_wrk(out):
             "latency_us": latency}
 
 
-def wrk(ns, url, seconds, connections, close):
+def wrk(ns, url, seconds, connections, close, wrap=None):
     """wrk from namespace ns: `connections` connections on up to 2 threads,
-    keep-alive or a connection per request."""
+    keep-alive or a connection per request; wrap(argv) -> (argv, env) runs
+    it otherwise (under `shardsock run`)."""
     hdr = ["-H", "Connection: close"] if close else []
     argv = ["wrk", "--latency", "-t%d" % min(2, connections), "-c%d" % connections, "-d%ds" % seconds, *hdr, url]
-    r = ns.run(argv, timeout=seconds + SLACK_S)
+    argv, env = wrap(argv) if wrap else (argv, None)
+    r = ns.run(argv, timeout=seconds + SLACK_S, env=env)
     try:
         res = parse_wrk(r.stdout)
     except ValueError:
@@ -296,8 +370,8 @@ class Server:
     what they connect to (``target``: an address for echo_bench, a URL for
     wrk), and its processes (``pids()``)."""
 
-    def __init__(self, client, target, pids):
-        self.client, self.target, self.pids = client, target, pids
+    def __init__(self, client, target, pids, wrap=None):
+        self.client, self.target, self.pids, self.wrap = client, target, pids, wrap
 
 
 def _checked(ns, argv, what, timeout=SLACK_S, **kw):
@@ -513,8 +587,34 @@ def shardsock_echo(backend="tap"):
         yield Server(client, host, lambda: instances)
 
 
+@contextlib.contextmanager
+def kernel_loopback():
+    """nginx and its client in one namespace, over 127.0.0.1, on the
+    kernel's TCP."""
+    with _netns() as ns, nginx_server(lambda d: _checked(ns, [NGINX, "-c", d + "/nginx.conf", "-p", d],
+                                                         "nginx")) as d:
+        url = "http://127.0.0.1:8080/64.bin"
+        wait_serving(ns, url, d)
+        yield Server(ns, url, lambda: nginx_pids(d))
+
+
+@contextlib.contextmanager
+def shardsock_loopback():
+    """nginx and its client both under `shardsock run`, over 127.0.0.1: both
+    ends of every connection in the stack (the instances are counted as the
+    server's, though they serve the client's sockets too: compare the
+    machine's CPU)."""
+    with _netns() as ns, group(ns) as (g, instances):
+        with nginx_server(lambda d: _checked(ns, g.command(NGINX, "-c", d + "/nginx.conf", "-p", d),
+                                       "nginx under shardsock run", env=g.env())) as d:
+            url = "http://127.0.0.1:8080/64.bin"
+            wait_serving(ns, url, d)
+            yield Server(ns, url, lambda: nginx_pids(d) + instances, wrap=lambda argv: (g.command(*argv), g.env()))
+
+
 SERVERS = {("nginx", "kernel"): kernel_nginx, ("nginx", "shardsock"): shardsock_nginx,
-           ("echo", "kernel"): kernel_echo, ("echo", "shardsock"): shardsock_echo}
+           ("echo", "kernel"): kernel_echo, ("echo", "shardsock"): shardsock_echo,
+           ("loopback", "kernel"): kernel_loopback, ("loopback", "shardsock"): shardsock_loopback}
 
 
 def load_of(scenario, connections, seconds):
@@ -524,7 +624,7 @@ def load_of(scenario, connections, seconds):
     if kind == "rr":
         return lambda srv: echo_bench(srv.client, srv.target, seconds,
                                       ["--mode", "rr", "--conns", str(conns), "--size", "64"])
-    return lambda srv: wrk(srv.client, srv.target, seconds, conns, kind == "close")
+    return lambda srv: wrk(srv.client, srv.target, seconds, conns, kind == "close", srv.wrap)
 
 
 # --- the run -------------------------------------------------------------------
@@ -637,6 +737,8 @@ def summarize(scenario, connections, per_side):
             "latency_source": runs[0]["latency_source"],
             "cpu_us_per_request": _median([r["cpu_us_per_request"] for r in runs]),
             "machine_cpu_us_per_request": _median([r["machine_cpu_us_per_request"] for r in runs]),
+            "ctx_switches_per_request": _median([r["ctx_switches_per_request"] for r in runs]),
+            "syscalls_per_request": _median([r["syscalls_per_request"] for r in runs]),
             "errors": sum(r["errors"] for r in runs),
             "per_round": [{"requests": r["requests"], "seconds": r["seconds"],
                            "requests_per_s": r["requests"] / r["seconds"], "errors": r["errors"],
@@ -659,7 +761,9 @@ COLUMNS = [("requests/s", lambda s: s["requests_per_s"], "{:,.0f}"),
            ("p90 us", lambda s: s["latency_us"]["p90"], "{:,.0f}"),
            ("p99 us", lambda s: s["latency_us"]["p99"], "{:,.0f}"),
            ("CPU us/req", lambda s: s["cpu_us_per_request"], "{:.1f}"),
-           ("machine us/req", lambda s: s["machine_cpu_us_per_request"], "{:.1f}")]
+           ("machine us/req", lambda s: s["machine_cpu_us_per_request"], "{:.1f}"),
+           ("ctxsw/req", lambda s: s["ctx_switches_per_request"], "{:.2f}"),
+           ("syscalls/req", lambda s: s["syscalls_per_request"], "{:.2f}")]
 
 
 def table(result):
@@ -687,7 +791,11 @@ def table(result):
             notes.append("%s: latency percentiles not measured; mean = %s" % (
                 row["name"], row["kernel"]["latency_source"]))
     notes.append("ratio: shardsock / kernel.  CPU us/req: the server side's processes (nginx or echo_server; "
-                 "plus the instances for shardsock); machine: all busy CPU, client included")
+                 "plus the instances for shardsock); machine: all busy CPU, client included; ctxsw and syscalls: "
+                 "the server side's context switches and system calls per request (a connection, with close)")
+    if any(row["name"].startswith("loopback") for row in result["scenarios"]):
+        notes.append("loopback: the client is under shardsock run too, and the instances serve both ends: "
+                     "compare machine us/req")
     lines += ["  " + n for n in notes]
     if result["chart"]:
         lines.append("chart: %s" % result["chart"])
@@ -787,7 +895,7 @@ def preflight(scenarios, chart_path):
                          "nginx and instances in them; run it as root (sudo shardsock bench)")
     need = ["ip", "ethtool"]
     files = [os.path.join(BUILD, "shardsockd")]
-    if any(SCENARIOS[s][0] == "nginx" for s in scenarios):
+    if any(SCENARIOS[s][0] in ("nginx", "loopback") for s in scenarios):
         need += ["wrk", "curl"]
         files += [NGINX, os.path.join(BUILD, "libshardsock.so")]
     if "echo" in scenarios:
@@ -807,7 +915,7 @@ def preflight(scenarios, chart_path):
 def bench(scenarios, rounds, seconds, connections=None, progress=True):
     """Runs the scenarios; returns the result without the chart."""
     plan = []
-    for server in ("nginx", "echo"):
+    for server in ("nginx", "echo", "loopback"):
         mine = [s for s in scenarios if SCENARIOS[s][0] == server]
         for side in SIDES if mine else ():
             plan.append((side, SERVERS[(server, side)], [(s, load_of(s, connections, seconds)) for s in mine]))

@@ -25,7 +25,7 @@ BIN_DIR=${SHARDSOCK_BIN_DIR:-/usr/local/bin}
 # Python headers and venv module for Debian's python3, libxdp/libbpf/liburing
 # for shardsockd's backends, clang for the XDP program.
 DEBS="build-essential python3 python3-dev python3-venv valgrind iproute2 pkg-config iputils-ping ethtool"
-DEBS="$DEBS libxdp-dev libbpf-dev clang curl strace liburing-dev git"
+DEBS="$DEBS libxdp-dev libbpf-dev clang curl strace liburing-dev git linux-perf"
 # the real programs the compatibility tests and benchmarks run (compat_tests/)
 DEBS="$DEBS nginx redis-server redis-tools wrk apache2-utils memcached socat netcat-openbsd wget stress-ng nodejs"
 

@@ -14,7 +14,7 @@ from preload import bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SIDE_KEYS = {"requests_per_s", "connections_per_s", "latency_us", "latency_source", "cpu_us_per_request",
-             "machine_cpu_us_per_request", "errors", "per_round"}
+             "machine_cpu_us_per_request", "ctx_switches_per_request", "syscalls_per_request", "errors", "per_round"}
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="creates namespaces and devices: needs root")
 
@@ -39,7 +39,8 @@ def test_json_has_every_scenario_and_both_sides(run):
     out, chart = run
     assert set(out) == {"rounds", "seconds", "cores", "chart", "scenarios"}
     assert out["chart"] == chart and out["rounds"] == 1 and out["seconds"] == 1
-    assert [s["name"] for s in out["scenarios"]] == ["nginx-keepalive", "nginx-close", "echo"]
+    assert [s["name"] for s in out["scenarios"]] == ["nginx-keepalive", "nginx-close", "echo", "loopback-keepalive",
+                                                     "loopback-close"]
     for s in out["scenarios"]:
         assert set(s) == {"name", "description", "connections", "kernel", "shardsock", "ratio", "cpu_ratio"}
         for side in ("kernel", "shardsock"):
@@ -47,6 +48,11 @@ def test_json_has_every_scenario_and_both_sides(run):
             assert set(v) == SIDE_KEYS, s["name"]
             assert v["requests_per_s"] > 0 and v["cpu_us_per_request"] > 0, (s["name"], side, v)
             assert v["machine_cpu_us_per_request"] > 0 and v["errors"] == 0
+            # counted (make setup installs perf); on the kernel a connection costs nginx at least an accept
+            # and a close
+            assert v["ctx_switches_per_request"] >= 0 and v["syscalls_per_request"] is not None
+            if s["name"].endswith("close") and side == "kernel":
+                assert v["syscalls_per_request"] >= 2, (s["name"], side, v)
             assert set(v["latency_us"]) == {"mean", "p50", "p75", "p90", "p99"}
             assert v["latency_us"]["mean"] > 0
             assert len(v["per_round"]) == 1
@@ -98,7 +104,7 @@ def test_table_has_rows_and_ratio(tmp_path):
 @needs_root
 def test_table_of_the_full_run(run):
     text = bench.table(run[0])
-    for name in ("nginx-keepalive", "nginx-close", "echo"):
+    for name in ("nginx-keepalive", "nginx-close", "echo", "loopback-keepalive", "loopback-close"):
         assert any(line.startswith(name) for line in text.splitlines())
     k = run[0]["scenarios"][0]
     ratio_line = text.splitlines()[4]
@@ -108,7 +114,8 @@ def test_table_of_the_full_run(run):
 def test_unknown_scenario_is_a_usage_error():
     r = shardsock("bench", "--scenario", "echo,redis", timeout=60)
     assert r.returncode == 2
-    assert "unknown scenario 'redis'; choose from nginx-keepalive, nginx-close, echo" in r.stderr
+    assert ("unknown scenario 'redis'; choose from nginx-keepalive, nginx-close, echo, loopback-keepalive, "
+            "loopback-close") in r.stderr
 
 
 def test_bad_numbers_are_usage_errors():
