@@ -71,6 +71,7 @@ struct instance {
     bool fwd_on;
     char stats_path[128], neigh_path[128], sock_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     int epfd, tfd, sfd, ctl;
+    uint64_t tfd_armed;  /* the deadline the timerfd holds (0: none armed; UINT64_MAX: disarmed) */
     bool stopping;
     uint8_t *role; /* by socket id */
     uint32_t max_sockets;
@@ -580,14 +581,19 @@ static void sleep_until_work(struct instance *in)
     uint64_t next = ss_engine_next_deadline(in->e);
     if (in->chans.sweep_at_us && in->chans.sweep_at_us < next)
         next = in->chans.sweep_at_us;
-    struct itimerspec its = {{0, 0}, {0, 0}};
-    if (next != UINT64_MAX) {
-        its.it_value.tv_sec = (time_t)(next / 1000000);
-        its.it_value.tv_nsec = (long)(next % 1000000) * 1000;
-        if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0)
-            its.it_value.tv_nsec = 1;
+    /* The same deadline as the last sleep's needs no new system call (it
+     * stays armed until it fires and is read). */
+    if (next != in->tfd_armed) {
+        struct itimerspec its = {{0, 0}, {0, 0}};
+        if (next != UINT64_MAX) {
+            its.it_value.tv_sec = (time_t)(next / 1000000);
+            its.it_value.tv_nsec = (long)(next % 1000000) * 1000;
+            if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0)
+                its.it_value.tv_nsec = 1;
+        }
+        timerfd_settime(in->tfd, TFD_TIMER_ABSTIME, &its, NULL);
+        in->tfd_armed = next;
     }
-    timerfd_settime(in->tfd, TFD_TIMER_ABSTIME, &its, NULL);
     struct epoll_event evs[8];
     if (in->fwd_on && !ss_fwd_may_sleep(&in->fwd))
         return; /* a forwarded frame came in meanwhile */
@@ -604,6 +610,7 @@ static void sleep_until_work(struct instance *in)
             uint64_t x;
             ssize_t r = read(in->tfd, &x, sizeof x);
             (void)r;
+            in->tfd_armed = 0; /* fired: nothing armed */
         } else if (fd == in->sfd) {
             struct signalfd_siginfo si;
             while (read(in->sfd, &si, sizeof si) == sizeof si)
