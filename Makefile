@@ -39,7 +39,7 @@ setup: ## as root: Debian packages, the Python environment .venv, `shardsock` in
 $(VENV)/bin/python:
 	scripts/setup.sh
 
-build: $(BUILD)/libssengine.a $(XDP_OBJ) $(BUILD)/shardsockd $(BUILD)/shardsockd-san $(BUILD)/echo_server $(BUILD)/echo_bench $(BUILD)/linkem $(BUILD)/libshardsock.so $(BUILD)/sockcheck $(BUILD)/pair $(BUILD)/pair-san $(BUILD)/wheel_test $(BUILD)/wheel_test-san preload/.engine-built ## build every C part
+build: $(BUILD)/libssengine.a $(XDP_OBJ) $(BUILD)/shardsockd $(BUILD)/shardsockd-san $(BUILD)/echo_server $(BUILD)/echo_bench $(BUILD)/linkem $(BUILD)/libshardsock.so $(BUILD)/sockcheck $(BUILD)/threadstress $(BUILD)/pair $(BUILD)/pair-san $(BUILD)/wheel_test $(BUILD)/wheel_test-san preload/.engine-built ## build every C part
 
 $(BUILD)/obj/%.o: %.c $(ENGINE_HDR)
 	@mkdir -p $(dir $@)
@@ -86,6 +86,11 @@ $(BUILD)/libshardsock.so: $(SHIM_SRC) $(wildcard shim/*.h) core/include/shardsoc
 
 # The preload library's scripted run through the socket calls (shim/tests).
 $(BUILD)/sockcheck: shim/tests/sockcheck.c
+	@echo "  LD      $@"
+	@$(CC) $(CSTD) $(WARN) $(CFLAGS) $< -o $@ -lpthread
+
+# Threads of one process accepting and connecting at once (shim/tests).
+$(BUILD)/threadstress: shim/tests/threadstress.c
 	@echo "  LD      $@"
 	@$(CC) $(CSTD) $(WARN) $(CFLAGS) $< -o $@ -lpthread
 

@@ -64,6 +64,18 @@ void ss_ring_peek(const struct ss_ring *r, uint32_t off, void *dst, uint32_t n)
     memcpy((uint8_t *)dst + first, r->buf, n - first);
 }
 
+int ss_ring_unshift(struct ss_ring *r, const void *data, uint32_t n)
+{
+    if (ensure(r) < 0)
+        return -1;
+    /* out-of-order bytes sit at positions relative to head + len, which
+     * this leaves where it was */
+    r->head = (r->head - n) & (r->cap - 1);
+    r->len += n;
+    copy_in(r, r->head, data, n);
+    return 0;
+}
+
 void ss_ring_drop(struct ss_ring *r, uint32_t n)
 {
     r->head = (r->head + n) & (r->cap - 1);

@@ -110,6 +110,9 @@ int ss_ring_write_at(struct ss_ring *r, uint32_t off, const void *data, uint32_t
 void ss_ring_commit(struct ss_ring *r, uint32_t n);
 void ss_ring_peek(const struct ss_ring *r, uint32_t off, void *dst, uint32_t n);
 void ss_ring_drop(struct ss_ring *r, uint32_t n);
+/* Puts n bytes back in front of what the ring holds (the caller checked
+ * the space); -1 when no buffer can be had. */
+int ss_ring_unshift(struct ss_ring *r, const void *data, uint32_t n);
 
 /* ---- SipHash-2-4 (siphash.c), the keyed hash of RFC 6528 and RFC 4987 ---- */
 uint64_t ss_siphash(const uint64_t key[2], const void *data, size_t len);
@@ -157,6 +160,7 @@ struct ss_tcb {
     /* listener only */
     struct ss_list syn_q, accept_q;
     uint32_t syn_len, accept_len, backlog;
+    uint32_t ahead;    /* accepted ahead, not yet taken by the application (ss_tcp_set_ahead) */
     /* the connection */
     uint32_t lip, rip;
     uint16_t lport, rport;

@@ -512,6 +512,41 @@ int ss_tcp_accept(struct ss_engine *e, int sid, uint64_t now_us)
     return r;
 }
 
+int ss_tcp_set_ahead(struct ss_engine *e, int sid, uint32_t n)
+{
+    struct ss_tcb *l = get(e, sid);
+    if (!l)
+        return -EBADF;
+    if (l->state != SS_TCP_LISTEN)
+        return -EINVAL;
+    l->ahead = n;
+    return 0;
+}
+
+int ss_tcp_unaccept(struct ss_engine *e, int lsid, int sid, const void *data, uint32_t len, uint64_t now_us)
+{
+    struct ss_tcb *l = get(e, lsid), *c = get(e, sid);
+    e->now_us = now_us;
+    if (!l || !c || c == l)
+        return -EBADF;
+    if (l->state != SS_TCP_LISTEN || c->listener || c->user_closed || c->state == SS_TCP_LISTEN)
+        return -EINVAL;
+    /* The bytes go back in front; out-of-order bytes held beyond the
+     * in-order ones keep their place, so they must still fit behind.  What
+     * the peer sends later and no longer fits is not taken (input trims
+     * to the ring's space) and comes again, as after a shrunk window. */
+    uint32_t beyond = c->nooo && SEQ_GT(c->rcv_adv, c->rcv_nxt) ? c->rcv_adv - c->rcv_nxt : 0;
+    if (len && ((uint64_t)c->rcvbuf.len + len + beyond > c->rcvbuf.cap || ss_ring_unshift(&c->rcvbuf, data, len) < 0))
+        return -ENOBUFS;
+    release_sid(c);
+    c->listener = l;
+    c->in_accept_q = true;
+    ss_list_add_tail(l->accept_q.next, &c->child_link); /* first in line again, as it was */
+    l->accept_len++;
+    ss_tcb_notify(l);
+    return 0;
+}
+
 int ss_tcp_connect(struct ss_engine *e, int sid, uint32_t ip, uint16_t port, uint64_t now_us)
 {
     struct ss_tcb *t = get(e, sid);
@@ -958,7 +993,7 @@ int ss_tcp_info(struct ss_engine *e, int sid, struct ss_tcp_info *i)
     i->ts_ok = t->ts_ok;
     i->sack_ok = t->sack_ok;
     i->retransmits = t->backoff;
-    i->accept_queued = t->state == SS_TCP_LISTEN ? t->accept_len : 0;
+    i->accept_queued = t->state == SS_TCP_LISTEN ? t->accept_len + t->ahead : 0;
     i->backlog = t->state == SS_TCP_LISTEN ? t->backlog : 0;
     i->active = t->active != 0;
     return 0;

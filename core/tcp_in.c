@@ -106,7 +106,7 @@ void ss_tcp_listen_input(struct ss_tcb *l, const struct ss_ip_repr *ip, struct s
             ss_tcp_send_rst_for(e, ip, s); /* "any acknowledgment is bad" */
             return;
         }
-        if (l->accept_len > l->backlog) {
+        if (l->accept_len + l->ahead > l->backlog) {
             e->ctr->drop_tcp_accept_overflow++;
             return;
         }
@@ -138,7 +138,7 @@ void ss_tcp_listen_input(struct ss_tcb *l, const struct ss_ip_repr *ip, struct s
         return;
     }
     /* Linux's overflow rule: the accept queue may hold backlog + 1. */
-    if (l->accept_len > l->backlog) {
+    if (l->accept_len + l->ahead > l->backlog) {
         e->ctr->drop_tcp_listen_overflow++;
         return;
     }
@@ -765,7 +765,7 @@ static void segment_arrives(struct ss_tcb *t, const struct ss_ip_repr *ip, struc
             e->ctr->tcp_defer_accept_drops++;
             return;
         }
-        if (t->listener && t->listener->accept_len > t->listener->backlog) {
+        if (t->listener && t->listener->accept_len + t->listener->ahead > t->listener->backlog) {
             /* Linux without tcp_abort_on_overflow: ignore the ACK; the
              * SYN-ACK is retransmitted and the peer's next ACK may fit. */
             e->ctr->drop_tcp_accept_overflow++;

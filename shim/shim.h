@@ -2,6 +2,7 @@
  * libshardsock.so's private declarations, shared by its files:
  *   shim.c    interposition, start-up, the channel, the descriptor table
  *   sock.c    the socket calls on accelerated descriptors
+ *   placeholder.c  the descriptors of accepted connections
  *   wait.c    poll, ppoll, select, pselect and epoll over both kinds
  */
 #ifndef SS_SHIM_H

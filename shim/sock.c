@@ -209,6 +209,58 @@ static void fill_addr(const struct ss_sock *s, struct sockaddr *a, socklen_t *le
     *len = size;
 }
 
+/* A connection the instance accepted ahead (shardsock/channel.h): the
+ * record at the listener's ring tail, claimed with a compare-and-swap so
+ * threads accepting at once each take their own.  The descriptor comes
+ * first, as in Linux's accept: at the limit, EMFILE and the record stays.
+ * -EAGAIN when the ring is empty. */
+static int take_ahead(struct ss_sock *s, struct sockaddr *a, socklen_t *len, int flags)
+{
+    struct ss_chan_socket *so = ss_so(s->slot);
+    const struct ss_chan_accepted *rec = (const void *)(ss_ch.base + SS_CHAN_RX_OFF(s->slot));
+    uint32_t tail = __atomic_load_n(&so->rx.tail, __ATOMIC_ACQUIRE);
+    if (__atomic_load_n(&so->rx.head, __ATOMIC_ACQUIRE) == tail)
+        return -EAGAIN;
+    int nfd = ss_placeholder_take(s->v6, flags);
+    if (nfd < 0)
+        return -errno;
+    struct ss_sock *c = nfd < SS_FD_MAX ? calloc(1, sizeof *c) : NULL;
+    if (!c) {
+        REAL(close)(nfd);
+        return -ENOMEM;
+    }
+    struct ss_chan_accepted got;
+    do {
+        if (__atomic_load_n(&so->rx.head, __ATOMIC_ACQUIRE) == tail) {
+            free(c);
+            REAL(close)(nfd);
+            return -EAGAIN; /* another thread took the last one */
+        }
+        got = rec[tail % SS_CHAN_ACCEPTED];
+    } while (!__atomic_compare_exchange_n(&so->rx.tail, &tail, tail + 1, false, __ATOMIC_ACQ_REL,
+                                          __ATOMIC_ACQUIRE));
+    /* The engine counts what waits in the ring against the backlog, and
+     * the word says whether more wait beyond it: either way the instance
+     * must look again (a kick: no system call while it runs). */
+    if (__atomic_load_n(&so->ready, __ATOMIC_ACQUIRE) & SS_EV_IN || s->backlog <= 1 ||
+        __atomic_load_n(&so->rx.head, __ATOMIC_ACQUIRE) - tail > (uint32_t)s->backlog / 2)
+        ss_kick(s->slot);
+    if (got.slot >= SS_CHAN_SOCKETS) { /* the instance wrote it: never */
+        free(c);
+        REAL(close)(nfd);
+        return -EIO;
+    }
+    c->refs = 1;
+    c->stack = true;
+    c->slot = got.slot;
+    c->nonblock = (flags & SOCK_NONBLOCK) != 0;
+    c->v6 = s->v6;
+    c->shared = true;
+    __atomic_store_n(&ss_fds[nfd], c, __ATOMIC_RELEASE);
+    fill_addr(c, a, len, got.remote_ip, got.remote_port);
+    return nfd;
+}
+
 int ss_sock_accept(int fd, struct ss_sock *s, struct sockaddr *a, socklen_t *len, int flags)
 {
     if (flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC))
@@ -222,7 +274,11 @@ int ss_sock_accept(int fd, struct ss_sock *s, struct sockaddr *a, socklen_t *len
     uint64_t until = deadline(s->rcvtimeo_ms);
     for (;;) {
         int64_t rip = 0, rport = 0;
-        int slot = -EAGAIN;
+        int slot = take_ahead(s, a, len, flags);
+        if (slot >= 0)
+            return slot;
+        if (slot != -EAGAIN)
+            return fail(-slot);
         /* An empty queue, as the instance's word says, needs no round trip
          * (a connection queued since is announced like any readiness). */
         if (ss_sock_revents(s, POLLIN) & POLLIN) {
@@ -580,8 +636,11 @@ static bool in_use(const struct ss_sock *s) { return s->accepts || s->epoll_regs
 
 void ss_sock_tell_use(struct ss_sock *s)
 {
-    if (s->listening && s->stack)
-        ss_request(SS_OP_SETOPT, s->slot, SS_OPT_ACTIVE, in_use(s), NULL, NULL);
+    if (!s->listening || !s->stack)
+        return;
+    /* a word and a kick (shardsock/channel.h): no round trip */
+    __atomic_store_n(&ss_so(s->slot)->uses, in_use(s), __ATOMIC_RELEASE);
+    ss_kick(s->slot);
 }
 
 void ss_sock_activate(struct ss_sock *s)
@@ -760,7 +819,9 @@ short ss_sock_revents(struct ss_sock *s, short events)
         return (short)(POLLOUT & events) | POLLHUP;
     short r = (short)(ready & (POLLERR | POLLHUP | POLLRDHUP));
     if (s->listening) {
-        r |= (short)(ready & POLLIN);
+        /* connections accepted ahead, or waiting in the engine beyond them */
+        if ((ready & POLLIN) || __atomic_load_n(&so->rx.head, __ATOMIC_ACQUIRE) != so->rx.tail)
+            r |= POLLIN;
     } else {
         /* The rings say now what the instance's word said when it last
          * looked: the bytes this process took or wrote since count. */

@@ -37,6 +37,7 @@ struct slot {
     bool more;         /* MSG_MORE held the engine's cork (SS_OPT_CORK bit 1) */
     bool active_ref;   /* this process uses the listener: one of its SS_OPT_ACTIVE */
     uint16_t pins;     /* fork tickets that keep it for a child */
+    uint16_t ahead_of; /* accepted ahead by listener slot ahead_of - 1 (0: not) */
 };
 
 /* A forked child's claim on its parent's sockets, or an exec'd image's on
@@ -202,10 +203,82 @@ static void set_active(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k, 
     }
 }
 
+/* The slot is free again (its engine socket closed or went elsewhere). */
+static void vacate(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
+{
+    c->s[k].sid = -1;
+    __atomic_store_n(&c->r->sock[k].in_use, 0, __ATOMIC_RELEASE);
+    /* The buffers' pages go back to the system once the slot has stayed
+     * free for SS_CHANS_COLD_US (ss_chans_sweep): a closed socket costs
+     * nothing for long, while a program that opens and closes connections
+     * all the time reuses warm pages (free_slot takes the lowest free
+     * slot) instead of paying a hole punch, with the TLB shootdown in
+     * every process that maps the channel, and page faults per connection. */
+    uint64_t t = now_us();
+    c->freed_us[k] = t;
+    if (!cs->sweep_at_us)
+        cs->sweep_at_us = t + SS_CHANS_COLD_US;
+}
+
+static struct ss_chan_accepted *accepted_ring(struct ss_chan_host *c, uint32_t k)
+{
+    return (struct ss_chan_accepted *)(c->base + SS_CHAN_RX_OFF(k));
+}
+
+/* The connections listener slot k accepted ahead and its process never
+ * took go back to the engine's queue, with the bytes already moved to
+ * their rings: the listener is closing here, and they belong to whoever
+ * accepts on it next (another holder, listen spawn's heir) or are reset
+ * with its queue, as Linux resets a closed listener's. */
+static void undo_ahead(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
+{
+    struct ss_chan_socket *so = &c->r->sock[k];
+    uint32_t head = so->rx.head, tail = __atomic_load_n(&so->rx.tail, __ATOMIC_ACQUIRE);
+    if (head == tail)
+        return;
+    if (head - tail > SS_CHAN_ACCEPTED)
+        tail = head; /* a corrupt tail: the connections stay the channel's, and close with it */
+    uint64_t t = now_us();
+    int lsid = c->s[k].sid;
+    uint8_t *bytes = NULL;
+    for (; tail != head; tail++) {
+        uint32_t f = accepted_ring(c, k)[tail % SS_CHAN_ACCEPTED].slot;
+        /* the record is in memory the process can write: it must name a
+         * connection this listener accepted ahead, held by nobody else */
+        if (f >= SS_CHAN_SOCKETS || f == k || c->s[f].sid < 0 || c->s[f].ahead_of != k + 1 || c->s[f].close_pending ||
+            !is_reader(cs, c, f) || c->s[f].next_chan >= 0)
+            continue;
+        struct ss_chan_socket *fo = &c->r->sock[f];
+        uint32_t rh = fo->rx.head, rt = fo->rx.tail, n = rh - rt;
+        int sid = c->s[f].sid;
+        if (n > SS_CHAN_RXBUF)
+            n = 0, rt = rh;
+        if (n && !bytes && !(bytes = malloc(SS_CHAN_RXBUF)))
+            n = UINT32_MAX; /* no memory: reset it */
+        const uint8_t *rx = c->base + SS_CHAN_RX_OFF(f);
+        for (uint32_t i = 0; n != UINT32_MAX && i < n; i++)
+            bytes[i] = rx[(rt + i) & (SS_CHAN_RXBUF - 1)];
+        cs->sid_chan[sid] = -1;
+        if (n != UINT32_MAX && ss_tcp_unaccept(cs->e, lsid, sid, bytes, n, t) == 0) {
+            cs->ctr->accept_ahead_undone++;
+        } else {
+            cs->ctr->accept_ahead_reset++;
+            ss_tcp_setopt(cs->e, sid, SS_OPT_LINGER_ZERO, 1, t);
+            ss_tcp_close(cs->e, sid, t);
+        }
+        vacate(cs, c, f);
+    }
+    free(bytes);
+    so->rx.tail = head;
+    ss_tcp_set_ahead(cs->e, lsid, 0);
+}
+
 static void release(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
 {
     struct ss_chan_socket *so = &c->r->sock[k];
     int sid = c->s[k].sid;
+    if (c->s[k].listener)
+        undo_ahead(cs, c, k);
     set_active(cs, c, k, false); /* closed here: this process no longer uses it */
     if (c->s[k].pins) {
         c->s[k].zombie = true; /* a forked child may still adopt it */
@@ -224,18 +297,7 @@ static void release(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
             ss_tcp_setopt(cs->e, sid, SS_OPT_LINGER_ZERO, 1, now_us());
         ss_tcp_close(cs->e, sid, now_us());
     }
-    c->s[k].sid = -1;
-    __atomic_store_n(&so->in_use, 0, __ATOMIC_RELEASE);
-    /* The buffers' pages go back to the system once the slot has stayed
-     * free for SS_CHANS_COLD_US (ss_chans_sweep): a closed socket costs
-     * nothing for long, while a program that opens and closes connections
-     * all the time reuses warm pages (free_slot takes the lowest free
-     * slot) instead of paying a hole punch, with the TLB shootdown in
-     * every process that maps the channel, and page faults per connection. */
-    uint64_t t = now_us();
-    c->freed_us[k] = t;
-    if (!cs->sweep_at_us)
-        cs->sweep_at_us = t + SS_CHANS_COLD_US;
+    vacate(cs, c, k);
 }
 
 void ss_chans_sweep(struct ss_chans *cs, uint64_t t)
@@ -270,6 +332,78 @@ static void set_more(struct ss_chans *cs, struct slot *st, int sid, bool more, u
     ss_tcp_getopt(cs->e, sid, SS_OPT_CORK, &cork);
     st->more = more;
     ss_tcp_setopt(cs->e, sid, SS_OPT_CORK, (cork & 1) | (more ? 2 : 0), t);
+}
+
+/* Accept-ahead (shardsock/channel.h): only into the one holder of the
+ * listener that uses it (accepts, polls or has it in an epoll set).  A
+ * holder that never accepts (nginx's master, which forked the workers)
+ * must not get connections; with two that accept, either may be the one
+ * that asks, so the engine's queue serves them as the kernel's would. */
+static bool may_accept_ahead(const struct ss_chans *cs, const struct ss_chan_host *c, uint32_t k)
+{
+    const struct slot *st = &c->s[k];
+    if (!st->active_ref || st->close_pending || st->zombie || c->gone)
+        return false;
+    int chan = cs->sid_chan[st->sid];
+    uint32_t j = cs->sid_slot[st->sid];
+    while (chan >= 0) {
+        const struct slot *h = &cs->c[chan]->s[j];
+        if (h->active_ref && h != st)
+            return false;
+        chan = h->next_chan;
+        j = h->next_slot;
+    }
+    return true;
+}
+
+/* A listener: its connections accepted ahead into the record ring, as
+ * many as the backlog allows, and its readiness.  False: a corrupt ring. */
+static bool pump_listener(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
+{
+    struct slot *st = &c->s[k];
+    struct ss_chan_socket *so = &c->r->sock[k];
+    uint32_t head = so->rx.head, head0 = head, tail = __atomic_load_n(&so->rx.tail, __ATOMIC_ACQUIRE);
+    if (head - tail > SS_CHAN_ACCEPTED)
+        return false;
+    /* Whether the process uses it, as its word says now: a word and a kick,
+     * not a request, so an epoll set that drops a listener and adds it back
+     * at once (nginx reorders its exclusive waiters so) changes nothing,
+     * and costs the process no round trip. */
+    bool uses = __atomic_load_n(&so->uses, __ATOMIC_ACQUIRE) != 0;
+    if (uses != st->active_ref && !st->close_pending && !st->zombie)
+        set_active(cs, c, k, uses); /* once per process, undone when it closes or dies */
+    struct ss_tcp_info li;
+    if (may_accept_ahead(cs, c, k) && ss_tcp_info(cs->e, st->sid, &li) == 0) {
+        /* Linux's accept queue holds backlog + 1 */
+        uint32_t limit = li.backlog + 1 < SS_CHAN_ACCEPTED ? li.backlog + 1 : SS_CHAN_ACCEPTED;
+        uint64_t t = now_us();
+        while (head - tail < limit) {
+            int f = free_slot(c);
+            if (f < 0)
+                break;
+            int n = ss_tcp_accept(cs->e, st->sid, t);
+            if (n < 0)
+                break;
+            map_slot(cs, c, (uint32_t)f, n);
+            c->s[f].ahead_of = (uint16_t)(k + 1);
+            fill_names(cs, c, (uint32_t)f);
+            accepted_ring(c, k)[head % SS_CHAN_ACCEPTED] = (struct ss_chan_accepted){
+                .slot = (uint32_t)f, .remote_ip = c->r->sock[f].remote_ip, .remote_port = c->r->sock[f].remote_port};
+            head++;
+            cs->ctr->accept_ahead++;
+            pump(cs, c, (uint32_t)f); /* the bytes that came before, and its readiness */
+        }
+        __atomic_store_n(&so->rx.head, head, __ATOMIC_RELEASE);
+    }
+    ss_tcp_set_ahead(cs->e, st->sid, head - tail);
+    /* the word's SS_EV_IN: connections beyond the ring, in the engine */
+    int ev = ss_tcp_poll(cs->e, st->sid);
+    uint32_t ready = ev < 0 ? SS_EV_ERR | SS_EV_HUP : (uint32_t)ev & (SS_EV_IN | SS_EV_ERR);
+    if (ready != __atomic_load_n(&so->ready, __ATOMIC_RELAXED) || head != head0) {
+        __atomic_store_n(&so->ready, ready, __ATOMIC_RELEASE);
+        post_event(c, k);
+    }
+    return true;
 }
 
 /* Moves bytes between the socket's rings and the engine, then publishes
@@ -320,12 +454,14 @@ static bool pump(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
         release(cs, c, k);
         return true;
     }
+    if (st->listener)
+        return pump_listener(cs, c, k);
     /* engine -> application */
     uint32_t rh = so->rx.head, rt = __atomic_load_n(&so->rx.tail, __ATOMIC_ACQUIRE), rh0 = rh;
     if (rh - rt > SS_CHAN_RXBUF)
         return false;
     uint8_t *rx = c->base + SS_CHAN_RX_OFF(k);
-    while (!st->eof && !st->listener && rh - rt < SS_CHAN_RXBUF && is_reader(cs, c, k)) {
+    while (!st->eof && rh - rt < SS_CHAN_RXBUF && is_reader(cs, c, k)) {
         uint32_t off = rh & (SS_CHAN_RXBUF - 1);
         uint32_t room = SS_CHAN_RXBUF - (rh - rt);
         uint32_t n = room < SS_CHAN_RXBUF - off ? room : SS_CHAN_RXBUF - off;
@@ -348,9 +484,7 @@ static bool pump(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
     uint32_t ready = 0;
     if (ev < 0)
         ev = SS_EV_ERR | SS_EV_HUP;
-    if (st->listener) {
-        ready = (uint32_t)ev & (SS_EV_IN | SS_EV_ERR);
-    } else {
+    {
         if (ev & SS_EV_OUT)
             st->connected = true;
         if (rh != rt || st->eof)
@@ -502,8 +636,8 @@ static void handle_request(struct ss_chans *cs, struct ss_chan_host *c, uint32_t
         break;
     }
     case SS_OP_SETOPT:
-        if (rq.a0 == SS_OPT_ACTIVE) { /* once per process, undone when it closes or dies */
-            set_active(cs, c, k, rq.a1 != 0);
+        if (rq.a0 == SS_OPT_ACTIVE) { /* the socket's uses word says it (pump_listener) */
+            res = -EINVAL;
             break;
         }
         if (rq.a0 == SS_OPT_CORK) /* TCP_CORK: bit 0; bit 1 is MSG_MORE's, kept by pump */
@@ -663,22 +797,26 @@ static void free_if_empty(struct ss_chans *cs, struct ss_chan_host *c)
 static void detach(struct ss_chans *cs, struct ss_chan_host *c)
 {
     bool kept = false;
-    for (uint32_t k = 0; k < SS_CHAN_SOCKETS; k++) {
-        if (c->s[k].sid < 0)
-            continue;
-        c->s[k].close_pending = true;
-        if (!pump(cs, c, k)) {
-            /* corrupt rings: nothing of them can be trusted */
-            struct ss_chan_socket *so = &c->r->sock[k];
-            so->tx.tail = so->tx.head;
-            c->s[k].pins = 0;
-            release(cs, c, k);
+    /* Listeners first: the connections they accepted ahead and the process
+     * never took go back to the engine (undo_ahead), not down with it. */
+    for (int pass = 0; pass < 2; pass++) {
+        for (uint32_t k = 0; k < SS_CHAN_SOCKETS; k++) {
+            if (c->s[k].sid < 0 || c->s[k].listener != (pass == 0))
+                continue;
+            c->s[k].close_pending = true;
+            if (!pump(cs, c, k)) {
+                /* corrupt rings: nothing of them can be trusted */
+                struct ss_chan_socket *so = &c->r->sock[k];
+                so->tx.tail = so->tx.head;
+                c->s[k].pins = 0;
+                release(cs, c, k);
+            }
+            /* What the engine could not take yet stays in the ring and goes as
+             * ACKs make room (ss_chans_event pumps it), then the FIN: the kernel
+             * too sends a dead process's last bytes (nginx's workers exit right
+             * after handing the end of a file to close()). */
+            kept |= c->s[k].sid >= 0;
         }
-        /* What the engine could not take yet stays in the ring and goes as
-         * ACKs make room (ss_chans_event pumps it), then the FIN: the kernel
-         * too sends a dead process's last bytes (nginx's workers exit right
-         * after handing the end of a file to close()). */
-        kept |= c->s[k].sid >= 0;
     }
     if (!c->gone) {
         epoll_ctl(cs->epfd, EPOLL_CTL_DEL, c->inst_bell, NULL);

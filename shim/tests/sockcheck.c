@@ -701,6 +701,22 @@ int main(int argc, char **argv)
     printf("got: %s\n", buf);
     close(a4);
     close(c3);
+
+    /* --- a connection whose bytes came before accept: readable at once --- */
+    int c5 = socket(AF_INET, SOCK_STREAM, 0);
+    connect(c5, (struct sockaddr *)&dst, sizeof dst);
+    send(c5, "early", 5, 0);
+    usleep(200000);
+    int a5 = accept(l, NULL, NULL);
+    printf("accept with bytes waiting: %s\n", a5 >= 0 ? "fd" : ename(errno));
+    struct pollfd p5 = {.fd = a5, .events = POLLIN};
+    show("poll at once", poll(&p5, 1, 0));
+    memset(buf, 0, sizeof buf);
+    show("recv at once", recv(a5, buf, 16, MSG_DONTWAIT));
+    printf("got: %s\n", buf);
+    close(a5);
+    close(c5);
+
     close(l);
     printf("done\n");
     return 0;

@@ -86,6 +86,36 @@ def test_sockcheck_same_as_the_kernel(group, side):
     same_as_the_kernel(group, side, [os.path.join(BUILD, "sockcheck")], "17001", 4)
 
 
+@pytest.mark.parametrize("side", ["server", "loopback"])
+def test_queued_connections_follow_the_listener_to_a_forked_child(side):
+    """The parent's connections accepted ahead and never taken go back to
+    the listener when it closes there, bytes included, and the forked
+    child accepts them.  One instance: connections queued at an instance
+    where no holder remains cannot move to another instance's listener
+    (listen spawn's limit, the same without accept-ahead)."""
+    ns = Netns()
+    g = None
+    try:
+        g = topology.Group(ns, "f%d" % os.getpid(), RUN_DIR, "--cores", "0")
+        out = same_as_the_kernel(g, side, [sys.executable, os.path.join(HERE, "forkqueue.py")], "17060", 4,
+                                 json.loads)
+        assert out["child accepted"] == ["q0", "q1", "q2"], out
+        assert g.total("accept_ahead_undone") >= 3, "the test did not exercise accept-ahead"
+    finally:
+        if g is not None:
+            assert g.down().returncode == 0
+        ns.delete()
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_threads_accept_and_connect_at_once_as_on_the_kernel(group, side):
+    """Four threads accept on one listener (each connection taken once, by
+    one thread: the records the instance accepted ahead are claimed with a
+    compare-and-swap) while four others connect, 1000 connections."""
+    out = same_as_the_kernel(group, side, [os.path.join(BUILD, "threadstress")], "17050", 1000)
+    assert "accepted: 1000" in out and "echoed: 1000" in out, out
+
+
 @pytest.mark.parametrize("side", SIDES)
 def test_python_socket_layers_same_as_the_kernel(group, side):
     """Blocking and non-blocking sockets, timeouts, the three selectors,

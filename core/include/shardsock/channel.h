@@ -23,6 +23,20 @@
  * the instance answers it in its next loop pass and never blocks on it.
  * Blocking calls are the library's: it waits for readiness.
  *
+ * Accept-ahead: a listener that one process holds and uses (SS_OPT_ACTIVE)
+ * has its connections accepted by the instance as they complete: each gets
+ * a slot of the process's channel, its bytes move to its rx ring as they
+ * come, and a record (struct ss_chan_accepted) names it in the listener's
+ * rx ring, whose head and tail count records.  accept() takes a record with
+ * no request; the connection is readable at once.  The readiness word's
+ * SS_EV_IN says only that connections wait in the engine beyond the ring
+ * (it was full, or the listener is shared): accept() then asks
+ * (SS_OP_ACCEPT), and after taking a record kicks the listener so the
+ * instance refills it.  Records not taken when the listener closes go back
+ * to the engine's queue, bytes included, and on to another listener of the
+ * port (listen spawn's heir) or are reset, as Linux resets a closed
+ * listener's queue.
+ *
  * Data goes through each socket's two byte rings with no request: the
  * library writes tx and reads rx; the instance moves bytes between them and
  * the engine, told by a kick (the socket's number on the kick ring) when the
@@ -44,7 +58,7 @@
 #endif
 
 #define SS_CHAN_MAGIC 0x53534348 /* "SSCH" */
-#define SS_CHAN_VERSION 3
+#define SS_CHAN_VERSION 4
 #define SS_CHAN_SOCKETS 4096     /* stack sockets per process (buffer pages only as used) */
 #define SS_CHAN_RXBUF 65536      /* bytes, each a power of two */
 #define SS_CHAN_TXBUF 65536
@@ -101,6 +115,16 @@ struct ss_chan_reply {
     uint8_t info[160];     /* SS_OP_INFO: a struct ss_tcp_info */
 };
 
+/* A connection accepted ahead, in its listener's rx ring (accept-ahead). */
+struct ss_chan_accepted {
+    uint32_t slot;         /* the connection's socket in this channel */
+    uint32_t remote_ip;    /* host order */
+    uint16_t remote_port;
+    uint16_t _pad;
+    uint32_t _pad2;
+};
+#define SS_CHAN_ACCEPTED (SS_CHAN_RXBUF / 16) /* records a listener's ring holds */
+
 struct ss_chan_bytes {
     uint32_t head;         /* the producer's: bytes written, free-running */
     uint8_t _pad0[60];
@@ -118,7 +142,9 @@ struct ss_chan_socket {
     uint16_t local_port, remote_port;
     uint32_t more;         /* 1: the application's last send had MSG_MORE */
     uint32_t closing;      /* 1: the application closed it; the kick that follows tells the instance */
-    uint8_t _pad[24];
+    uint32_t uses;         /* a listener: 1 while the process uses it (accepts, polls it, or has it in an
+                            * epoll set); the kick that follows tells the instance (SS_OPT_ACTIVE) */
+    uint8_t _pad[20];
     struct ss_chan_bytes rx; /* instance -> application */
     struct ss_chan_bytes tx; /* application -> instance */
 };
@@ -169,6 +195,7 @@ struct ss_chan_region {
 #ifndef SS_CDEF
 _Static_assert(sizeof(struct ss_chan_request) == 32, "request layout");
 _Static_assert(sizeof(struct ss_chan_reply) == 184, "reply layout");
+_Static_assert(sizeof(struct ss_chan_accepted) == 16, "accepted record layout");
 _Static_assert(sizeof(struct ss_chan_region) % 64 == 0, "sockets on cache lines");
 _Static_assert((SS_CHAN_RXBUF & (SS_CHAN_RXBUF - 1)) == 0 && (SS_CHAN_TXBUF & (SS_CHAN_TXBUF - 1)) == 0,
                "byte rings are powers of two");

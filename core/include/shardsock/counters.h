@@ -120,6 +120,9 @@
     X(accept_local, "connections accepted whose SYN this instance received")         \
     X(accept_global, "connections accepted whose SYN another instance handed over")  \
     X(accept_queue_moved, "queued connections moved to another listener when theirs closed") \
+    X(accept_ahead, "connections placed in a process's accept queue before its accept()") \
+    X(accept_ahead_undone, "connections a closing listener's process never took, back in the engine's queue") \
+    X(accept_ahead_reset, "untaken connections reset: their bytes no longer fit the receive buffer") \
     X(chan_attaches, "application processes attached")                              \
     X(chan_detaches, "application processes detached (exited, crashed or broke the rules)") \
     X(chan_corrupt, "channels detached because the application corrupted them")     \

@@ -200,6 +200,17 @@ int ss_tcp_bind(struct ss_engine *e, int sid, uint32_t ip, uint16_t port);
 int ss_tcp_listen(struct ss_engine *e, int sid, int backlog);
 /* A new socket id, or -EAGAIN when no connection is waiting. */
 int ss_tcp_accept(struct ss_engine *e, int sid, uint64_t now_us);
+/* Accept-ahead: n connections the listener sid's owner accepted before the
+ * application asked, and the application has not taken yet.  They count
+ * against the backlog as if still queued here (Linux's accept queue holds
+ * them until accept()). */
+int ss_tcp_set_ahead(struct ss_engine *e, int sid, uint32_t n);
+/* An accept undone: connection sid, accepted from listener lsid and never
+ * taken by the application, goes back to the head of the listener's queue
+ * with the bytes already moved out of it (data, len) in front of its
+ * receive buffer; its id is released.  -ENOBUFS when they no longer fit
+ * beside what the peer may still send (the caller resets it). */
+int ss_tcp_unaccept(struct ss_engine *e, int lsid, int sid, const void *data, uint32_t len, uint64_t now_us);
 /* -EINPROGRESS once the SYN is on its way; the outcome is a readiness event. */
 int ss_tcp_connect(struct ss_engine *e, int sid, uint32_t ip, uint16_t port, uint64_t now_us);
 ssize_t ss_tcp_send(struct ss_engine *e, int sid, const void *buf, size_t len, uint64_t now_us);
