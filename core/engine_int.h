@@ -326,6 +326,7 @@ void ss_bind_insert(struct ss_tcb *t);
 void ss_tcp_done(struct ss_tcb *t, int error);
 void ss_tcp_child_established(struct ss_tcb *t);
 uint32_t ss_tcp_isn(struct ss_engine *e, uint32_t lip, uint16_t lport, uint32_t rip, uint16_t rport);
+uint32_t ss_tcp_ts_offset(struct ss_engine *e, uint32_t lip, uint16_t lport, uint32_t rip, uint16_t rport);
 uint32_t ss_tcp_rcv_window(const struct ss_tcb *t);
 void ss_tcp_init_conn(struct ss_tcb *t);
 

@@ -380,6 +380,23 @@ uint32_t ss_tcp_isn(struct ss_engine *e, uint32_t lip, uint16_t lport, uint32_t 
     return (uint32_t)(e->now_us / 4) + (uint32_t)ss_siphash(e->cfg.secret, tuple, sizeof tuple);
 }
 
+/* The offset of a connection's timestamp clock.  RFC 7323's security
+ * considerations would not have every connection show the host's uptime;
+ * but the timestamps of a new connection on a pair must continue from the
+ * old one's, since the receiving TIME-WAIT takes the new SYN only when its
+ * TSval is newer than the last it saw (RFC 6191), and a connect that
+ * reuses a TIME-WAIT pair relies on the same (tcp_tw_reuse).  So the
+ * offset is a keyed hash of the 4-tuple, as the ISN's F() in RFC 6528,
+ * never of the connection: one drawn per connection made the new SYN
+ * older than the TIME-WAIT's TS.Recent about half the time, and PAWS
+ * refused it (issue 13).  The instances of a group share the key and the
+ * clock, so a pair's timestamps grow whichever instance sends them. */
+uint32_t ss_tcp_ts_offset(struct ss_engine *e, uint32_t lip, uint16_t lport, uint32_t rip, uint16_t rport)
+{
+    uint32_t tuple[4] = {lip, rip, (uint32_t)lport << 16 | rport, 0x54537666u /* not the ISN's input */};
+    return (uint32_t)ss_siphash(e->cfg.secret, tuple, sizeof tuple);
+}
+
 /* Called once the handshake has fixed the options. */
 void ss_tcp_init_conn(struct ss_tcb *t)
 {
@@ -560,7 +577,7 @@ int ss_tcp_connect(struct ss_engine *e, int sid, uint32_t ip, uint16_t port, uin
     t->snd_nxt = t->snd_max = t->iss + 1;
     t->buf_seq = t->iss + 1;
     t->rcv_wscale = choose_wscale(t);
-    t->ts_offset = (uint32_t)ss_siphash(e->cfg.secret, &t->iss, sizeof t->iss);
+    t->ts_offset = ss_tcp_ts_offset(e, t->lip, t->lport, t->rip, t->rport);
     ss_tcp_set_state(t, SS_TCP_SYN_SENT);
     ss_flow_insert(t);
     e->ctr->tcp_active_opens++;

@@ -169,7 +169,7 @@ void ss_tcp_listen_input(struct ss_tcb *l, const struct ss_ip_repr *ip, struct s
         ws++;
     c->rcv_wscale = ws;
     take_syn_options(c, s);
-    c->ts_offset = (uint32_t)ss_siphash(e->cfg.secret, &c->iss, sizeof c->iss);
+    c->ts_offset = ss_tcp_ts_offset(e, c->lip, c->lport, c->rip, c->rport);
     c->snd_wnd = s->wnd; /* RFC 7323 2.2: a SYN's window is not scaled */
     c->snd_wl1 = s->seq;
     c->snd_wl2 = c->iss;
