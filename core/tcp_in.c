@@ -214,6 +214,14 @@ static void syn_sent_input(struct ss_tcb *t, const struct ss_ip_repr *ip, struct
         e->ctr->drop_tcp_state++;
         return;
     }
+    /* A SYN without ACK (simultaneous open) when connect took over a
+     * TIME-WAIT pair: TS.Recent came from the old connection, and a SYN
+     * older than it belongs to the past (RFC 7323 5.3; Linux checks it
+     * here too).  With an ACK, the ACK check above decides. */
+    if (!ack_ok && t->ts_recent_us && s->has_ts && (int32_t)(s->tsval - t->ts_recent) < 0) {
+        e->ctr->drop_tcp_paws++;
+        return;
+    }
     t->irs = s->seq;
     t->rcv_nxt = s->seq + 1;
     take_syn_options(t, s);

@@ -107,3 +107,154 @@ def test_timestamps_of_a_reopened_pair_continue_the_old_ones(stack, listener):
     assert stack.counters()["tcp_timewait_reuse"] == 1
     # 1.5 s later on a 1 ms clock, from the same offset
     assert (new_ts - old_last) % M32 == 1500, (old_ts, old_last, new_ts)
+
+
+# ===========================================================================
+# The connecting side: connect takes over a TIME-WAIT pair (tcp_tw_reuse)
+# ===========================================================================
+
+def time_wait_at_stack(make_stack, ts=True):
+    """The stack connects from its one ephemeral port, 40000, and closes
+    first: the pair is in TIME-WAIT at the stack.  Returns (stack, peer,
+    the old connection's SND.NXT, the TSval of the stack's last ACK)."""
+    st = make_stack(port_lo=40000, port_hi=40000)
+    peer = Peer(st, ts=100 if ts else None)
+    sid = active_open(st, peer)
+    assert peer.dport == 40000
+    fin_seq = st.info(sid)["snd_nxt"]
+    assert st.close(sid) == 0
+    (fin,) = st.expect({"flags": "FA", "seq": fin_seq})
+    peer.rcv = add(fin_seq, 1)
+    if ts:
+        peer.tsval += 1
+    peer.seg("FA", options=peer.ts_option(tcp_options(fin)["Timestamp"][0] if ts else 0))
+    (ack,) = st.expect({"flags": "A", "seq": add(fin_seq, 1), "ack": peer.nxt})
+    assert st.counters()["tcp_state"]["TIME_WAIT"] == 1
+    return st, peer, add(fin_seq, 1), (tcp_options(ack)["Timestamp"][0] if ts else None)
+
+
+def test_connect_takes_over_a_time_wait_pair_a_second_old(make_stack):
+    """Linux tcp_twsk_unique(): with timestamps, and the last one a second
+    old, connect reuses the pair: the ISN lies at least 64 KiB above the old
+    SND.NXT, the SYN's TSval continues the old connection's, the TIME-WAIT
+    is gone, and the connection opens."""
+    st, peer, old_nxt, old_ts = time_wait_at_stack(make_stack)
+    st.advance(1000)
+    sid = st.socket()
+    assert st.connect(sid, PEER_IP, 80) == ERRNO["EINPROGRESS"]
+    (syn,) = st.expect({"flags": "S", "sport": 40000, "dport": 80})
+    assert not seq_gt(add(old_nxt, 65537), syn.seq), (old_nxt, syn.seq)
+    assert (tcp_options(syn)["Timestamp"][0] - old_ts) % M32 == 1000
+    c = st.counters()
+    assert c["tcp_timewait_reuse_connect"] == 1
+    assert c["tcp_state"]["TIME_WAIT"] == 0 and c["tcp_state"]["SYN_SENT"] == 1
+    peer.tsval += 1000
+    peer.nxt = add(peer.nxt, 100000)
+    peer.rcv = add(syn.seq, 1)
+    peer.seg("SA", ack=peer.rcv, options=[("MSS", 1460), ("Timestamp", (peer.tsval, tcp_options(syn)["Timestamp"][0]))])
+    st.expect({"flags": "A", "seq": peer.rcv, "ack": peer.nxt})
+    assert st.state(sid) == "ESTABLISHED"
+
+
+def test_connect_refuses_a_time_wait_pair_younger_than_a_second(make_stack):
+    """Within the second the pair stays in TIME-WAIT: the one port is not
+    free, and connect fails as Linux's does when no port is."""
+    st, peer, old_nxt, old_ts = time_wait_at_stack(make_stack)
+    st.advance(999)
+    sid = st.socket()
+    assert st.connect(sid, PEER_IP, 80) == ERRNO["EADDRNOTAVAIL"]
+    st.expect_nothing()
+    assert st.counters()["tcp_state"]["TIME_WAIT"] == 1
+    st.advance(1)
+    assert st.connect(st.socket(), PEER_IP, 80) == ERRNO["EINPROGRESS"]
+    st.expect({"flags": "S", "sport": 40000})
+
+
+def test_connect_refuses_a_time_wait_pair_without_timestamps(make_stack):
+    """Without timestamps nothing tells the peer's TIME-WAIT (or PAWS) the
+    new connection from the old: the pair waits its 2 MSL."""
+    st, peer, old_nxt, _ = time_wait_at_stack(make_stack, ts=False)
+    st.advance(5000)
+    assert st.connect(st.socket(), PEER_IP, 80) == ERRNO["EADDRNOTAVAIL"]
+    assert st.counters()["tcp_state"]["TIME_WAIT"] == 1
+    st.advance(60_000)
+    assert st.counters()["tcp_state"]["TIME_WAIT"] == 0
+    assert st.connect(st.socket(), PEER_IP, 80) == ERRNO["EINPROGRESS"]
+    assert st.counters()["tcp_timewait_reuse_connect"] == 0
+
+
+def test_connect_from_a_bound_port_takes_over_its_time_wait(make_stack):
+    """bind (SO_REUSEADDR, which a TIME-WAIT yields to) then connect to the
+    same peer: the same rule, EADDRNOTAVAIL within the second."""
+    st, peer, old_nxt, old_ts = time_wait_at_stack(make_stack)
+    sid = st.socket()
+    assert st.setopt(sid, lib.SS_OPT_REUSEADDR, 1) == 0
+    assert lib.ss_tcp_bind(st.e, sid, 0, 40000) == 0
+    st.advance(500)
+    assert st.connect(sid, PEER_IP, 80) == ERRNO["EADDRNOTAVAIL"]
+    st.advance(500)
+    assert st.connect(sid, PEER_IP, 80) == ERRNO["EINPROGRESS"]
+    (syn,) = st.expect({"flags": "S", "sport": 40000})
+    assert not seq_gt(add(old_nxt, 65537), syn.seq)
+    assert st.counters()["tcp_timewait_reuse_connect"] == 1
+
+
+def test_reused_pair_in_syn_sent_drops_a_syn_older_than_the_old_connection(make_stack):
+    """TS.Recent carries over from the TIME-WAIT: a SYN without ACK (what a
+    simultaneous open would be) older than it is an old duplicate (RFC 7323
+    5.3); it is dropped, not answered with a SYN-ACK."""
+    st, peer, old_nxt, old_ts = time_wait_at_stack(make_stack)
+    st.advance(1000)
+    sid = st.socket()
+    assert st.connect(sid, PEER_IP, 80) == ERRNO["EINPROGRESS"]
+    st.expect({"flags": "S"})
+    old = Peer(st, sport=80, isn=add(peer.nxt, 7), ts=peer.tsval - 5)
+    old.dport = 40000
+    old.seg("S", options=old.syn_options())
+    st.expect_nothing()
+    assert st.counters()["drop_tcp_paws"] == 1
+    assert st.state(sid) == "SYN_SENT"
+
+
+# ===========================================================================
+# The receiving side: a SYN that meets a TIME-WAIT (RFC 6191)
+# ===========================================================================
+
+def time_wait_at_server(stack, listener, ts=True):
+    peer = Peer(stack, ts=100 if ts else None)
+    sid = passive_open(stack, listener, peer)
+    assert stack.close(sid) == 0
+    (fin,) = stack.expect({"flags": "FA"})
+    peer.rcv = add(fin.seq, 1)
+    peer.tsval = 200 if ts else None
+    peer.seg("FA", options=peer.ts_option(tcp_options(fin)["Timestamp"][0]) if ts else [])
+    stack.expect({"flags": "A"})
+    assert stack.counters()["tcp_state"]["TIME_WAIT"] == 1
+    return peer
+
+
+def test_time_wait_takes_a_syn_with_a_newer_timestamp_and_a_lower_seq(stack, listener):
+    """RFC 6191: with timestamps on both incarnations the timestamp decides,
+    whatever the sequence number."""
+    peer = time_wait_at_server(stack, listener)
+    p2 = Peer(stack, sport=peer.sport, isn=add(peer.nxt, -100000), ts=201)
+    p2.seg("S", options=p2.syn_options())
+    stack.expect({"flags": "SA", "ack": add(p2.isn, 1)})
+    c = stack.counters()
+    assert c["tcp_timewait_reuse"] == 1 and c["drop_tcp_paws"] == 0
+
+
+def test_time_wait_refuses_a_syn_with_an_older_timestamp_and_a_higher_seq(stack, listener):
+    """RFC 6191: an older (or equal) timestamp keeps the TIME-WAIT, even
+    above RCV.NXT.  An older one fails PAWS, an equal one the sequence
+    check (RFC 5961 4.2: a challenge ACK); either way the ACK tells the peer
+    where the old connection stands (its reset ends the TIME-WAIT, as in
+    Linux)."""
+    peer = time_wait_at_server(stack, listener)
+    for tsval in (199, 200):
+        p2 = Peer(stack, sport=peer.sport, isn=add(peer.nxt, 100000), ts=tsval)
+        p2.seg("S", options=p2.syn_options())
+        stack.expect({"flags": "A", "ack": peer.nxt})
+    c = stack.counters()
+    assert c["tcp_timewait_reuse"] == 0 and c["drop_tcp_paws"] == 1 and c["drop_tcp_out_of_window"] == 1
+    assert c["tcp_state"]["TIME_WAIT"] == 1
