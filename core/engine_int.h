@@ -137,6 +137,10 @@ struct ss_arp_entry {
 #define SS_OOO_MAX 8 /* out-of-order ranges kept per connection */
 #define SS_SACK_MAX 8 /* SACKed ranges the sender keeps (tcp_sack.c) */
 
+/* A SYN answered by an unacceptable ACK goes again this soon (Linux's
+ * TCP_TIMEOUT_MIN, two jiffies). */
+#define SS_SYN_RETRY_SOON_US 2000
+
 enum ss_tcb_timer { SS_T_RTX, SS_T_PERSIST, SS_T_DELACK, SS_T_KEEP, SS_T_2MSL, SS_T_COUNT };
 
 struct ss_tcb {

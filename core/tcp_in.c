@@ -196,6 +196,13 @@ static void syn_sent_input(struct ss_tcb *t, const struct ss_ip_repr *ip, struct
         if (SEQ_LEQ(s->ack, t->iss) || SEQ_GT(s->ack, t->snd_max)) {
             e->ctr->drop_tcp_bad_ack++;
             ss_tcp_send_rst_for(e, ip, s);
+            /* Most likely the peer's TIME-WAIT (or an old incarnation)
+             * refused our SYN with an ACK; our reset ends it, so the SYN
+             * goes again at once rather than after the initial RTO, as
+             * Linux does (tcp_rcv_synsent_state_process, TCP_TIMEOUT_MIN),
+             * and only before any retransmission. */
+            if (t->backoff == 0)
+                ss_tcp_timer_set(t, SS_T_RTX, e->now_us + SS_SYN_RETRY_SOON_US);
             return;
         }
         ack_ok = true;

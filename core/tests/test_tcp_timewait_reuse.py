@@ -216,6 +216,26 @@ def test_reused_pair_in_syn_sent_drops_a_syn_older_than_the_old_connection(make_
     assert st.state(sid) == "SYN_SENT"
 
 
+def test_syn_refused_by_an_ack_goes_again_at_once(stack):
+    """A SYN that meets the peer's TIME-WAIT may draw an ACK for the old
+    connection: we reset (which ends that TIME-WAIT) and send the SYN again
+    2 ms later, not after the initial RTO of a second (Linux,
+    tcp_rcv_synsent_state_process).  Only once: the retransmission backs
+    off as usual."""
+    sid = stack.socket()
+    assert stack.connect(sid, PEER_IP, 80) == ERRNO["EINPROGRESS"]
+    (syn,) = stack.expect({"flags": "S"})
+    tw = Peer(stack, sport=80, isn=5000)
+    tw.dport = syn.sport
+    tw.seg("A", ack=add(syn.seq, -12345))
+    stack.expect({"flags": "R", "seq": add(syn.seq, -12345)})
+    stack.expect_at(2, {"flags": "S", "seq": syn.seq})
+    tw.seg("A", ack=add(syn.seq, -12345))
+    stack.expect({"flags": "R"})
+    stack.expect_at(2000, {"flags": "S", "seq": syn.seq})
+    assert stack.counters()["drop_tcp_bad_ack"] == 2
+
+
 # ===========================================================================
 # The receiving side: a SYN that meets a TIME-WAIT (RFC 6191)
 # ===========================================================================
