@@ -183,6 +183,36 @@ def test_connect_refuses_a_time_wait_pair_without_timestamps(make_stack):
     assert st.counters()["tcp_timewait_reuse_connect"] == 0
 
 
+def test_port_choice_skips_a_young_time_wait_and_takes_an_old_one(make_stack):
+    """Two ephemeral ports, one of them in TIME-WAIT for this peer: within
+    the second connect takes the other; with both taken, none is left
+    (EADDRNOTAVAIL); a second on, the TIME-WAIT pair is taken over, as
+    Linux's __inet_hash_connect takes the first port that is free or
+    reusable."""
+    st = make_stack(port_lo=40000, port_hi=40001)
+    peer = Peer(st, ts=100)
+    sid = active_open(st, peer)
+    tw_port = peer.dport
+    fin_seq = st.info(sid)["snd_nxt"]
+    assert st.close(sid) == 0
+    (fin,) = st.expect({"flags": "FA"})
+    peer.rcv = add(fin_seq, 1)
+    peer.tsval += 1
+    peer.seg("FA", options=peer.ts_option(tcp_options(fin)["Timestamp"][0]))
+    st.expect({"flags": "A"})
+    a = st.socket()
+    assert st.connect(a, PEER_IP, 80) == ERRNO["EINPROGRESS"]
+    (syn,) = st.expect({"flags": "S"})
+    assert syn.sport != tw_port
+    assert st.connect(st.socket(), PEER_IP, 80) == ERRNO["EADDRNOTAVAIL"]
+    st.advance(1000)
+    st.expect({"flags": "S", "sport": syn.sport})  # a's SYN again, its RTO
+    b = st.socket()
+    assert st.connect(b, PEER_IP, 80) == ERRNO["EINPROGRESS"]
+    st.expect({"flags": "S", "sport": tw_port})
+    assert st.counters()["tcp_timewait_reuse_connect"] == 1
+
+
 def test_connect_from_a_bound_port_takes_over_its_time_wait(make_stack):
     """bind (SO_REUSEADDR, which a TIME-WAIT yields to) then connect to the
     same peer: the same rule, EADDRNOTAVAIL within the second."""
