@@ -38,9 +38,10 @@ def settle(st, rounds=50):
             return
 
 
-def loop_round(st, lsid, server_closes_first=True):
-    """One connection to 127.0.0.1:80 and back to CLOSED at the client;
-    returns the client's port, or None when the connection failed."""
+def loop_round(st, lsid, first="server"):
+    """One connection to 127.0.0.1:80, closed by the server first, the
+    client first, or both at once (a simultaneous close: TIME-WAIT at both
+    ends); returns the client's port, or None when the connection failed."""
     c = st.socket()
     assert st.connect(c, LO, 80) == ERRNO["EINPROGRESS"]
     settle(st)
@@ -49,10 +50,11 @@ def loop_round(st, lsid, server_closes_first=True):
         st.close(c)
         return None
     port = st.info(c)["local_port"]
-    first, second = (s, c) if server_closes_first else (c, s)
-    assert st.close(first) == 0
-    settle(st)
-    assert st.close(second) == 0
+    one, two = (s, c) if first == "server" else (c, s)
+    assert st.close(one) == 0
+    if first != "both":
+        settle(st)
+    assert st.close(two) == 0
     settle(st)
     return port
 
@@ -81,6 +83,25 @@ def test_loopback_churn_on_one_port_reuses_the_servers_time_wait(make_stack):
     assert c["drop_tcp_paws"] == 0 and c["drop_tcp_bad_ack"] == 0
     assert c["tcp_rst_tx"] == 0 and c["tcp_retransmits"] == 0
     assert c["tcp_state"]["TIME_WAIT"] == 1
+
+
+def test_loopback_churn_on_one_port_with_time_wait_at_both_ends(make_stack):
+    """The same with a simultaneous close, as wrk and nginx often have it
+    (the client closes once it has the response, before the server's FIN
+    arrives): TIME-WAIT at both ends.  A second later connect takes over
+    its own TIME-WAIT and the SYN reopens the server's."""
+    st = make_stack(port_lo=40000, port_hi=40000)
+    lsid = st.listen(80)
+    ports = []
+    for _ in range(6):
+        ports.append(loop_round(st, lsid, first="both"))
+        assert st.counters()["tcp_state"]["TIME_WAIT"] == 2
+        st.advance(1000)
+    assert ports == [40000] * 6
+    c = st.counters()
+    assert c["tcp_timewait_reuse"] == 5 and c["tcp_timewait_reuse_connect"] == 5
+    assert c["drop_tcp_paws"] == 0 and c["drop_tcp_bad_ack"] == 0
+    assert c["tcp_rst_tx"] == 0 and c["tcp_retransmits"] == 0
 
 
 def test_timestamps_of_a_reopened_pair_continue_the_old_ones(stack, listener):
