@@ -27,7 +27,7 @@ DAEMON_HDR := $(wildcard core/netdev/*.h core/daemon/*.h core/include/shardsock/
 ASAN_MOD    = $(BUILD)/asan/_engine.so
 PYTEST      = $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: help setup build test test-engine test-engine-sanitized test-shim test-preload test-compat compat soak check-engine-symbols demo bench bench-engine bench-instances bench-shim bench-nginx bench-compare clean
+.PHONY: help setup build test test-engine test-engine-sanitized test-shim test-preload test-compat compat soak soak-connections check-engine-symbols demo bench bench-engine bench-instances bench-shim bench-nginx bench-compare clean
 
 help: ## list the targets
 	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-24s %s\n", $$1, $$2}'
@@ -149,6 +149,9 @@ test: setup build check-engine-symbols test-engine test-engine-sanitized test-sh
 
 soak: build ## long runs: 500 MB each way across the impaired link (loss, duplication, reordering, delay), every backend
 	SHARDSOCK_IMPAIRED_MB=500 $(PYTEST) core/tests/test_instances_impaired.py -k echo
+
+soak-connections: build ## 60 s of short connections (nginx, wrk: Connection: close) between programs under the library over 127.0.0.1: conn/s per 5 s, PAWS drops, resets
+	$(PY) scripts/soak_connections.py
 
 demo: setup build ## what runs today: the lossy 100 MB transfer, instances on a tap, nginx under the library serving a page, a short shardsock bench (chart: build/demo-bench.png)
 	$(PY) scripts/demo.py

@@ -140,6 +140,10 @@ struct ss_arp_entry {
 #define SS_OOO_MAX 8 /* out-of-order ranges kept per connection */
 #define SS_SACK_MAX 8 /* SACKed ranges the sender keeps (tcp_sack.c) */
 
+/* A SYN answered by an unacceptable ACK goes again this soon (Linux's
+ * TCP_TIMEOUT_MIN, two jiffies). */
+#define SS_SYN_RETRY_SOON_US 2000
+
 enum ss_tcb_timer { SS_T_RTX, SS_T_PERSIST, SS_T_DELACK, SS_T_KEEP, SS_T_2MSL, SS_T_COUNT };
 
 struct ss_tcb {
@@ -330,6 +334,7 @@ void ss_bind_insert(struct ss_tcb *t);
 void ss_tcp_done(struct ss_tcb *t, int error);
 void ss_tcp_child_established(struct ss_tcb *t);
 uint32_t ss_tcp_isn(struct ss_engine *e, uint32_t lip, uint16_t lport, uint32_t rip, uint16_t rport);
+uint32_t ss_tcp_ts_offset(struct ss_engine *e, uint32_t lip, uint16_t lport, uint32_t rip, uint16_t rport);
 uint32_t ss_tcp_rcv_window(const struct ss_tcb *t);
 void ss_tcp_init_conn(struct ss_tcb *t);
 

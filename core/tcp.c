@@ -344,18 +344,33 @@ static int pick_free_port(struct ss_engine *e)
     return -EADDRINUSE;
 }
 
+/* Linux's tcp_tw_reuse (tcp_twsk_unique()): connect may take over a pair
+ * this instance holds in TIME-WAIT when the old connection used
+ * timestamps and the last one came at least a second ago.  Our timestamps
+ * for the pair continue across connections (ss_tcp_ts_offset) and our
+ * clock has moved on by a thousand ticks since we last answered the peer,
+ * so the new SYN's TSval is newer than any TS.Recent the peer keeps for
+ * the pair: its TIME-WAIT takes the SYN (RFC 6191), and old duplicates of
+ * the old connection fail PAWS at either end (RFC 7323 5). */
+static bool tw_reusable(const struct ss_engine *e, const struct ss_tcb *o)
+{
+    return o->state == SS_TCP_TIME_WAIT && o->ts_ok && e->now_us - o->ts_recent_us >= 1000000;
+}
+
 /* A source port for connect(): RFC 6056 algorithm 3, a keyed hash of the
  * destination as the starting offset, so a given peer sees unpredictable
  * ports; a port shared with other connections only if all are autobound
- * and the 4-tuple is free. */
-static int pick_connect_port(struct ss_engine *e, uint32_t lip, uint32_t rip, uint16_t rport)
+ * and the 4-tuple is free, or held by a TIME-WAIT that may be reused
+ * (*tw; Linux's __inet_hash_connect takes the first port that is either). */
+static int pick_connect_port(struct ss_engine *e, uint32_t lip, uint32_t rip, uint16_t rport, struct ss_tcb **tw)
 {
     uint32_t key[2] = {rip, rport};
     uint32_t range = ephemeral_count(e);
     uint32_t offset = (uint32_t)ss_siphash(e->cfg.secret, key, sizeof key);
     for (uint32_t i = 0; i < range; i++) {
         uint16_t port = ephemeral_port(e, offset + e->port_next + i);
-        if (ss_flow_lookup(e, lip, port, rip, rport))
+        struct ss_tcb *held = ss_flow_lookup(e, lip, port, rip, rport);
+        if (held && !tw_reusable(e, held))
             continue;
         bool ok = true;
         struct ss_list *b = bind_bucket(e, port);
@@ -366,6 +381,7 @@ static int pick_connect_port(struct ss_engine *e, uint32_t lip, uint32_t rip, ui
         }
         if (ok) {
             e->port_next += i + 1;
+            *tw = held;
             return port;
         }
     }
@@ -378,6 +394,23 @@ uint32_t ss_tcp_isn(struct ss_engine *e, uint32_t lip, uint16_t lport, uint32_t 
 {
     uint32_t tuple[3] = {lip, rip, (uint32_t)lport << 16 | rport};
     return (uint32_t)(e->now_us / 4) + (uint32_t)ss_siphash(e->cfg.secret, tuple, sizeof tuple);
+}
+
+/* The offset of a connection's timestamp clock.  RFC 7323's security
+ * considerations would not have every connection show the host's uptime;
+ * but the timestamps of a new connection on a pair must continue from the
+ * old one's, since the receiving TIME-WAIT takes the new SYN only when its
+ * TSval is newer than the last it saw (RFC 6191), and a connect that
+ * reuses a TIME-WAIT pair relies on the same (tcp_tw_reuse).  So the
+ * offset is a keyed hash of the 4-tuple, as the ISN's F() in RFC 6528,
+ * never of the connection: one drawn per connection made the new SYN
+ * older than the TIME-WAIT's TS.Recent about half the time, and PAWS
+ * refused it (issue 13).  The instances of a group share the key and the
+ * clock, so a pair's timestamps grow whichever instance sends them. */
+uint32_t ss_tcp_ts_offset(struct ss_engine *e, uint32_t lip, uint16_t lport, uint32_t rip, uint16_t rport)
+{
+    uint32_t tuple[4] = {lip, rip, (uint32_t)lport << 16 | rport, 0x54537666u /* not the ISN's input */};
+    return (uint32_t)ss_siphash(e->cfg.secret, tuple, sizeof tuple);
 }
 
 /* Called once the handshake has fixed the options. */
@@ -575,14 +608,15 @@ int ss_tcp_connect(struct ss_engine *e, int sid, uint32_t ip, uint16_t port, uin
     uint32_t src = t->lip ? t->lip : SS_IP_LOOPBACK(ip) ? SS_IP_LOOPBACK_SRC : e->cfg.ip;
     if (SS_IP_LOOPBACK(src) && !SS_IP_LOOPBACK(ip))
         return -EINVAL; /* as Linux: a loopback source does not leave lo */
+    struct ss_tcb *tw = NULL;
     if (!t->bound) {
-        int p = pick_connect_port(e, src, ip, port);
+        int p = pick_connect_port(e, src, ip, port, &tw);
         if (p < 0)
             return p;
         t->lport = (uint16_t)p;
         t->autobound = true;
         ss_bind_insert(t);
-    } else if (ss_flow_lookup(e, src, t->lport, ip, port)) {
+    } else if ((tw = ss_flow_lookup(e, src, t->lport, ip, port)) && !tw_reusable(e, tw)) {
         return -EADDRNOTAVAIL;
     }
     t->lip = src;
@@ -591,11 +625,27 @@ int ss_tcp_connect(struct ss_engine *e, int sid, uint32_t ip, uint16_t port, uin
     t->error = 0;
     t->rd_shut = t->wr_shut = false;
     t->iss = ss_tcp_isn(e, t->lip, t->lport, t->rip, t->rport);
+    t->ts_recent = 0;
+    t->ts_recent_us = 0;
+    if (tw) {
+        /* Taking over a TIME-WAIT pair (tw_reusable), as Linux's
+         * tcp_twsk_unique(): the new sequence space starts above the old
+         * one (RFC 1122 4.2.2.13), and TS.Recent carries over so PAWS
+         * still knows the old connection's segments in SYN-SENT. */
+        uint32_t min_iss = tw->snd_nxt + 65535 + 2;
+        if (SEQ_LT(t->iss, min_iss))
+            t->iss = min_iss;
+        t->ts_recent = tw->ts_recent;
+        t->ts_recent_us = tw->ts_recent_us;
+        e->ctr->tcp_timewait_reuse_connect++;
+        ss_tcp_done(tw, 0);
+        ss_engine_reap(e);
+    }
     t->snd_una = t->iss;
     t->snd_nxt = t->snd_max = t->iss + 1;
     t->buf_seq = t->iss + 1;
     t->rcv_wscale = choose_wscale(t);
-    t->ts_offset = (uint32_t)ss_siphash(e->cfg.secret, &t->iss, sizeof t->iss);
+    t->ts_offset = ss_tcp_ts_offset(e, t->lip, t->lport, t->rip, t->rport);
     ss_tcp_set_state(t, SS_TCP_SYN_SENT);
     ss_flow_insert(t);
     e->ctr->tcp_active_opens++;

@@ -169,7 +169,7 @@ void ss_tcp_listen_input(struct ss_tcb *l, const struct ss_ip_repr *ip, struct s
         ws++;
     c->rcv_wscale = ws;
     take_syn_options(c, s);
-    c->ts_offset = (uint32_t)ss_siphash(e->cfg.secret, &c->iss, sizeof c->iss);
+    c->ts_offset = ss_tcp_ts_offset(e, c->lip, c->lport, c->rip, c->rport);
     c->snd_wnd = s->wnd; /* RFC 7323 2.2: a SYN's window is not scaled */
     c->snd_wl1 = s->seq;
     c->snd_wl2 = c->iss;
@@ -196,6 +196,13 @@ static void syn_sent_input(struct ss_tcb *t, const struct ss_ip_repr *ip, struct
         if (SEQ_LEQ(s->ack, t->iss) || SEQ_GT(s->ack, t->snd_max)) {
             e->ctr->drop_tcp_bad_ack++;
             ss_tcp_send_rst_for(e, ip, s);
+            /* Most likely the peer's TIME-WAIT (or an old incarnation)
+             * refused our SYN with an ACK; our reset ends it, so the SYN
+             * goes again at once rather than after the initial RTO, as
+             * Linux does (tcp_rcv_synsent_state_process, TCP_TIMEOUT_MIN),
+             * and only before any retransmission. */
+            if (t->backoff == 0)
+                ss_tcp_timer_set(t, SS_T_RTX, e->now_us + SS_SYN_RETRY_SOON_US);
             return;
         }
         ack_ok = true;
@@ -212,6 +219,14 @@ static void syn_sent_input(struct ss_tcb *t, const struct ss_ip_repr *ip, struct
     }
     if (!(s->flags & SS_TH_SYN)) {
         e->ctr->drop_tcp_state++;
+        return;
+    }
+    /* A SYN without ACK (simultaneous open) when connect took over a
+     * TIME-WAIT pair: TS.Recent came from the old connection, and a SYN
+     * older than it belongs to the past (RFC 7323 5.3; Linux checks it
+     * here too).  With an ACK, the ACK check above decides. */
+    if (!ack_ok && t->ts_recent_us && s->has_ts && (int32_t)(s->tsval - t->ts_recent) < 0) {
+        e->ctr->drop_tcp_paws++;
         return;
     }
     t->irs = s->seq;
@@ -803,23 +818,31 @@ static void segment_arrives(struct ss_tcb *t, const struct ss_ip_repr *ip, struc
 void ss_tcp_input(struct ss_engine *e, const struct ss_ip_repr *ip, struct ss_tcp_repr *s)
 {
     struct ss_tcb *t = ss_flow_lookup(e, ip->dst, s->dport, ip->src, s->sport);
+    uint32_t min_iss = 0;
     if (t && t->state == SS_TCP_TIME_WAIT && (s->flags & (SS_TH_SYN | SS_TH_ACK | SS_TH_RST)) == SS_TH_SYN) {
         /* A new SYN for a pair in TIME-WAIT may reopen it: RFC 6191 with
-         * timestamps, RFC 1122 4.2.2.13 by sequence number without. */
-        struct ss_tcb *l = ss_listener_lookup(e, ip->dst, s->dport, ip->src, s->sport);
+         * timestamps, RFC 1122 4.2.2.13 by sequence number without.  It
+         * goes on as a SYN for no connection, to a listener here or in
+         * another instance of the group (one in use first, as any SYN);
+         * with none anywhere the TIME-WAIT stays and answers it below with
+         * an ACK, as Linux's does. */
         bool newer = (t->ts_ok && s->has_ts) ? (int32_t)(s->tsval - t->ts_recent) > 0 : SEQ_GT(s->seq, t->rcv_nxt);
-        if (l && newer) {
-            uint32_t min_iss = t->snd_nxt + 128 * 1024;
+        bool listener = ss_listener_lookup(e, ip->dst, s->dport, ip->src, s->sport) ||
+                        (!e->in_forwarded && e->cfg.listen_owner &&
+                         e->cfg.listen_owner(e->cfg.flow_ctx, ip->src, s->sport, s->dport, 0) >= 0);
+        if (newer && listener) {
+            min_iss = t->snd_nxt + 128 * 1024;
+            if (!min_iss)
+                min_iss = 1;
             e->ctr->tcp_timewait_reuse++;
             ss_tcp_done(t, 0);
-            ss_tcp_listen_input(l, ip, s, min_iss ? min_iss : 1);
-            return;
+            t = NULL;
         }
     }
     if (!t) {
         /* Another instance of the group may own it (the device steered one
          * of its segments here): then it goes there, unanswered. */
-        if (ss_engine_forward(e, ip->src, s->sport, s->dport, SS_FWD_FLOW))
+        if (!min_iss && ss_engine_forward(e, ip->src, s->sport, s->dport, SS_FWD_FLOW))
             return;
         bool syn = (s->flags & (SS_TH_SYN | SS_TH_ACK | SS_TH_RST)) == SS_TH_SYN;
         struct ss_tcb *l = ss_listener_lookup(e, ip->dst, s->dport, ip->src, s->sport);
@@ -829,7 +852,7 @@ void ss_tcp_input(struct ss_engine *e, const struct ss_ip_repr *ip, struct ss_tc
         if (l && !l->active && syn && ss_engine_forward(e, ip->src, s->sport, s->dport, SS_FWD_ACTIVE))
             return;
         if (l) {
-            ss_tcp_listen_input(l, ip, s, 0);
+            ss_tcp_listen_input(l, ip, s, min_iss);
             return;
         }
         if (syn && ss_engine_forward(e, ip->src, s->sport, s->dport, SS_FWD_LISTENER))

@@ -9,7 +9,7 @@ import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from harness import ERRNO, PEER_IP, PEER_MAC, STACK_IP, STACK_MAC, Peer, Stack, ip2int, passive_open
+from harness import ERRNO, PEER_IP, PEER_MAC, STACK_IP, STACK_MAC, Peer, Stack, ip2int, passive_open, tcp_options
 from preload.engine import ffi, lib
 
 
@@ -343,3 +343,59 @@ def test_closing_local_listener_moves_its_queue(group):
     assert a.counters()["accept_queue_moved"] == 1
     sid = a.accept(new)
     assert sid >= 0 and a.state(sid) == "ESTABLISHED"
+
+
+def test_syn_reopening_a_time_wait_goes_to_a_listener_in_another_instance(group):
+    """A SYN that may reopen a pair in TIME-WAIT (RFC 6191: a newer
+    timestamp) where the TIME-WAIT's instance no longer listens, but
+    another does (the process that listened here left): the TIME-WAIT ends
+    and the SYN goes to that listener, as any SYN for no connection does.
+    It used to meet the TIME-WAIT's sequence check instead: a challenge
+    ACK, and the peer's connect waited for the TIME-WAIT to end."""
+    a, b = group.stacks
+    la = a.listen(80)
+    b.listen(80)
+    peer = Peer(a, ts=100)
+    sid = passive_open(a, la, peer)
+    a.close(sid)
+    (fin,) = a.expect({"flags": "FA"})
+    peer.rcv = fin.seq + 1
+    peer.tsval = 200
+    peer.seg("FA", options=peer.ts_option(tcp_options(fin)["Timestamp"][0]))
+    a.expect({"flags": "A"})
+    a.close(la)
+    p2 = Peer(a, sport=peer.sport, isn=(peer.nxt + 100000) % 2**32, ts=300)
+    p2.seg("S", options=p2.syn_options())
+    a.expect_nothing()
+    assert a.counters()["tcp_timewait_reuse"] == 1
+    assert a.counters()["tcp_state"]["TIME_WAIT"] == 0
+    assert group.deliver(1) == 1
+    b.expect({"flags": "SA", "ack": (p2.isn + 1) % 2**32})
+    assert group.owner == {key(p2): 1}
+
+
+def test_syn_for_a_pair_in_time_wait_at_another_instance_reopens_it_there(group):
+    """The flow directory lists a TIME-WAIT until it ends, so a SYN for the
+    pair that reaches another instance (over 127.0.0.1, a client whose
+    instance is not the server's) goes to the TIME-WAIT's and reopens the
+    pair there (RFC 6191).  The client's port choice need not know of a
+    TIME-WAIT in another instance: the timestamps decide where it is."""
+    a, b = group.stacks
+    la = a.listen(80)
+    b.listen(80)
+    peer = Peer(a, ts=100)
+    sid = passive_open(a, la, peer)
+    a.close(sid)
+    (fin,) = a.expect({"flags": "FA"})
+    peer.rcv = fin.seq + 1
+    peer.tsval = 200
+    peer.seg("FA", options=peer.ts_option(tcp_options(fin)["Timestamp"][0]))
+    a.expect({"flags": "A"})
+    p2 = Peer(b, sport=peer.sport, isn=(peer.nxt - 100000) % 2**32, ts=300)
+    p2.seg("S", options=p2.syn_options())
+    b.expect_nothing()
+    assert b.counters()["fwd_frames"] == 1
+    assert group.deliver(0) == 1
+    a.expect({"flags": "SA", "ack": (p2.isn + 1) % 2**32})
+    assert a.counters()["tcp_timewait_reuse"] == 1
+    assert group.owner == {key(p2): 0}

@@ -108,6 +108,7 @@
     X(tcp_syncookies_ok, "connections completed from a valid SYN cookie")           \
     X(tcp_syncookies_failed, "ACKs with an invalid SYN cookie")                     \
     X(tcp_timewait_reuse, "TIME-WAIT pairs reused by a new SYN")                    \
+    X(tcp_timewait_reuse_connect, "TIME-WAIT pairs taken over by connect (tcp_tw_reuse)") \
     X(tcp_rst_on_close, "resets sent because data was unread or arrived after close") \
     /* the instance around the engine */                                            \
     X(dev_rx_errors, "device read errors")                                          \
