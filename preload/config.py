@@ -71,7 +71,8 @@ KEYS = {
                      "through it)"),
     "gateway": (None, lambda v: v is None or (isinstance(v, str) and _addr(v)), "an IPv4 address",
                 "next hop for destinations off the subnet (none: only the subnet is reachable)"),
-    "cores": (None, lambda v: v is None or (isinstance(v, str) and _cores(v)), "a CPU list such as \"0-3,6\"",
+    "cores": (None, lambda v: v is None or (isinstance(v, str) and _cores(v)),
+              "a CPU list such as \"0-3,6\" (CPUs 0-8191)",
               "one instance per listed core (none: every online core)"),
     "echo": (None, lambda v: v is None or _port(v), "a port, 1-65535",
              "port of the built-in TCP echo service (RFC 862); none: off"),
@@ -111,12 +112,18 @@ def find_file(explicit=None):
     return None
 
 
+def short(value, limit=40):
+    """repr(value), cut short: an error message stays one line whatever the input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 5] + "...'"
+
+
 def check(key, value, where):
     if key not in KEYS:
-        raise ConfigError("%s: unknown key %r; valid keys: %s (see docs/CONFIG.md)"
-                          % (where, key, ", ".join(sorted(KEYS))))
+        raise ConfigError("%s: unknown key %s; valid keys: %s (see docs/CONFIG.md)"
+                          % (where, short(key), ", ".join(sorted(KEYS))))
     if not KEYS[key][1](value):
-        raise ConfigError("%s: %s = %r is not valid; use %s" % (where, key, value, KEYS[key][2]))
+        raise ConfigError("%s: %s = %s is not valid; use %s" % (where, key, short(value), KEYS[key][2]))
 
 
 def load_file(path):

@@ -5,6 +5,7 @@ State lives in the run directory (default /run/shardsock/<group>/):
 ``state.json`` (what ``up`` made: device, addresses, instances and pids),
 ``instance-K.sock`` (each instance's control socket) and ``instance-K.log``.
 """
+import collections
 import ipaddress
 import json
 import os
@@ -16,7 +17,7 @@ import time
 import zlib
 
 from preload import netsetup
-from preload.config import DEFAULTS  # noqa: F401  (the keys and their defaults: preload/config.py)
+from preload.config import DEFAULTS  # the keys and their defaults: preload/config.py
 from preload.stats import create_fwd_region, fwd_path, page_path, read_page
 from preload.supervisor import STOP_TIMEOUT_S, StartError, Supervisor, write_state
 
@@ -31,17 +32,42 @@ def online_cores():
     return sorted(os.sched_getaffinity(0))
 
 
+MAX_CPU = 8192  # the kernel's largest NR_CPUS
+
+
 def parse_cores(text):
-    """'0-3,6' -> [0, 1, 2, 3, 6]"""
+    """'0-3,6' -> [0, 1, 2, 3, 6] (repeats kept: up refuses them); ValueError
+    for what is not a CPU list, or names a CPU past MAX_CPU."""
     out = []
     for part in str(text).split(","):
         part = part.strip()
         if "-" in part:
             a, b = part.split("-", 1)
-            out.extend(range(int(a), int(b) + 1))
+            a, b = int(a), int(b)
+            if a > b:
+                raise ValueError("range %d-%d runs backwards" % (a, b))
         elif part:
-            out.append(int(part))
+            a = b = int(part)
+        else:
+            continue
+        if a < 0 or b >= MAX_CPU:
+            raise ValueError("CPU numbers run from 0 to %d" % (MAX_CPU - 1))
+        out.extend(range(a, b + 1))
     return out
+
+
+def cpu_list(cores, limit=60):
+    """[0, 1, 2, 3, 6] -> '0-3,6', cut short past limit characters."""
+    parts, cs = [], sorted(set(cores))
+    i = 0
+    while i < len(cs):
+        j = i
+        while j + 1 < len(cs) and cs[j + 1] == cs[j] + 1:
+            j += 1
+        parts.append(str(cs[i]) if i == j else "%d-%d" % (cs[i], cs[j]))
+        i = j + 1
+    text = ",".join(parts)
+    return text if len(text) <= limit else text[:limit].rsplit(",", 1)[0] + ",..."
 
 
 def group_dir(cfg):
@@ -90,33 +116,45 @@ def up(cfg, foreground=False, on_ready=None):
     if not os.path.exists(DAEMON):
         raise GroupError("%s is missing: run 'make build'" % DAEMON)
     old = load_state(cfg)
-    if old and any(pid_alive(i["pid"]) for i in old["instances"]):
+    if old and group_alive(old):
         raise GroupError("group %r is already up; 'shardsock down' first" % cfg["group"])
-    cores = parse_cores(cfg["cores"]) if cfg["cores"] is not None else online_cores()
-    bad = [c for c in cores if c not in online_cores()]
-    if not cores or bad:
-        raise GroupError("cores %s are not online here (online: %s)" % (bad or cores, online_cores()))
+    if old:
+        raise GroupError("group %r was not taken down: its instances are gone (a crash, or kill -9) but %s%s "
+                         "remain; run 'shardsock down%s' to remove them, then up again"
+                         % (cfg["group"], state_path(cfg), " and device %s" % old["interface"]
+                            if old.get("created_interface") else "", group_flag(cfg)))
     tap = cfg["backend"] == "tap"
-    stack = ipaddress.ip_interface(cfg["address"])
-    host = ipaddress.ip_interface(cfg["host_address"]) if tap else None
-    if tap and (stack.network != host.network or stack.ip == host.ip):
-        raise GroupError("address %s and host_address %s must be two addresses of one subnet"
-                         % (cfg["address"], cfg["host_address"]))
+    cores = check_cores(cfg)
+    stack, host = check_addresses(cfg, tap)
     if os.geteuid() != 0:
         raise GroupError("opening device queues and pinning instances needs root; run as root")
     if not tap and netsetup.link_index(cfg["interface"]) is None:
         raise GroupError("interface %s does not exist; the %s backend runs on an existing interface "
                          "(name it with --interface)" % (cfg["interface"], cfg["backend"]))
-    os.makedirs(group_dir(cfg), mode=0o750, exist_ok=True)
-    if tap:
-        netsetup.create_tap(cfg["interface"])
+    if tap and netsetup.link_index(cfg["interface"]) is not None:
+        owner = [(name, st) for name, st in groups_here(cfg) if st.get("interface") == cfg["interface"]]
+        if owner and group_alive(owner[0][1]):
+            raise GroupError("interface %s is group %s's; choose another --interface" % (cfg["interface"],
+                                                                                       owner[0][0]))
+        if owner:
+            raise GroupError("interface %s already exists: group %s made it and was not taken down (a crash?); "
+                             "run 'shardsock down%s' to remove it, or choose another --interface"
+                             % (cfg["interface"], owner[0][0], group_flag(dict(cfg, group=owner[0][0]))))
+        raise GroupError("interface %s already exists; if a shardsock group crashed and left it, 'shardsock "
+                         "down' removes it (or: ip link del %s); else choose another --interface"
+                         % (cfg["interface"], cfg["interface"]))
+    check_kernel(cfg, stack, host, tap)
     state = {"group": cfg["group"], "backend": cfg["backend"], "interface": cfg["interface"],
              "created_interface": tap, "address": str(stack), "host_address": str(host) if tap else None,
              "mac": stack_mac(cfg["group"]), "run_dir": cfg["run_dir"], "config": cfg, "supervisor_pid": None,
+             "netns": netns_id(),
              "instances": [{"instance": k, "core": core, "pid": None, "state": "starting", "restarts": 0}
                            for k, core in enumerate(cores)],
              "started": time.time()}
     try:
+        os.makedirs(group_dir(cfg), mode=0o750, exist_ok=True)
+        if tap:
+            netsetup.create_tap(cfg["interface"])
         if len(cores) > 1:
             # frames one instance receives for another's flow go there
             # (core/daemon/fwd.c)
@@ -146,6 +184,145 @@ def up(cfg, foreground=False, on_ready=None):
         finally:
             teardown(cfg, state)
     return state
+
+
+def group_flag(cfg):
+    """The --group/--run-dir a command for this group needs ('' for the defaults)."""
+    from preload.config import DEFAULTS
+    out = "" if cfg["group"] == DEFAULTS["group"] else " --group %s" % cfg["group"]
+    return out + ("" if cfg["run_dir"] == DEFAULTS["run_dir"] else " --run-dir %s" % cfg["run_dir"])
+
+
+def netns_id():
+    """This process's network namespace (its inode): groups in other
+    namespaces may use the same addresses."""
+    try:
+        return os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return None
+
+
+def check_cores(cfg):
+    """The cores up starts instances on: online, each once."""
+    cores = parse_cores(cfg["cores"]) if cfg["cores"] is not None else online_cores()
+    if not cores:
+        raise GroupError("--cores names no core; online here: %s" % cpu_list(online_cores()))
+    twice = sorted(c for c, n in collections.Counter(cores).items() if n > 1)
+    if twice:
+        raise GroupError("--cores names core %s more than once; one instance per core (online here: %s)"
+                         % (cpu_list(twice), cpu_list(online_cores())))
+    bad = sorted(set(cores) - set(online_cores()))
+    if bad:
+        raise GroupError("core%s %s %s not online here; online: %s" % (
+            "s" if len(bad) > 1 else "", cpu_list(bad), "are" if len(bad) > 1 else "is", cpu_list(online_cores())))
+    return cores
+
+
+def not_a_host_address(ip, net):
+    """Why ip cannot be a host's address on net (None: it can)."""
+    if ip.version != 4:
+        return "is not an IPv4 address (the stack speaks IPv4)"
+    if ip in ipaddress.ip_network("0.0.0.0/8"):
+        return "is in 0.0.0.0/8 ('this network'), no host's address"
+    if ip.is_loopback:
+        return "is a loopback address (127.0.0.0/8)"
+    if ip.is_multicast:
+        return "is a multicast address"
+    if ip in ipaddress.ip_network("240.0.0.0/4"):
+        return "is reserved (240.0.0.0/4) or the broadcast address"
+    if net.prefixlen < 31 and ip == net.network_address:
+        return "is the network address of %s" % net
+    if net.prefixlen < 31 and ip == net.broadcast_address:
+        return "is the broadcast address of %s" % net
+    return None
+
+
+def check_addresses(cfg, tap):
+    """The stack's and the host side's addresses and the gateway: host
+    addresses of one subnet.  Returns (stack, host) as ip_interface."""
+    stack = ipaddress.ip_interface(cfg["address"])
+    host = ipaddress.ip_interface(cfg["host_address"]) if tap else None
+    for what, flag, a in (("the stack's address", "--address", stack), ("host_address", "--host-address", host)):
+        why = a is not None and not_a_host_address(a.ip, a.network)
+        if why:
+            raise GroupError("%s %s %s; give %s a unicast host address, such as the default %s"
+                             % (what, a, why, flag, DEFAULTS[flag[2:].replace("-", "_")]))
+    if tap and (stack.network != host.network or stack.ip == host.ip):
+        raise GroupError("address %s and host_address %s must be two addresses of one subnet"
+                         % (cfg["address"], cfg["host_address"]))
+    if cfg["gateway"]:
+        gw = ipaddress.ip_address(cfg["gateway"])
+        why = not_a_host_address(gw, stack.network)
+        if why:
+            raise GroupError("gateway %s %s; the gateway is a host on the stack's subnet" % (gw, why))
+        if gw not in stack.network:
+            raise GroupError("gateway %s is outside the stack's subnet %s: the stack reaches a gateway directly; "
+                             "give one in %s" % (gw, stack.network, stack.network))
+        if gw == stack.ip:
+            raise GroupError("gateway %s is the stack's own address; give another host of %s"
+                             % (gw, stack.network))
+    return stack, host
+
+
+def check_kernel(cfg, stack, host, tap):
+    """What the kernel and the other groups of this namespace hold already:
+    the stack's address (the kernel would answer its traffic: curl would
+    reach the kernel, not the stack), the host side's address, the subnet
+    (routed elsewhere, two routes), another group's subnet."""
+    for ifname, addr, plen in netsetup.kernel_addresses():
+        if addr == str(stack.ip):
+            raise GroupError("the kernel holds the stack's address %s on %s: it would answer the stack's traffic. "
+                             "Give the stack another --address, or remove it (ip addr del %s/%d dev %s)"
+                             % (addr, ifname, addr, plen, ifname))
+        if host is not None and addr == str(host.ip):
+            raise GroupError("the kernel holds host_address %s on %s already; give --host-address another "
+                             "address of %s, or remove it (ip addr del %s/%d dev %s)"
+                             % (addr, ifname, host.network, addr, plen, ifname))
+    for name, other in groups_here(cfg):
+        try:
+            net = ipaddress.ip_interface(other["address"]).network
+        except (ValueError, TypeError, KeyError):
+            continue
+        if not net.overlaps(stack.network):
+            continue
+        alive = group_alive(other)
+        raise GroupError("group %s %s the subnet %s (stack %s); give this group another subnet (--address, "
+                         "--host-address)%s" % (name, "uses" if alive else "crashed and still holds", net,
+                                                other["address"], "" if alive else ", or run 'shardsock down%s'"
+                                                % group_flag(dict(cfg, group=name))))
+    if tap:
+        for ifname, dst in netsetup.kernel_routes():
+            if ipaddress.ip_network(dst).overlaps(stack.network):
+                raise GroupError("the subnet %s is routed on %s already (route %s): a second route would split "
+                                 "its traffic. Give the stack another subnet (--address, --host-address), or "
+                                 "remove the route" % (stack.network, ifname, dst))
+
+
+def group_alive(state):
+    """Whether any process of the group (supervisor, instance) runs."""
+    pids = [i.get("pid") for i in state.get("instances", [])] + [state.get("supervisor_pid")]
+    return any(pid_alive(p) for p in pids if p)
+
+
+def groups_here(cfg):
+    """[(name, state)] of the other groups of the run directory in this
+    network namespace (up, or left by a crash)."""
+    here = netns_id()
+    try:
+        names = sorted(os.listdir(cfg["run_dir"]))
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        if name == cfg["group"]:
+            continue
+        try:
+            st = load_state(dict(cfg, group=name))
+        except (OSError, ValueError):
+            continue  # not a group's directory
+        if isinstance(st, dict) and st.get("netns") == here:
+            out.append((name, st))
+    return out
 
 
 def instance_argv(cfg, state, k, core):

@@ -1,0 +1,138 @@
+"""Issue 12: what cannot work is refused up front, with the reason and the
+fix, exit 1 (2 for bad usage), no traceback, and nothing left behind; `run`
+says when a program will run on the kernel; operators are told what a
+command acts on.  Each command runs for real (python3 -m preload.cli) in a
+network namespace the test makes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from topology import Netns, stop_pids  # noqa: E402
+
+RUN_DIR = "/run/shardsock-refusals"
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and tap devices")
+
+
+def cli(*args, ns=None, env=None, timeout=60):
+    argv = [sys.executable, "-m", "preload.cli", *args]
+    if ns:
+        argv = ["ip", "netns", "exec", ns.name, *argv]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, PYTHONPATH=ROOT, **(env or {})))
+
+
+def group_name(tag):
+    return "rf%s%d" % (tag, os.getpid())
+
+
+def nothing_left(ns, group, interface="ss0"):
+    assert not os.path.exists(os.path.join(RUN_DIR, group)), os.listdir(os.path.join(RUN_DIR, group))
+    assert not [f for f in os.listdir("/dev/shm") if f.startswith("shardsock-%s-" % group)]
+    assert ns.run(["ip", "link", "show", interface]).returncode != 0
+
+
+def refused(ns, group, *args, code=1, interface="ss0"):
+    """up with args: refused with exit code, one short line, no traceback,
+    nothing left behind.  Returns the message."""
+    r = cli("up", "--group", group, "--run-dir", RUN_DIR, *args, ns=ns)
+    assert r.returncode == code, (args, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    assert len(r.stderr) < 400 and r.stderr.count("\n") == 1, r.stderr
+    nothing_left(ns, group, interface)
+    return r.stderr
+
+
+@root_only
+def test_up_refuses_what_cannot_work():
+    ns = Netns()
+    g = group_name("a")
+    ok = ["--cores", "0"]
+    try:
+        # not unicast host addresses
+        for addr, host, why in (("198.18.50.0/24", "198.18.50.1/24", "is the network address of 198.18.50.0/24"),
+                                ("198.18.50.255/24", "198.18.50.1/24", "is the broadcast address"),
+                                ("224.0.0.5/24", "224.0.0.1/24", "is a multicast address"),
+                                ("127.0.0.5/8", "127.0.0.1/8", "is a loopback address"),
+                                ("0.0.0.5/8", "0.0.0.1/8", "is in 0.0.0.0/8"),
+                                ("198.18.50.2/24", "198.18.50.255/24", "host_address 198.18.50.255/24 is the "
+                                 "broadcast address")):
+            err = refused(ns, g, "--address", addr, "--host-address", host, *ok)
+            assert why in err and "unicast host address" in err, err
+        base = ["--address", "198.18.50.2/24", "--host-address", "198.18.50.1/24"]
+        err = refused(ns, g, *base, "--gateway", "198.18.51.1", *ok)
+        assert "gateway 198.18.51.1 is outside the stack's subnet 198.18.50.0/24" in err
+        # cores: repeated, not online, absurd (the message stays short)
+        err = refused(ns, g, *base, "--cores", "0,0")
+        assert "--cores names core 0 more than once" in err
+        err = refused(ns, g, *base, "--cores", "0-100")
+        assert "not online here; online: " in err and "2-100" in err
+        err = refused(ns, g, *base, "--cores", "0-1000000")
+        assert "cores = '0-1000000' is not valid" in err
+        err = refused(ns, g, *base, "--cores", "9" * 100000)
+        assert "is not valid" in err
+        # the kernel holds the stack's address: it, not the stack, would answer
+        ns.run(["ip", "addr", "add", "198.18.50.2/32", "dev", "lo"], check=True)
+        err = refused(ns, g, *base, *ok)
+        assert "the kernel holds the stack's address 198.18.50.2 on lo" in err and "ip addr del 198.18.50.2/32 " \
+            "dev lo" in err
+        ns.run(["ip", "addr", "del", "198.18.50.2/32", "dev", "lo"], check=True)
+        ns.run(["ip", "addr", "add", "198.18.50.1/32", "dev", "lo"], check=True)
+        err = refused(ns, g, *base, *ok)
+        assert "the kernel holds host_address 198.18.50.1 on lo" in err
+        ns.run(["ip", "addr", "del", "198.18.50.1/32", "dev", "lo"], check=True)
+        # the subnet is routed elsewhere already
+        ns.run(["ip", "link", "add", "va", "type", "veth", "peer", "name", "vb"], check=True)
+        ns.run(["ip", "link", "set", "va", "up"], check=True)
+        ns.run(["ip", "route", "add", "198.18.50.128/25", "dev", "va"], check=True)
+        err = refused(ns, g, *base, *ok)
+        assert "the subnet 198.18.50.0/24 is routed on va already (route 198.18.50.128/25)" in err
+        ns.run(["ip", "link", "del", "va"], check=True)
+        # another group's subnet, its device
+        other = group_name("b")
+        r = cli("up", "--group", other, "--run-dir", RUN_DIR, *base, *ok, ns=ns)
+        assert r.returncode == 0, r.stderr
+        try:
+            err = refused(ns, g, "--address", "198.18.50.3/24", "--host-address", "198.18.50.4/24",
+                          "--interface", "ss1", *ok, interface="ss1")
+            assert "group %s uses the subnet 198.18.50.0/24" % other in err
+            r = cli("up", "--group", g, "--run-dir", RUN_DIR, "--address", "198.18.51.2/24", "--host-address",
+                    "198.18.51.1/24", *ok, ns=ns)
+            assert r.returncode == 1 and "interface ss0 is group %s's" % other in r.stderr
+            assert not os.path.exists(os.path.join(RUN_DIR, g))
+            # a crash (kill -9 of every process): up says to run down, which cleans up
+            st = json.load(open(os.path.join(RUN_DIR, other, "state.json")))
+            for pid in [st["supervisor_pid"]] + [i["pid"] for i in st["instances"]]:
+                os.kill(pid, signal.SIGKILL)
+            time.sleep(0.3)
+            r = cli("up", "--group", other, "--run-dir", RUN_DIR, *base, *ok, ns=ns)
+            assert r.returncode == 1 and "was not taken down" in r.stderr and \
+                "run 'shardsock down --group %s --run-dir %s'" % (other, RUN_DIR) in r.stderr, r.stderr
+            r = cli("up", "--group", g, "--run-dir", RUN_DIR, "--address", "198.18.51.2/24", "--host-address",
+                    "198.18.51.1/24", *ok, ns=ns)
+            assert r.returncode == 1 and "interface ss0 already exists: group %s made it" % other in r.stderr \
+                and "shardsock down --group %s" % other in r.stderr, r.stderr
+        finally:
+            r = cli("down", "--group", other, "--run-dir", RUN_DIR, ns=ns)
+            assert r.returncode == 0, r.stderr
+        nothing_left(ns, other)
+        # a device left with no group's state: down is named, and ip link del
+        ns.run(["ip", "tuntap", "add", "ss0", "mode", "tap"], check=True)
+        r = cli("up", "--group", g, "--run-dir", RUN_DIR, *base, *ok, ns=ns)
+        assert r.returncode == 1 and "interface ss0 already exists" in r.stderr and "shardsock down" in r.stderr
+        ns.run(["ip", "link", "del", "ss0"], check=True)
+        # what was refused works once the reason is gone
+        r = cli("up", "--group", g, "--run-dir", RUN_DIR, *base, *ok, ns=ns)
+        assert r.returncode == 0, r.stderr
+        assert cli("down", "--group", g, "--run-dir", RUN_DIR, ns=ns).returncode == 0
+        nothing_left(ns, g)
+    finally:
+        for name in (g, group_name("b")):
+            cli("down", "--group", name, "--run-dir", RUN_DIR, ns=ns)
+        ns.delete()
