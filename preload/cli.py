@@ -23,6 +23,10 @@ import time
 from preload import __version__
 
 
+class UsageError(Exception):
+    """Bad usage: exit code 2, as argparse's own errors."""
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="shardsock", description="Unmodified Linux servers on a per-core "
                                 "user-space TCP/IP stack.")
@@ -119,6 +123,8 @@ def build_parser():
     r.add_argument("--verbose", action="store_true", help="print a banner of the settings that are not the "
                    "defaults; the library says on stderr where each process attaches and why a socket stays "
                    "on the kernel")
+    r.add_argument("--quiet", "-q", action="store_true", help="say nothing when the program will run on the "
+                   "kernel (no group up, an instance not running, the control socket refuses this user)")
     r.add_argument("cmd", nargs=argparse.REMAINDER, help="the program and its arguments, after --")
     c = sub.add_parser("counters", help="list every counter an instance keeps, with its meaning")
     c.add_argument("--json", action="store_true", help="print a JSON object name -> description")
@@ -378,14 +384,23 @@ def cmd_counters(args):
 
 
 def cmd_run(args):
-    from preload.instances import GroupError, run_env
+    from preload.instances import GroupError, run_env, serving
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         raise GroupError("name the program to run: shardsock run -- CMD ARGS")
+    if args.instance is not None and args.instance < 0:
+        raise UsageError("--instance %d: instances are numbered from 0" % args.instance)
     cfg, source = settings(args, with_source=True)
+    n, why = serving(cfg, args.instance)
+    if n and args.instance is not None and args.instance >= n:
+        raise UsageError("--instance %d: group %s has %d instance%s, 0-%d" % (
+            args.instance, cfg["group"], n, "s" if n > 1 else "", n - 1))
     env, banner = run_env(cfg, args.instance, args.verbose, args.force, source)
     if args.verbose:
         print(banner, file=sys.stderr, flush=True)
+    if why and not args.quiet:
+        print("shardsock run: %s runs on the kernel: %s (--quiet: say nothing)" % (os.path.basename(cmd[0]), why),
+              file=sys.stderr, flush=True)
     try:
         os.execvpe(cmd[0], cmd, env)
     except OSError as e:
@@ -423,6 +438,11 @@ def main(argv=None):
     from preload.netsetup import SetupError
     try:
         return COMMANDS[args.command](args)
+    except UsageError as e:
+        if args.debug:
+            raise
+        print("shardsock %s: %s (see shardsock %s --help)" % (args.command, e, args.command), file=sys.stderr)
+        return 2
     except PermissionError as e:
         if args.debug:
             raise

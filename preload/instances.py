@@ -382,6 +382,51 @@ def start_supervisor(cfg):
     p.returncode = 0
 
 
+def serving(cfg, instance=None):
+    """Whether a program run now would be served by the group: (number of
+    instances, None) or (number or 0, why it would run on the kernel).  Asks
+    the instance the library would ask first (instance, else 0) for a ping,
+    as the library does: the control socket answers only root and the
+    instances' own user."""
+    import socket
+    where = "%s (%s)" % (cfg["group"], group_dir(cfg))
+    try:
+        state = load_state(cfg)
+    except PermissionError:
+        return 0, ("you (uid %d) may not read group %s's files; run as root%s"
+                   % (os.geteuid(), where, join_hint()))
+    except (OSError, ValueError) as e:
+        return 0, "group %s has no readable state (%s)" % (where, e)
+    if state is None:
+        return 0, "group %s is not up; start it with 'shardsock up%s'" % (where, group_flag(cfg))
+    n = len(state["instances"])
+    k = instance if instance is not None and 0 <= instance < n else 0
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        c.settimeout(2.0)
+        c.connect(os.path.join(group_dir(cfg), "instance-%d.sock" % k))
+        c.send(b"ping")
+        answer = c.recv(256)
+    except PermissionError:
+        return n, "the control socket of instance %d refuses you (uid %d); run as root" % (k, os.geteuid())
+    except (BrokenPipeError, ConnectionResetError):
+        answer = b""  # accepted, then closed: the instance's check of the peer's user
+    except OSError as e:
+        return n, "instance %d of group %s does not answer (%s); see 'shardsock status%s'" % (
+            k, cfg["group"], e.strerror or e, group_flag(cfg))
+    finally:
+        c.close()
+    if not answer.startswith(b"pong"):
+        return n, ("instance %d refuses you (uid %d): the instances serve only root's programs and their own "
+                   "user's; run as root" % (k, os.geteuid()))
+    return n, None
+
+
+def join_hint():
+    """How a user may read a group's state without root (see up)."""
+    return ""
+
+
 LIBRARY = os.environ.get("SHARDSOCK_LIBRARY", os.path.join(ROOT, "build", "libshardsock.so"))
 
 

@@ -136,3 +136,75 @@ def test_up_refuses_what_cannot_work():
         for name in (g, group_name("b")):
             cli("down", "--group", name, "--run-dir", RUN_DIR, ns=ns)
         ns.delete()
+
+
+class Group:
+    """A group up in a namespace of its own (one instance per core)."""
+
+    def __init__(self, tag, *extra):
+        self.ns = Netns()
+        self.name = group_name(tag)
+        self.args = ["--group", self.name, "--run-dir", RUN_DIR]
+        r = self.cli("up", "--echo", "7", *extra)
+        if r.returncode != 0:
+            self.ns.delete()
+        assert r.returncode == 0, r.stderr
+
+    def cli(self, *args, **kw):
+        return cli(*args, *self.args, ns=self.ns, **kw)
+
+    def run(self, *args, **kw):
+        """shardsock run ARGS (options, then -- CMD)."""
+        return cli("run", *self.args, *args, ns=self.ns, **kw)
+
+    def down(self):
+        try:
+            r = self.cli("down")
+            assert r.returncode == 0, r.stderr
+            nothing_left(self.ns, self.name)
+        finally:
+            self.ns.delete()
+
+
+@pytest.fixture
+def group():
+    g = Group("g")
+    yield g
+    g.down()
+
+
+def as_nobody(*argv, caps="+dac_read_search"):
+    """argv as uid 65534 (with caps: reading what root's, no more)."""
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=" + caps,
+            "--ambient-caps=" + caps, *argv]
+
+
+@root_only
+def test_run_says_when_the_program_runs_on_the_kernel(group):
+    probe = [sys.executable, "-c", "print('ran')"]
+    # served: nothing said
+    r = group.run("--", *probe)
+    assert r.returncode == 0 and r.stdout == "ran\n" and r.stderr == "", r.stderr
+    # no such group: one line, why and what to do; --quiet: silent
+    r = cli("run", "--group", "nosuch", "--run-dir", RUN_DIR, "--", *probe, ns=group.ns)
+    assert r.returncode == 0 and r.stdout == "ran\n"
+    assert r.stderr == ("shardsock run: python3 runs on the kernel: group nosuch (%s/nosuch) is not up; start it "
+                        "with 'shardsock up --group nosuch --run-dir %s' (--quiet: say nothing)\n"
+                        % (RUN_DIR, RUN_DIR)).replace("python3", os.path.basename(sys.executable)), r.stderr
+    r = cli("run", "--group", "nosuch", "--run-dir", RUN_DIR, "--quiet", "--", *probe, ns=group.ns)
+    assert r.returncode == 0 and r.stdout == "ran\n" and r.stderr == ""
+    # a user the control socket refuses (it may read the files: still refused)
+    for caps in ("+dac_read_search", "+dac_read_search,+dac_override"):
+        r = group.ns.run(as_nobody(sys.executable, "-m", "preload.cli", "run", *group.args, "--", *probe,
+                                   caps=caps), env=dict(os.environ, PYTHONPATH=ROOT))
+        assert r.returncode == 0 and r.stdout == "ran\n", r.stderr
+        assert r.stderr.count("\n") == 1 and "runs on the kernel" in r.stderr and "uid 65534" in r.stderr and \
+            "run as root" in r.stderr, r.stderr
+    # --instance outside the group: usage errors
+    n = len(json.loads(group.cli("status", "--json").stdout)["instances"])
+    for k in (str(n), "5", "-1"):
+        r = group.run("--instance", k, "--", *probe)
+        assert r.returncode == 2 and r.stdout == "" and "--instance %s" % k in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+    r = group.run("--instance", str(n - 1), "--", *probe)
+    assert r.returncode == 0 and r.stderr == ""
