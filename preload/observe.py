@@ -85,6 +85,7 @@ def connections(cfg):
     if state is None:
         raise GroupError("group %r is not up; start it with 'shardsock up'" % cfg["group"])
     out = []
+    names = {}  # pid -> command: many sockets share few processes
     for inst in state["instances"]:
         text = control(cfg, inst["instance"], "netstat")
         if text is None:
@@ -97,7 +98,8 @@ def connections(cfg):
             service = w.get("service")
             rec = {"instance": inst["instance"], "state": w["state"], "local": w["local"],
                    "remote": w["remote"], "recv_q": int(w["rcv_queued"]), "send_q": int(w["snd_queued"]),
-                   "processes": [{"pid": p, "command": process_name(p)} for p in pids],
+                   "processes": [{"pid": p, "command": names[p] if p in names else names.setdefault(
+                       p, process_name(p))} for p in pids],
                    "service": service, "retransmits": int(w["retransmits"]), "rto_us": int(w["rto_us"]),
                    "srtt_us": int(w["srtt_us"]), "cwnd": int(w["cwnd"])}
             if w["state"] == "LISTEN":
