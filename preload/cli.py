@@ -13,11 +13,14 @@ Exit codes: 0 success, 1 the operation failed, 2 bad usage.  Errors say what
 failed and what to do; --debug shows the Python traceback.
 """
 import argparse
+import errno
+import importlib.util
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 from preload import __version__
@@ -25,6 +28,35 @@ from preload import __version__
 
 class UsageError(Exception):
     """Bad usage: exit code 2, as argparse's own errors."""
+
+
+def _number(kind, what, low, high=None):
+    """An argparse type: a kind (int, float) from low (exclusive for floats) to high."""
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("%s is not %s" % (text[:40], what))
+        if v != v or v < low or (kind is float and v == low) or (high is not None and v > high):
+            raise argparse.ArgumentTypeError("%s is not %s" % (text[:40], what))
+        return v
+    return parse
+
+
+INTERVAL = _number(float, "a number of seconds more than 0", 0.0, 86400.0)
+PORT = _number(int, "a port, 1-65535", 1, 65535)
+COUNT = _number(int, "a count, 1 or more", 1)
+PID = _number(int, "a process id, 1 or more", 1)
+MICROSECONDS = _number(int, "microseconds, 0-1000000", 0, 1000000)
+
+
+def tcp_state(text):
+    """netstat --state: a TCP state by name, as ss names them (any case, - or _)."""
+    from preload.engine import TCP_STATES
+    name = text.upper().replace("-", "_")
+    if name not in TCP_STATES:
+        raise argparse.ArgumentTypeError("%s is not a TCP state; one of %s" % (text[:40], ", ".join(TCP_STATES)))
+    return name
 
 
 def build_parser():
@@ -48,10 +80,10 @@ def build_parser():
                         help="the kernel side's address, CIDR (default: 198.18.0.1/24)")
         sp.add_argument("--gateway", help="next hop for destinations off the subnet")
         sp.add_argument("--cores", help="CPU list, e.g. 0-3,6 (default: every online core)")
-        sp.add_argument("--echo", type=int, metavar="PORT", help="built-in TCP echo service on PORT (RFC 862)")
-        sp.add_argument("--discard", type=int, metavar="PORT",
+        sp.add_argument("--echo", type=PORT, metavar="PORT", help="built-in TCP echo service on PORT (RFC 862)")
+        sp.add_argument("--discard", type=PORT, metavar="PORT",
                         help="built-in TCP discard service on PORT (RFC 863)")
-        sp.add_argument("--spin-us", dest="spin_us", type=int, help="busy-poll this long after work (default: 20)")
+        sp.add_argument("--spin-us", dest="spin_us", type=MICROSECONDS, help="busy-poll this long after work (default: 20)")
 
     u = sub.add_parser("up", help="create the device and start one pinned instance per core")
     up_opts(u)
@@ -76,7 +108,7 @@ def build_parser():
     group_opts(st)
     st.add_argument("--json", action="store_true", help="print JSON")
     st.add_argument("--rate", action="store_true", help="per-second deltas over --interval")
-    st.add_argument("--interval", type=float, default=1.0, help="seconds between the two samples of --rate")
+    st.add_argument("--interval", type=INTERVAL, default=1.0, help="seconds between the two samples of --rate")
     st.add_argument("--reset", action="store_true",
                     help="from now on show counts since this moment (the instances keep counting; like nstat)")
     st.add_argument("--absolute", action="store_true", help="counts since the instances started, ignoring "
@@ -85,15 +117,16 @@ def build_parser():
                         "queues")
     group_opts(ns)
     ns.add_argument("--json", action="store_true", help="print JSON")
-    ns.add_argument("--port", type=int, help="only sockets with this local or remote port")
-    ns.add_argument("--state", help="only sockets in this TCP state (e.g. ESTABLISHED, LISTEN, TIME_WAIT)")
-    ns.add_argument("--pid", type=int, help="only sockets held by this process")
+    ns.add_argument("--port", type=PORT, help="only sockets with this local or remote port")
+    ns.add_argument("--state", type=tcp_state, help="only sockets in this TCP state (e.g. ESTABLISHED, LISTEN, "
+                    "TIME_WAIT)")
+    ns.add_argument("--pid", type=PID, help="only sockets held by this process")
     ns.add_argument("--listening", "-l", action="store_true", help="only listeners")
     tp = sub.add_parser("top", help="live per-instance view: packets/s, connections, accepts, retransmissions, "
                         "drops, CPU")
     group_opts(tp)
-    tp.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
-    tp.add_argument("--iterations", "-n", type=int, help="stop after N refreshes (default: until Ctrl-C)")
+    tp.add_argument("--interval", type=INTERVAL, default=1.0, help="seconds between refreshes")
+    tp.add_argument("--iterations", "-n", type=COUNT, help="stop after N refreshes (default: until Ctrl-C)")
     tp.add_argument("--json", action="store_true", help="print one JSON object per refresh, one per line")
     cm = sub.add_parser("compat", help="the compatibility suite: real programs on the kernel and under "
                         "shardsock, compared; writes compat_tests/MATRIX.md")
@@ -312,12 +345,28 @@ def cmd_compat(args):
     tests = os.path.join(ROOT, "compat_tests")
     if not os.path.isdir(tests):
         raise GroupError("%s is missing: the suite runs from a checkout of shardsock" % tests)
+    if args.matrix:
+        # the suite takes minutes: a matrix it cannot write is found first
+        out = os.path.abspath(args.matrix)
+        try:
+            if os.path.isdir(out):
+                raise IsADirectoryError(errno.EISDIR, "is a directory")
+            if os.path.exists(out):
+                open(out, "a").close()
+            else:
+                tempfile.TemporaryFile(dir=os.path.dirname(out)).close()
+        except OSError as e:
+            raise UsageError("--matrix %s: cannot write there (%s); name a file in a directory you can write"
+                             % (args.matrix[:200], e.strerror or e))
     if args.list:
         sys.path.insert(0, tests)
         import matrix
         for s in matrix.load():
             print("%-10s %-50s %s" % (s.program, s.name, ",".join(s.placements)))
         return 0
+    for module, package in (("pytest", "pytest"), ("yaml", "PyYAML")):
+        if importlib.util.find_spec(module) is None:
+            raise ModuleNotFoundError("No module named %r" % module, name=module)
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
            os.path.join(tests, "test_matrix.py") if args.matrix_only else tests]
     if args.select:
@@ -387,7 +436,7 @@ def cmd_run(args):
     from preload.instances import GroupError, run_env, serving
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
-        raise GroupError("name the program to run: shardsock run -- CMD ARGS")
+        raise UsageError("name the program to run: shardsock run -- CMD ARGS")
     if args.instance is not None and args.instance < 0:
         raise UsageError("--instance %d: instances are numbered from 0" % args.instance)
     cfg, source = settings(args, with_source=True)
@@ -423,12 +472,32 @@ COMMANDS = {"run": cmd_run, "up": cmd_up, "down": cmd_down, "status": cmd_status
             "compat": cmd_compat}
 
 
+# Python modules the commands import, and the package that gives each.
+PACKAGES = {"yaml": "PyYAML", "pyroute2": "pyroute2", "cffi": "cffi", "pytest": "pytest", "matplotlib": "matplotlib"}
+
+
+def missing_module(name):
+    """What to do about a Python module that is not installed."""
+    name = (name or "?").split(".")[0]
+    if name == "preload" or name == "_engine":
+        return "the engine's Python module is not built: run 'make build'"
+    pkg = PACKAGES.get(name, name)
+    return "the Python package %s is missing (module %s): pip install %s" % (pkg, name, pkg)
+
+
 def main(argv=None):
     # As a C tool: a closed pipe ends the command quietly (shardsock stat |
     # head), and the program `run` execs gets SIGPIPE's default, not the
     # SIG_IGN Python gives itself.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    parser = build_parser()
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser()
+    except ModuleNotFoundError as e:
+        if debug:
+            raise
+        print("shardsock: %s" % missing_module(e.name), file=sys.stderr)
+        return 1
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -438,6 +507,11 @@ def main(argv=None):
     from preload.netsetup import SetupError
     try:
         return COMMANDS[args.command](args)
+    except ModuleNotFoundError as e:
+        if args.debug:
+            raise
+        print("shardsock %s: %s" % (args.command, missing_module(e.name)), file=sys.stderr)
+        return 1
     except UsageError as e:
         if args.debug:
             raise
@@ -453,6 +527,14 @@ def main(argv=None):
         if args.debug:
             raise
         print("shardsock %s: %s" % (args.command, e), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        print("shardsock %s: internal error: %s: %s (--debug shows where; please report it)"
+              % (args.command, type(e).__name__, str(e)[:200]), file=sys.stderr)
         return 1
 
 

@@ -24,8 +24,9 @@ def cli(*args, ns=None, env=None, timeout=60):
     argv = [sys.executable, "-m", "preload.cli", *args]
     if ns:
         argv = ["ip", "netns", "exec", ns.name, *argv]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, PYTHONPATH=ROOT, **(env or {})))
+    e = dict(os.environ, PYTHONPATH=ROOT)
+    e.update(env or {})
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=e)
 
 
 def group_name(tag):
@@ -208,3 +209,102 @@ def test_run_says_when_the_program_runs_on_the_kernel(group):
         assert "Traceback" not in r.stderr
     r = group.run("--instance", str(n - 1), "--", *probe)
     assert r.returncode == 0 and r.stderr == ""
+
+
+@root_only
+def test_arguments_are_checked_up_front(tmp_path):
+    """Bad values are usage errors (exit 2) that say what a good value is,
+    before anything runs: no traceback."""
+    for argv, says in ((["top", "--interval", "-1"], "-1 is not a number of seconds more than 0"),
+                       (["stat", "--rate", "--interval", "-2"], "-2 is not a number of seconds more than 0"),
+                       (["stat", "--rate", "--interval", "nan"], "nan is not a number of seconds"),
+                       (["top", "-n", "0"], "0 is not a count, 1 or more"),
+                       (["netstat", "--state", "establishd"], "establishd is not a TCP state; one of CLOSED, LISTEN, "
+                        "SYN_SENT, SYN_RECEIVED, ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, CLOSE_WAIT, CLOSING, "
+                        "LAST_ACK, TIME_WAIT"),
+                       (["netstat", "--port", "70000"], "70000 is not a port, 1-65535"),
+                       (["netstat", "--port", "0"], "0 is not a port, 1-65535"),
+                       (["up", "--echo", "70000"], "70000 is not a port"),
+                       (["run"], "name the program to run"),
+                       (["run", "--instance", "-1", "--", "true"], "--instance -1: instances are numbered from 0"),
+                       (["compat", "--matrix", "/nonexistent/dir/MATRIX.md"], "--matrix /nonexistent/dir/MATRIX.md: "
+                        "cannot write there"),
+                       (["compat", "--matrix", str(tmp_path)], "cannot write there (is a directory)")):
+        t0 = time.monotonic()
+        r = cli(*argv, "--group", "nothere", "--run-dir", RUN_DIR) if argv[0] != "compat" else cli(*argv)
+        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, (argv, r.stderr)
+        assert time.monotonic() - t0 < 10  # compat: refused before the suite runs
+    # the states are ss's names, in any case
+    r = cli("netstat", "--state", "time-wait", "--group", "nothere", "--run-dir", RUN_DIR)
+    assert r.returncode == 1 and "not up" in r.stderr
+
+
+def test_a_missing_python_package_is_named_with_the_fix(tmp_path):
+    """pyroute2 and PyYAML are imported by the commands that need them:
+    --help and the read-only commands run without; those that need one
+    name the package and how to install it."""
+    for module in ("pyroute2", "yaml"):
+        (tmp_path / (module + ".py")).write_text("raise ModuleNotFoundError(\"No module named '%s'\", name='%s')\n"
+                                                 % (module, module))
+    env = {"PYTHONPATH": "%s:%s" % (tmp_path, ROOT)}
+    r = cli("--help", env=env)
+    assert r.returncode == 0 and "COMMAND" in r.stdout, r.stderr
+    r = cli("status", "--group", "nothere", "--run-dir", RUN_DIR, env=env)
+    assert r.returncode == 1 and "not up" in r.stderr and "Traceback" not in r.stderr
+    r = cli("compat", "--list", env=env)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "the Python package PyYAML is missing (module yaml): pip install PyYAML" in r.stderr, r.stderr
+    if os.geteuid() == 0:
+        ns = Netns()
+        try:
+            g = group_name("m")
+            r = cli("up", "--group", g, "--run-dir", RUN_DIR, env=env, ns=ns)
+            assert r.returncode == 1 and "Traceback" not in r.stderr
+            assert "the Python package pyroute2 is missing" in r.stderr and "pip install pyroute2" in r.stderr
+            nothing_left(ns, g)
+        finally:
+            ns.delete()
+    assert "Traceback" in cli("--debug", "compat", "--list", env=env).stderr
+
+
+# Forks children that each hold the listener, then prints its pid and theirs.
+FORKER = r"""
+import os, socket, sys, time
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("0.0.0.0", 8000)); l.listen(16)
+kids = []
+for _ in range(int(sys.argv[1])):
+    pid = os.fork()
+    if pid == 0:
+        l.getsockname()
+        sys.stdin.read()
+        os._exit(0)
+    kids.append(pid)
+print(os.getpid(), *kids, flush=True)
+sys.stdin.read()
+"""
+
+
+@root_only
+def test_netstat_lists_every_holder(group):
+    """A listener held by 24 processes (a server's forked workers): netstat
+    names every one (a fixed 512-byte list cut it after four, mid pid=)."""
+    p = subprocess.Popen(["ip", "netns", "exec", group.ns.name, sys.executable, "-m", "preload.cli", "run",
+                          *group.args, "--instance", "0", "--", sys.executable, "-c", FORKER, "24"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    try:
+        pids = sorted(int(x) for x in p.stdout.readline().split())
+        assert len(pids) == 25
+        r = group.cli("netstat", "--port", "8000", "--json")
+        assert r.returncode == 0, r.stderr
+        conns = json.loads(r.stdout)["connections"]
+        assert [c["state"] for c in conns] == ["LISTEN"]
+        assert sorted(x["pid"] for x in conns[0]["processes"]) == pids
+        r = group.cli("netstat", "--port", "8000")
+        assert r.returncode == 0 and all("(%d)" % pid in r.stdout for pid in pids), r.stdout
+    finally:
+        p.stdin.close()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            stop_pids([p.pid])
