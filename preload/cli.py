@@ -195,9 +195,43 @@ def cmd_up(args):
     return 0
 
 
+def duration(s):
+    """Seconds as an operator reads them: 4.2s, 12m05s, 3h07m, 2d05h."""
+    if s is None:
+        return "-"
+    if s < 60:
+        return "%.1fs" % s
+    s = int(s)
+    if s < 3600:
+        return "%dm%02ds" % (s // 60, s % 60)
+    if s < 86400:
+        return "%dh%02dm" % (s // 3600, s % 3600 // 60)
+    return "%dd%02dh" % (s // 86400, s % 86400 // 3600)
+
+
+def tell_attached(cfg, what):
+    """Before down or restart: the programs that lose their sockets."""
+    from preload.instances import attached_programs, load_state
+    state = load_state(cfg)
+    if state is None:
+        return
+    progs = attached_programs(cfg, state)
+    if not progs:
+        print("shardsock: %s group %s: no program attached" % (what, cfg["group"]), flush=True)
+        return
+    print("shardsock: %s group %s: %d program%s attached lose%s %s stack sockets (ECONNRESET):" % (
+        what, cfg["group"], len(progs), "s" if len(progs) > 1 else "", "" if len(progs) > 1 else "s",
+        "their" if len(progs) > 1 else "its"), flush=True)
+    print("  %-8s %-16s %-8s %s" % ("PID", "COMMAND", "SOCKETS", "LISTENERS"))
+    for p in progs:
+        print("  %-8d %-16s %-8d %d" % (p["pid"], p["command"] or "?", p["sockets"], p["listeners"]), flush=True)
+
+
 def cmd_down(args):
     from preload.instances import down
-    state = down(settings(args))
+    cfg = settings(args)
+    tell_attached(cfg, "stopping")
+    state = down(cfg)
     print("shardsock: group %s down: %d instances stopped%s" % (
         state["group"], len(state["instances"]),
         ", %s removed" % state["interface"] if state["created_interface"] else ""))
@@ -220,7 +254,7 @@ def cmd_status(args):
     for i in st["instances"]:
         print("%-9d %-5d %-8s %-8s %-6d %-9s %-9s %-9d %s" % (
             i["instance"], i["core"], i["pid"] or "-", i["backend"], i["queue"],
-            "%.1fs" % i["uptime_s"] if i["uptime_s"] is not None else "-", i["state"], i["restarts"],
+            duration(i["uptime_s"]), i["state"], i["restarts"],
             "yes" if i["healthy"] else "NO"))
     procs = [(i["instance"], p) for i in st["instances"] for p in i["processes"]]
     if procs:
@@ -228,6 +262,11 @@ def cmd_status(args):
         for k, p in procs:
             print("%-9d %-8d %-16s %-8d %d%s" % (k, p["pid"], p["command"] or "?", p["sockets"], p["listeners"],
                                                  "  (exited; kept for a child)" if p["exited"] else ""))
+    for i in st["instances"]:
+        if not i["healthy"]:
+            print("\ninstance %d is NOT healthy (%s); the supervisor's log says:" % (i["instance"], i["state"]))
+            for line in i.get("log") or ["(nothing about it)"]:
+                print("  " + line)
     return 0 if healthy else 1
 
 
@@ -258,9 +297,14 @@ def cmd_stat(args):
         vals = [i["counters"][name] for i in rows]
         if any(vals):
             print("%-28s %s %s" % (name, " ".join(fmt % v for v in vals), fmt % sum(vals)))
-    states = sorted({k for i in rows for k, v in i["counters"]["tcp_state"].items() if v})
+    gauges = [(i.get("gauges") or i["counters"])["tcp_state"] for i in rows]
+    states = sorted({k for g in gauges for k, v in g.items() if v})
+    if args.rate and states:
+        # gauges are not rates: connections by state now, in a table apart
+        print("\nnow (gauges, not rates)")
+        print("%-28s %s %s" % ("GAUGE", " ".join("%14s" % ("core %d" % i["core"]) for i in rows), "%14s" % "total"))
     for name in states:
-        vals = [i["counters"]["tcp_state"][name] for i in rows]
+        vals = [g[name] for g in gauges]
         print("%-28s %s %14d" % ("tcp_state " + name, " ".join("%14d" % v for v in vals), sum(vals)))
     return 0
 
@@ -295,8 +339,8 @@ def cmd_top(args):
             sample = observe.top_sample(cfg, prev)
             if prev is not None:  # rates need two samples: the first refresh comes after one interval
                 if args.json:
-                    out = dict(sample, instances=[{k: v for k, v in r.items() if k != "raw"}
-                                                  for r in sample["instances"]])
+                    out = dict({k: v for k, v in sample.items() if k != "monotonic"},
+                               instances=[{k: v for k, v in r.items() if k != "raw"} for r in sample["instances"]])
                     print(json.dumps(out), flush=True)
                 else:
                     print(("\033[H\033[J" if live else "") + observe.format_top(sample, cfg["group"]), flush=True)
@@ -320,6 +364,7 @@ def cmd_restart(args):
         base = dict(state.get("config") or cfg)
         base.update({k: v for k, v in cfg.items() if source[k] != "default"})
         cfg = base
+        tell_attached(cfg, "restarting")
         down(cfg)
     print(up_line(up(cfg)))
     return 0

@@ -594,6 +594,43 @@ def attached(cfg, k):
     return out
 
 
+def attached_programs(cfg, state=None):
+    """Every process attached to the group's running instances, by pid:
+    pid, command, sockets, listeners, instances."""
+    state = state or load_state(cfg)
+    out = {}
+    for inst in (state or {}).get("instances", []):
+        if not (inst.get("pid") and pid_alive(inst["pid"])):
+            continue
+        for p in attached(cfg, inst["instance"]):
+            if p["exited"]:
+                continue
+            q = out.setdefault(p["pid"], dict(p, sockets=0, listeners=0, instances=[]))
+            q["sockets"] += p["sockets"]
+            q["listeners"] += p["listeners"]
+            q["instances"].append(inst["instance"])
+    return sorted(out.values(), key=lambda p: p["pid"])
+
+
+def log_tail(cfg, k, n=3):
+    """The supervisor log's last n lines about instance k, and the last line
+    of the instance's own log (why it stopped, often)."""
+    import re
+    out = []
+    try:
+        with open(os.path.join(group_dir(cfg), "supervisor.log"), errors="replace") as f:
+            out = [line.rstrip() for line in f if re.search(r"\binstance %d\b" % k, line)][-n:]
+    except OSError:
+        pass
+    try:
+        with open(os.path.join(group_dir(cfg), "instance-%d.log" % k), errors="replace") as f:
+            last = [line.rstrip() for line in f if line.strip()][-1:]
+        out += ["instance-%d.log: %s" % (k, line[:300]) for line in last]
+    except OSError:
+        pass
+    return out
+
+
 def status(cfg):
     """The supervisor and every instance: core, pid, backend, queue,
     uptime, state, restarts, healthy, and the processes attached to it."""
@@ -619,7 +656,10 @@ def status(cfg):
             "healthy": bool(alive and page and page["state"] == "ready"),
             "processes": attached(cfg, inst["instance"]) if alive else [],
         })
+        if not out[-1]["healthy"]:
+            out[-1]["log"] = log_tail(cfg, inst["instance"])
     return {"group": cfg["group"], "address": state["address"], "host_address": state["host_address"],
+            "started": state.get("started"),
             "supervisor": {"pid": sup, "running": bool(sup) and pid_alive(sup)},
             "instances": out}
 

@@ -308,3 +308,97 @@ def test_netstat_lists_every_holder(group):
             p.wait(10)
         except subprocess.TimeoutExpired:
             stop_pids([p.pid])
+
+
+def test_durations_read_as_an_operator_reads_them():
+    from preload.cli import duration
+    assert [duration(s) for s in (None, 4.24, 59.9, 60, 725, 3600 * 3 + 7 * 60 + 5, 86400 * 2 + 5 * 3600 + 1)] == \
+        ["-", "4.2s", "59.9s", "1m00s", "12m05s", "3h07m", "2d05h"]
+
+
+# Burns about a third of a CPU until stdin closes, holding a listener.
+BURNER = r"""
+import os, socket, sys, threading, time
+l = socket.socket(); l.bind(("0.0.0.0", 8001)); l.listen()
+print(os.getpid(), flush=True)
+def burn():
+    while True:
+        t = time.monotonic()
+        while time.monotonic() - t < 0.01:
+            pass
+        time.sleep(0.02)
+threading.Thread(target=burn, daemon=True).start()
+sys.stdin.read()
+"""
+
+
+@root_only
+def test_operators_are_told(tmp_path):
+    """down and restart name the programs that lose their sockets; status
+    says why an instance is unhealthy; top's CPU% is to 0.1 and its time a
+    wall-clock time; stat --rate keeps gauges apart from rates."""
+    cfg = tmp_path / "ss.toml"
+    cfg.write_text("restart_limit = 0\n")
+    g = Group("t", "--config", str(cfg))
+    p = None
+    try:
+        p = subprocess.Popen(["ip", "netns", "exec", g.ns.name, sys.executable, "-m", "preload.cli", "run",
+                              *g.args, "--instance", "0", "--", sys.executable, "-c", BURNER],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONPATH=ROOT))
+        pid = int(p.stdout.readline())
+        # top: CPU% to 0.1 (it came in steps of 10), an ISO time
+        r = g.cli("top", "-n", "3", "--interval", "0.5", "--json")
+        assert r.returncode == 0, r.stderr
+        samples = [json.loads(x) for x in r.stdout.splitlines()]
+        for s in samples:
+            t = time.mktime(time.strptime(s["time"][:19], "%Y-%m-%dT%H:%M:%S"))
+            assert abs(t - time.time()) < 30, s["time"]
+            assert "monotonic" not in s
+        shares = [q["cpu_pct"] for s in samples for i in s["instances"] for q in i["processes"] if q["pid"] == pid]
+        assert len(shares) == 3 and all(10 <= x <= 80 for x in shares), shares
+        assert any(round(x * 10) % 100 for x in shares), shares  # not all whole tens
+        # stat --rate: the gauges in a table of their own, and under "gauges" in JSON
+        r = g.cli("stat", "--rate", "--interval", "0.3")
+        assert r.returncode == 0
+        rates, _, gauges = r.stdout.partition("\nnow (gauges, not rates)\n")
+        assert "tcp_state" not in rates and "tcp_state LISTEN" in gauges, r.stdout
+        j = json.loads(g.cli("stat", "--rate", "--interval", "0.3", "--json").stdout)
+        assert all("tcp_state" not in i["counters"] and "LISTEN" in i["gauges"]["tcp_state"] for i in j["instances"])
+        # an instance that died and stays down: status shows the supervisor's words
+        st = json.loads(g.cli("status", "--json").stdout)
+        victim = st["instances"][-1]
+        os.kill(victim["pid"], signal.SIGKILL)
+        for _ in range(100):
+            r = g.cli("status")
+            if "is NOT healthy" in r.stdout:
+                break
+            time.sleep(0.1)
+        assert r.returncode == 1
+        assert "instance %d is NOT healthy" % victim["instance"] in r.stdout, r.stdout
+        assert "instance %d (pid %d) died: signal 9" % (victim["instance"], victim["pid"]) in r.stdout, r.stdout
+        j = json.loads(g.cli("status", "--json").stdout)
+        assert any("died: signal 9" in line for line in j["instances"][-1]["log"])
+        # restart and down list what is attached before they act
+        r = g.cli("restart")
+        assert r.returncode == 0, r.stderr
+        head = r.stdout.splitlines()
+        assert head[0] == "shardsock: restarting group %s: 1 program attached loses its stack sockets " \
+            "(ECONNRESET):" % g.name, r.stdout
+        assert head[1].split() == ["PID", "COMMAND", "SOCKETS", "LISTENERS"]
+        assert head[2].split() == [str(pid), "python3" if "python3" in head[2] else head[2].split()[1], "1", "1"]
+        assert "up:" in head[3]
+    finally:
+        if p:
+            p.stdin.close()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                stop_pids([p.pid])
+    r = g.cli("down")
+    try:
+        assert r.returncode == 0 and r.stdout.splitlines()[0] == "shardsock: stopping group %s: no program " \
+            "attached" % g.name, r.stdout
+    finally:
+        g.ns.delete()
+    nothing_left(g.ns, g.name)
