@@ -211,10 +211,10 @@ def duration(s):
 
 def tell_attached(cfg, what):
     """Before down or restart: the programs that lose their sockets."""
-    from preload.instances import attached_programs, load_state
+    from preload.instances import attached_programs, load_state, may_ask
     state = load_state(cfg)
-    if state is None:
-        return
+    if state is None or not all(may_ask(cfg, i["instance"]) for i in state["instances"]):
+        return  # not up, or not root: the command fails next
     progs = attached_programs(cfg, state)
     if not progs:
         print("shardsock: %s group %s: no program attached" % (what, cfg["group"]), flush=True)
@@ -257,6 +257,8 @@ def cmd_status(args):
             duration(i["uptime_s"]), i["state"], i["restarts"],
             "yes" if i["healthy"] else "NO"))
     procs = [(i["instance"], p) for i in st["instances"] for p in i["processes"]]
+    if not st.get("processes_visible", True):
+        print("\n(attached programs: the instances tell only root)")
     if procs:
         print("\n%-9s %-8s %-16s %-8s %s" % ("INSTANCE", "PID", "COMMAND", "SOCKETS", "LISTENERS"))
         for k, p in procs:
@@ -517,6 +519,10 @@ COMMANDS = {"run": cmd_run, "up": cmd_up, "down": cmd_down, "status": cmd_status
             "compat": cmd_compat}
 
 
+# What a member of read_group may run (stat --reset writes: root's).
+READ_ONLY = ("status", "stat", "top")
+
+
 # Python modules the commands import, and the package that gives each.
 PACKAGES = {"yaml": "PyYAML", "pyroute2": "pyroute2", "cffi": "cffi", "pytest": "pytest", "matplotlib": "matplotlib"}
 
@@ -565,6 +571,14 @@ def main(argv=None):
     except PermissionError as e:
         if args.debug:
             raise
+        if args.command in READ_ONLY and not getattr(args, "reset", False):
+            from preload.instances import read_hint
+            try:
+                how = read_hint(settings(args))
+            except Exception:
+                how = read_hint({})
+            print("shardsock %s: permission denied: %s; %s" % (args.command, e.filename or e, how), file=sys.stderr)
+            return 1
         print("shardsock %s: permission denied: %s; this needs root (the group's files and devices are "
               "root's)" % (args.command, e.filename or e), file=sys.stderr)
         return 1

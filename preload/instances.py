@@ -153,6 +153,10 @@ def up(cfg, foreground=False, on_ready=None):
              "started": time.time()}
     try:
         os.makedirs(group_dir(cfg), mode=0o750, exist_ok=True)
+        gid = read_gid(cfg)
+        if gid is not None:
+            # status, stat and top for its members: the directory is theirs to read
+            os.chown(group_dir(cfg), 0, gid)
         if tap:
             netsetup.create_tap(cfg["interface"])
         if len(cores) > 1:
@@ -184,6 +188,50 @@ def up(cfg, foreground=False, on_ready=None):
         finally:
             teardown(cfg, state)
     return state
+
+
+def read_gid(cfg):
+    """The gid of read_group (config), None when there is no such group."""
+    import grp
+    v = cfg.get("read_group")
+    if v is None:
+        return None
+    if isinstance(v, int) or str(v).isdigit():
+        return int(v)
+    try:
+        return grp.getgrnam(v).gr_gid
+    except KeyError:
+        return None
+
+
+def may_ask(cfg, k):
+    """Whether this user may ask instance k over its control socket: the
+    instances answer root and their own user only."""
+    try:
+        return os.geteuid() in (0, os.stat(os.path.join(group_dir(cfg), "instance-%d.sock" % k)).st_uid)
+    except OSError:
+        return False
+
+
+def read_hint(cfg):
+    """What a user refused a read-only command does about it: join the
+    group the group's directory belongs to (read_group when up ran), or
+    the one read_group names now."""
+    import grp
+    try:
+        gid = os.stat(group_dir(cfg)).st_gid if cfg.get("group") else 0
+    except OSError:
+        gid = 0
+    if gid:
+        try:
+            name = grp.getgrgid(gid).gr_name
+        except KeyError:
+            name = str(gid)
+        return "status, stat and top need root, or membership of the group %s (gid %d): usermod -aG %s $USER" % (
+            name, gid, name)
+    v = str(cfg.get("read_group") or "shardsock")
+    return ("status, stat and top need root, or membership of the group %s (read_group): groupadd --system %s, "
+            "usermod -aG %s $USER, then 'shardsock restart' gives it the group's files" % (v, v, v))
 
 
 def group_flag(cfg):
@@ -393,8 +441,8 @@ def serving(cfg, instance=None):
     try:
         state = load_state(cfg)
     except PermissionError:
-        return 0, ("you (uid %d) may not read group %s's files; run as root%s"
-                   % (os.geteuid(), where, join_hint()))
+        return 0, ("you (uid %d) may not read group %s's files; run as root"
+                   % (os.geteuid(), where))
     except (OSError, ValueError) as e:
         return 0, "group %s has no readable state (%s)" % (where, e)
     if state is None:
@@ -420,11 +468,6 @@ def serving(cfg, instance=None):
         return n, ("instance %d refuses you (uid %d): the instances serve only root's programs and their own "
                    "user's; run as root" % (k, os.geteuid()))
     return n, None
-
-
-def join_hint():
-    """How a user may read a group's state without root (see up)."""
-    return ""
 
 
 LIBRARY = os.environ.get("SHARDSOCK_LIBRARY", os.path.join(ROOT, "build", "libshardsock.so"))
@@ -654,12 +697,13 @@ def status(cfg):
             "uptime_s": round((now_us - page["started_unix_us"]) / 1e6, 1) if page and alive else None,
             "restarts": inst.get("restarts", 0),
             "healthy": bool(alive and page and page["state"] == "ready"),
-            "processes": attached(cfg, inst["instance"]) if alive else [],
+            "processes": attached(cfg, inst["instance"]) if alive and may_ask(cfg, inst["instance"]) else [],
         })
         if not out[-1]["healthy"]:
             out[-1]["log"] = log_tail(cfg, inst["instance"])
     return {"group": cfg["group"], "address": state["address"], "host_address": state["host_address"],
             "started": state.get("started"),
+            "processes_visible": all(may_ask(cfg, i["instance"]) for i in state["instances"]),
             "supervisor": {"pid": sup, "running": bool(sup) and pid_alive(sup)},
             "instances": out}
 

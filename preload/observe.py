@@ -11,7 +11,8 @@ import json
 import os
 import time
 
-from preload.instances import GroupError, attached, control, group_dir, load_state, process_name, stat, words
+from preload.instances import (GroupError, attached, control, group_dir, load_state, may_ask, process_name,
+                               stat, words)
 
 BASELINE = "stat-baseline.json"
 
@@ -86,6 +87,9 @@ def connections(cfg):
     state = load_state(cfg)
     if state is None:
         raise GroupError("group %r is not up; start it with 'shardsock up'" % cfg["group"])
+    if not may_ask(cfg, 0):
+        raise GroupError("netstat asks the instances, and they answer only root (and their own user): run it as "
+                         "root; status, stat and top need only read access (the group read_group names)")
     out = []
     names = {}  # pid -> command: many sockets share few processes
     for inst in state["instances"]:

@@ -402,3 +402,37 @@ def test_operators_are_told(tmp_path):
     finally:
         g.ns.delete()
     nothing_left(g.ns, g.name)
+
+
+@root_only
+def test_read_only_commands_for_the_read_group(tmp_path):
+    """A member of read_group (a gid here: no group is added to the system)
+    runs status, stat and top; anyone else is told which group to join;
+    netstat and what changes the group stay root's."""
+    gid = 40000 + os.getpid() % 20000
+    cfg = tmp_path / "ss.toml"
+    cfg.write_text("read_group = %d\n" % gid)
+    g = Group("r", "--config", str(cfg))
+    try:
+        assert os.stat(os.path.join(RUN_DIR, g.name)).st_gid == gid
+
+        def as_user(*argv, groups):
+            return g.ns.run(["setpriv", "--reuid=65534", "--regid=65534", "--groups=%s" % groups, sys.executable,
+                             "-m", "preload.cli", *argv, *g.args], env=dict(os.environ, PYTHONPATH=ROOT))
+        for argv in (["status"], ["stat"], ["stat", "--json"], ["top", "-n", "1", "--interval", "0.2"]):
+            r = as_user(*argv, groups=gid)
+            assert r.returncode == 0 and "Traceback" not in r.stderr, (argv, r.stderr)
+        r = as_user("status", groups=gid)
+        assert "ready" in r.stdout and "the instances tell only root" in r.stdout
+        r = as_user("netstat", groups=gid)
+        assert r.returncode == 1 and "they answer only root" in r.stderr, r.stderr
+        for argv in (["stat", "--reset"], ["down"]):
+            r = as_user(*argv, groups=gid)
+            assert r.returncode == 1 and "needs root" in r.stderr, r.stderr
+        for argv in (["status"], ["stat"], ["top", "-n", "1"]):
+            r = as_user(*argv, groups=gid + 1)
+            assert r.returncode == 1 and "permission denied" in r.stderr and \
+                "membership of the group %d (gid %d)" % (gid, gid) in r.stderr, r.stderr
+        assert all(i["healthy"] for i in json.loads(g.cli("status", "--json").stdout)["instances"])
+    finally:
+        g.down()
