@@ -376,11 +376,13 @@ def cmd_config(args):
     from preload.config import find_file, show
     cfg, source = settings(args, with_source=True)
     if args.json:
-        print(json.dumps({"settings": cfg, "source": source, "file": find_file(args.config)}, indent=2))
+        print(json.dumps({"settings": cfg, "source": source, "file": find_file(args.config, args.group or "default")},
+                         indent=2))
     else:
-        path = find_file(args.config)
+        path = find_file(args.config, args.group or "default")
         print("# effective configuration: defaults, then %s, then the command line" %
-              (path or "no file (none in $SHARDSOCK_CONFIG or /etc/shardsock/shardsock.toml)"))
+              (path or "no file (none in $SHARDSOCK_CONFIG, /etc/shardsock/%s.toml or /etc/shardsock/shardsock.toml)"
+               % (args.group or "default")))
         print(show(cfg, source))
     return 0
 

@@ -4,14 +4,16 @@ checking a TOML file, and the effective configuration.
 
 Precedence, lowest first: the defaults below, the configuration file, the
 command line.  The file is the one ``--config`` names, else the one
-``$SHARDSOCK_CONFIG`` names, else ``/etc/shardsock/shardsock.toml`` if it
-exists.  docs/CONFIG.md is the reference; a test keeps it equal to KEYS.
+``$SHARDSOCK_CONFIG`` names, else ``/etc/shardsock/GROUP.toml`` (GROUP:
+--group, default "default"), else ``/etc/shardsock/shardsock.toml``, the
+first that exists.  docs/CONFIG.md is the reference; a test keeps it equal to KEYS.
 """
 import ipaddress
 import os
 import re
 
-SEARCH_PATH = ("/etc/shardsock/shardsock.toml",)
+CONFIG_DIR = "/etc/shardsock"
+SEARCH_PATH = (CONFIG_DIR + "/{group}.toml", CONFIG_DIR + "/shardsock.toml")  # the group's own file first
 BACKENDS = ("tap", "afpacket", "afxdp")
 PROFILES = {
     # the library's settings each profile sets (shim/shim.c SS_SETTINGS)
@@ -104,14 +106,19 @@ KEYS = {
 DEFAULTS = {k: v[0] for k, v in KEYS.items()}
 
 
-def find_file(explicit=None):
-    """The configuration file to read, and whether one was asked for."""
+def find_file(explicit=None, group=None):
+    """The configuration file to read: --config, else $SHARDSOCK_CONFIG,
+    else the group's own /etc/shardsock/GROUP.toml, else the shared
+    /etc/shardsock/shardsock.toml (None: no file)."""
     if explicit:
         return explicit
     env = os.environ.get("SHARDSOCK_CONFIG")
     if env:
         return env
     for path in SEARCH_PATH:
+        if "{group}" in path and not group:
+            continue
+        path = path.format(group=group)
         if os.path.exists(path):
             return path
     return None
@@ -149,7 +156,8 @@ def effective(file=None, flags=None):
     """(settings, source of each): defaults, then the file, then the flags
     given (None: not given)."""
     cfg, source = dict(DEFAULTS), {k: "default" for k in KEYS}
-    path = find_file(file)
+    group = (flags or {}).get("group") or DEFAULTS["group"]
+    path = find_file(file, group)
     if path:
         for key, value in load_file(path).items():
             cfg[key], source[key] = value, path

@@ -183,11 +183,33 @@ def up(cfg, foreground=False, on_ready=None):
     if foreground:
         if on_ready:
             on_ready(state)
+        # systemd (Type=notify): started once every instance is ready
+        sd_notify("READY=1\nSTATUS=group %s up: %d instances\nMAINPID=%d"
+                  % (cfg["group"], len(state["instances"]), os.getpid()))
         try:
             sup.loop()
         finally:
+            sd_notify("STOPPING=1\nSTATUS=group %s going down" % cfg["group"])
             teardown(cfg, state)
     return state
+
+
+def sd_notify(text):
+    """A message to systemd's $NOTIFY_SOCKET (sd_notify(3)), when there is
+    one; its absence, or a socket gone, is no error."""
+    import socket
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr or addr[0] not in "/@":
+        return False
+    if addr[0] == "@":
+        addr = "\0" + addr[1:]  # an abstract socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.connect(addr)
+            s.sendall(text.encode())
+        return True
+    except OSError:
+        return False
 
 
 def read_gid(cfg):
