@@ -341,13 +341,13 @@ def check_kernel(cfg, stack, host, tap):
     (routed elsewhere, two routes), another group's subnet."""
     for ifname, addr, plen in netsetup.kernel_addresses():
         if addr == str(stack.ip):
-            raise GroupError("the kernel holds the stack's address %s on %s: it would answer the stack's traffic. "
-                             "Give the stack another --address, or remove it (ip addr del %s/%d dev %s)"
-                             % (addr, ifname, addr, plen, ifname))
+            raise GroupError("the kernel holds the stack's address on %s (%s/%d): it would answer the stack's "
+                             "traffic. Give the stack another --address, or remove it (ip addr del %s/%d dev %s)"
+                             % (ifname, addr, plen, addr, plen, ifname))
         if host is not None and addr == str(host.ip):
-            raise GroupError("the kernel holds host_address %s on %s already; give --host-address another "
+            raise GroupError("the kernel holds host_address on %s (%s/%d) already; give --host-address another "
                              "address of %s, or remove it (ip addr del %s/%d dev %s)"
-                             % (addr, ifname, host.network, addr, plen, ifname))
+                             % (ifname, addr, plen, host.network, addr, plen, ifname))
     for name, other in groups_here(cfg):
         try:
             net = ipaddress.ip_interface(other["address"]).network

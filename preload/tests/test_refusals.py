@@ -81,12 +81,12 @@ def test_up_refuses_what_cannot_work():
         # the kernel holds the stack's address: it, not the stack, would answer
         ns.run(["ip", "addr", "add", "198.18.50.2/32", "dev", "lo"], check=True)
         err = refused(ns, g, *base, *ok)
-        assert "the kernel holds the stack's address 198.18.50.2 on lo" in err and "ip addr del 198.18.50.2/32 " \
+        assert "the kernel holds the stack's address on lo (198.18.50.2/32)" in err and "ip addr del 198.18.50.2/32 " \
             "dev lo" in err
         ns.run(["ip", "addr", "del", "198.18.50.2/32", "dev", "lo"], check=True)
         ns.run(["ip", "addr", "add", "198.18.50.1/32", "dev", "lo"], check=True)
         err = refused(ns, g, *base, *ok)
-        assert "the kernel holds host_address 198.18.50.1 on lo" in err
+        assert "the kernel holds host_address on lo (198.18.50.1/32)" in err
         ns.run(["ip", "addr", "del", "198.18.50.1/32", "dev", "lo"], check=True)
         # the subnet is routed elsewhere already
         ns.run(["ip", "link", "add", "va", "type", "veth", "peer", "name", "vb"], check=True)
