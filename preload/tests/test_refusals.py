@@ -436,3 +436,58 @@ def test_read_only_commands_for_the_read_group(tmp_path):
         assert all(i["healthy"] for i in json.loads(g.cli("status", "--json").stdout)["instances"])
     finally:
         g.down()
+
+
+# Holds int(argv[1]) connections to the echo service from four source
+# addresses, prints "connected N", and keeps them until stdin closes.
+MANY = r"""
+import resource, socket, sys
+n, k = int(sys.argv[1]), int(sys.argv[2])
+socks = []
+for i in range(n):
+    s = socket.socket()
+    s.bind(("198.18.0.%d" % (11 + (i + k) % 4), 0))
+    s.settimeout(20)
+    s.connect(("198.18.0.2", 7))
+    socks.append(s)
+print("connected", len(socks), flush=True)
+sys.stdin.read()
+"""
+
+
+@root_only
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="100,000 sockets need two instances (65,536 each)")
+def test_netstat_at_100000_connections(group):
+    """netstat lists 100,000 connections, every one, in seconds."""
+    import resource
+    total = 100000
+    for i in range(11, 15):
+        group.ns.run(["ip", "addr", "add", "198.18.0.%d/24" % i, "dev", "ss0"], check=True)
+    group.ns.run(["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000"], check=True)
+    per = resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 200
+    counts = [min(per, total - i * per) for i in range((total + per - 1) // per)]
+    clients = [subprocess.Popen(["ip", "netns", "exec", group.ns.name, sys.executable, "-c", MANY, str(n), str(k)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+               for k, n in enumerate(counts)]
+    try:
+        for c, n in zip(clients, counts):
+            assert c.stdout.readline().split() == ["connected", str(n)]
+        t0 = time.monotonic()
+        r = group.cli("netstat", "--json", timeout=120)
+        took = time.monotonic() - t0
+        assert r.returncode == 0, r.stderr[-2000:]
+        conns = json.loads(r.stdout)["connections"]
+        est = [c for c in conns if c["state"] == "ESTABLISHED" and c["local"] == "198.18.0.2:7"]
+        assert len(est) == total and all(c["service"] == "echo" for c in est)
+        assert len({c["remote"] for c in est}) == total
+        assert took < 60, took
+        r = group.cli("netstat", "--state", "listen", "--port", "7")
+        assert r.returncode == 0 and r.stdout.count("[echo service]") == len(os.sched_getaffinity(0))
+    finally:
+        for c in clients:
+            c.stdin.close()
+        for c in clients:
+            try:
+                c.wait(30)
+            except subprocess.TimeoutExpired:
+                stop_pids([c.pid])
