@@ -20,7 +20,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 from preload import __version__
@@ -142,7 +141,7 @@ def build_parser():
     cp.add_argument("shell", choices=["bash"])
     r = sub.add_parser("run", help="run a program with its TCP sockets served by the instances: run -- CMD ARGS")
     group_opts(r)
-    r.add_argument("--instance", type=int, default=None,
+    r.add_argument("--instance", type=_number(int, "an instance number", -2 ** 31), default=None,
                    help="attach every process to this instance (default: place each process on the next "
                         "instance, round-robin, and run it on that instance's core)")
     r.add_argument("--no-pin", dest="pin", action="store_const", const=False,
@@ -403,7 +402,8 @@ def cmd_compat(args):
             if os.path.exists(out):
                 open(out, "a").close()
             else:
-                tempfile.TemporaryFile(dir=os.path.dirname(out)).close()
+                open(out, "x").close()  # the name itself may be what cannot be
+                os.unlink(out)
         except OSError as e:
             raise UsageError("--matrix %s: cannot write there (%s); name a file in a directory you can write"
                              % (args.matrix[:200], e.strerror or e))

@@ -130,6 +130,11 @@ def short(value, limit=40):
     return text if len(text) <= limit else text[:limit - 5] + "...'"
 
 
+def short_path(path, limit=200):
+    """A path for a message: its end, when it is long."""
+    return path if len(path) <= limit else "..." + path[-limit:]
+
+
 def check(key, value, where):
     if key not in KEYS:
         raise ConfigError("%s: unknown key %s; valid keys: %s (see docs/CONFIG.md)"
@@ -144,11 +149,11 @@ def load_file(path):
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except OSError as e:
-        raise ConfigError("cannot read config %s: %s" % (path, e.strerror))
+        raise ConfigError("cannot read config %s: %s" % (short_path(path), e.strerror))
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError("config %s is not valid TOML: %s" % (path, e))
+        raise ConfigError("config %s is not valid TOML: %s" % (short_path(path), e))
     for key, value in data.items():
-        check(key, value, "config %s" % path)
+        check(key, value, "config %s" % short_path(path))
     return data
 
 

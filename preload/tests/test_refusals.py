@@ -234,6 +234,15 @@ def test_arguments_are_checked_up_front(tmp_path):
         r = cli(*argv, "--group", "nothere", "--run-dir", RUN_DIR) if argv[0] != "compat" else cli(*argv)
         assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, (argv, r.stderr)
         assert time.monotonic() - t0 < 10  # compat: refused before the suite runs
+    # whatever the input, the message stays short
+    big = "9" * 100000
+    for argv in (["up", "--cores", big], ["up", "--config", big], ["up", "--address", big], ["up", "--group", big],
+                 ["up", "--echo", big], ["run", "--instance", big, "--", "true"], ["netstat", "--state", big],
+                 ["top", "--interval", big], ["compat", "--matrix", big]):
+        t0 = time.monotonic()
+        r = cli(*argv)
+        assert r.returncode in (1, 2) and len(r.stderr) < 1000 and "Traceback" not in r.stderr, (argv[:2], r.stderr)
+        assert time.monotonic() - t0 < 10
     # the states are ss's names, in any case
     r = cli("netstat", "--state", "time-wait", "--group", "nothere", "--run-dir", RUN_DIR)
     assert r.returncode == 1 and "not up" in r.stderr
