@@ -397,20 +397,17 @@ def test_operators_are_told(tmp_path):
         assert head[1].split() == ["PID", "COMMAND", "SOCKETS", "LISTENERS"]
         assert head[2].split() == [str(pid), "python3" if "python3" in head[2] else head[2].split()[1], "1", "1"]
         assert "up:" in head[3]
-    finally:
-        if p:
-            p.stdin.close()
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                stop_pids([p.pid])
-    r = g.cli("down")
-    try:
+        p.stdin.close()
+        p.wait(10)
+        r = g.cli("down")
         assert r.returncode == 0 and r.stdout.splitlines()[0] == "shardsock: stopping group %s: no program " \
             "attached" % g.name, r.stdout
+        nothing_left(g.ns, g.name)
     finally:
+        if p and p.poll() is None:
+            stop_pids([p.pid])
+        g.cli("down")  # after a failure: what the test made goes
         g.ns.delete()
-    nothing_left(g.ns, g.name)
 
 
 @root_only
