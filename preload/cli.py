@@ -436,7 +436,9 @@ def bash_completion(parser):
     """A bash completion script from the parser itself: commands, then each
     command's options, and the choices of those that have them."""
     from preload.config import BACKENDS
-    values = {"backend": BACKENDS}  # checked by preload/config.py (exit 1 and the fix), not by argparse
+    from preload.engine import TCP_STATES
+    # checked by preload/config.py (exit 1 and the fix) and by tcp_state, not by argparse's choices
+    values = {"backend": BACKENDS, "state": TCP_STATES}
     subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     cases = []
     for name, sp in subs.choices.items():

@@ -243,6 +243,12 @@ def test_arguments_are_checked_up_front(tmp_path):
         r = cli(*argv)
         assert r.returncode in (1, 2) and len(r.stderr) < 1000 and "Traceback" not in r.stderr, (argv[:2], r.stderr)
         assert time.monotonic() - t0 < 10
+    # completion offers the states
+    script = tmp_path / "shardsock.bash"
+    script.write_text(cli("completion", "bash").stdout)
+    r = subprocess.run(["bash", "-c", 'source "$0"; COMP_WORDS=(shardsock netstat --state E); COMP_CWORD=3; '
+                        '_shardsock; echo "${COMPREPLY[@]}"', str(script)], capture_output=True, text=True)
+    assert r.stdout.split() == ["ESTABLISHED"], r.stdout + r.stderr
     # the states are ss's names, in any case
     r = cli("netstat", "--state", "time-wait", "--group", "nothere", "--run-dir", RUN_DIR)
     assert r.returncode == 1 and "not up" in r.stderr
