@@ -4,14 +4,16 @@ checking a TOML file, and the effective configuration.
 
 Precedence, lowest first: the defaults below, the configuration file, the
 command line.  The file is the one ``--config`` names, else the one
-``$SHARDSOCK_CONFIG`` names, else ``/etc/shardsock/shardsock.toml`` if it
-exists.  docs/CONFIG.md is the reference; a test keeps it equal to KEYS.
+``$SHARDSOCK_CONFIG`` names, else ``/etc/shardsock/GROUP.toml`` (GROUP:
+--group, default "default"), else ``/etc/shardsock/shardsock.toml``, the
+first that exists.  docs/CONFIG.md is the reference; a test keeps it equal to KEYS.
 """
 import ipaddress
 import os
 import re
 
-SEARCH_PATH = ("/etc/shardsock/shardsock.toml",)
+CONFIG_DIR = "/etc/shardsock"
+SEARCH_PATH = (CONFIG_DIR + "/{group}.toml", CONFIG_DIR + "/shardsock.toml")  # the group's own file first
 BACKENDS = ("tap", "afpacket", "afxdp")
 PROFILES = {
     # the library's settings each profile sets (shim/shim.c SS_SETTINGS)
@@ -71,7 +73,8 @@ KEYS = {
                      "through it)"),
     "gateway": (None, lambda v: v is None or (isinstance(v, str) and _addr(v)), "an IPv4 address",
                 "next hop for destinations off the subnet (none: only the subnet is reachable)"),
-    "cores": (None, lambda v: v is None or (isinstance(v, str) and _cores(v)), "a CPU list such as \"0-3,6\"",
+    "cores": (None, lambda v: v is None or (isinstance(v, str) and _cores(v)),
+              "a CPU list such as \"0-3,6\" (CPUs 0-8191)",
               "one instance per listed core (none: every online core)"),
     "echo": (None, lambda v: v is None or _port(v), "a port, 1-65535",
              "port of the built-in TCP echo service (RFC 862); none: off"),
@@ -86,6 +89,11 @@ KEYS = {
                       "down (0: never restart)"),
     "restart_window_s": (60, lambda v: isinstance(v, (int, float)) and v > 0, "seconds, more than 0",
                          "the window restart_limit counts in"),
+    "read_group": ("shardsock", lambda v: isinstance(v, (str, int)) and not isinstance(v, bool) and (
+        re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", str(v)) is not None or (isinstance(v, int) and v >= 0)),
+                   "a group name or a gid",
+                   "members of this Unix group may run status, stat and top (read-only) without root; up gives "
+                   "it the group's run directory (none such on the system: root only)"),
     "profile": (None, lambda v: v is None or v in PROFILES, "one of " + ", ".join(PROFILES),
                 "run: the library's settings for throughput (sleep at once) or latency (busy-poll 50 us "
                 "before sleeping); none: throughput's"),
@@ -98,25 +106,41 @@ KEYS = {
 DEFAULTS = {k: v[0] for k, v in KEYS.items()}
 
 
-def find_file(explicit=None):
-    """The configuration file to read, and whether one was asked for."""
+def find_file(explicit=None, group=None):
+    """The configuration file to read: --config, else $SHARDSOCK_CONFIG,
+    else the group's own /etc/shardsock/GROUP.toml, else the shared
+    /etc/shardsock/shardsock.toml (None: no file)."""
     if explicit:
         return explicit
     env = os.environ.get("SHARDSOCK_CONFIG")
     if env:
         return env
     for path in SEARCH_PATH:
+        if "{group}" in path and not group:
+            continue
+        path = path.format(group=group)
         if os.path.exists(path):
             return path
     return None
 
 
+def short(value, limit=40):
+    """repr(value), cut short: an error message stays one line whatever the input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 5] + "...'"
+
+
+def short_path(path, limit=200):
+    """A path for a message: its end, when it is long."""
+    return path if len(path) <= limit else "..." + path[-limit:]
+
+
 def check(key, value, where):
     if key not in KEYS:
-        raise ConfigError("%s: unknown key %r; valid keys: %s (see docs/CONFIG.md)"
-                          % (where, key, ", ".join(sorted(KEYS))))
+        raise ConfigError("%s: unknown key %s; valid keys: %s (see docs/CONFIG.md)"
+                          % (where, short(key), ", ".join(sorted(KEYS))))
     if not KEYS[key][1](value):
-        raise ConfigError("%s: %s = %r is not valid; use %s" % (where, key, value, KEYS[key][2]))
+        raise ConfigError("%s: %s = %s is not valid; use %s" % (where, key, short(value), KEYS[key][2]))
 
 
 def load_file(path):
@@ -125,11 +149,11 @@ def load_file(path):
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except OSError as e:
-        raise ConfigError("cannot read config %s: %s" % (path, e.strerror))
+        raise ConfigError("cannot read config %s: %s" % (short_path(path), e.strerror))
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError("config %s is not valid TOML: %s" % (path, e))
+        raise ConfigError("config %s is not valid TOML: %s" % (short_path(path), e))
     for key, value in data.items():
-        check(key, value, "config %s" % path)
+        check(key, value, "config %s" % short_path(path))
     return data
 
 
@@ -137,7 +161,8 @@ def effective(file=None, flags=None):
     """(settings, source of each): defaults, then the file, then the flags
     given (None: not given)."""
     cfg, source = dict(DEFAULTS), {k: "default" for k in KEYS}
-    path = find_file(file)
+    group = (flags or {}).get("group") or DEFAULTS["group"]
+    path = find_file(file, group)
     if path:
         for key, value in load_file(path).items():
             cfg[key], source[key] = value, path

@@ -3,9 +3,8 @@ interfaces: the tun driver's ioctls for the TAP device, netlink (pyroute2)
 for addresses and link state.  Nothing here parses the output of ``ip``."""
 import fcntl
 import os
+import socket
 import struct
-
-from pyroute2 import IPRoute
 
 TUNSETIFF = 0x400454CA
 TUNSETPERSIST = 0x400454CB
@@ -16,6 +15,33 @@ IFF_MULTI_QUEUE = 0x0100
 
 class SetupError(Exception):
     """A device or address could not be set up; the message says what to do."""
+
+
+def IPRoute():
+    """pyroute2's netlink socket, imported when first needed: the commands
+    that never touch a device (--help, status, stat...) run without it."""
+    try:
+        from pyroute2 import IPRoute as ipr
+    except ImportError:
+        raise SetupError("the Python package pyroute2 is missing (devices and addresses are set up through it): "
+                         "pip install pyroute2, or apt-get install python3-pyroute2")
+    return ipr()
+
+
+def kernel_addresses():
+    """The kernel's IPv4 addresses: [(interface, address, prefixlen)]."""
+    with IPRoute() as ip:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ip.get_links()}
+        return [(names.get(a["index"], "?"), a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+                for a in ip.get_addr(family=socket.AF_INET)]
+
+
+def kernel_routes():
+    """The main table's IPv4 routes but the default: [(interface, "net/len")]."""
+    with IPRoute() as ip:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ip.get_links()}
+        return [(names.get(r.get_attr("RTA_OIF"), "?"), "%s/%d" % (r.get_attr("RTA_DST"), r["dst_len"]))
+                for r in ip.get_routes(family=socket.AF_INET, table=254) if r["dst_len"] > 0]
 
 
 def link_index(name):

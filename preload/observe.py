@@ -6,11 +6,13 @@ connections and attached processes come from the control requests
 "netstat" and "procs" (core/daemon/shardsockd.c).  Only ``tcp_state``
 holds gauges (connections by state now); every other counter only grows.
 """
+import datetime
 import json
 import os
 import time
 
-from preload.instances import GroupError, attached, control, group_dir, load_state, process_name, stat, words
+from preload.instances import (GroupError, attached, control, group_dir, load_state, may_ask, process_name,
+                               stat, words)
 
 BASELINE = "stat-baseline.json"
 
@@ -61,8 +63,9 @@ def since_reset(cfg, absolute=False):
 
 
 def rates(cfg, interval):
-    """Per-second deltas of every counter over interval seconds (gauges:
-    their value at the end)."""
+    """Per-second deltas of every counter over interval seconds, and apart
+    from them, under "gauges", the gauges' values at the end (tcp_state:
+    connections by state now)."""
     a = stat(cfg)
     t0 = time.monotonic()
     time.sleep(interval)
@@ -70,11 +73,11 @@ def rates(cfg, interval):
     dt = time.monotonic() - t0
     out = {"interval_s": round(dt, 3), "instances": []}
     for x, y in zip(a["instances"], b["instances"]):
-        c = None
+        c = g = None
         if x["counters"] and y["counters"]:
             c = {k: round((y["counters"][k] - x["counters"][k]) / dt, 1) for k in y["counters"] if k != "tcp_state"}
-            c["tcp_state"] = y["counters"]["tcp_state"]
-        out["instances"].append({"instance": y["instance"], "core": y["core"], "counters": c})
+            g = {"tcp_state": y["counters"]["tcp_state"]}
+        out["instances"].append({"instance": y["instance"], "core": y["core"], "counters": c, "gauges": g})
     return out
 
 
@@ -84,7 +87,11 @@ def connections(cfg):
     state = load_state(cfg)
     if state is None:
         raise GroupError("group %r is not up; start it with 'shardsock up'" % cfg["group"])
+    if not may_ask(cfg, 0):
+        raise GroupError("netstat asks the instances, and they answer only root (and their own user): run it as "
+                         "root; status, stat and top need only read access (the group read_group names)")
     out = []
+    names = {}  # pid -> command: many sockets share few processes
     for inst in state["instances"]:
         text = control(cfg, inst["instance"], "netstat")
         if text is None:
@@ -97,7 +104,8 @@ def connections(cfg):
             service = w.get("service")
             rec = {"instance": inst["instance"], "state": w["state"], "local": w["local"],
                    "remote": w["remote"], "recv_q": int(w["rcv_queued"]), "send_q": int(w["snd_queued"]),
-                   "processes": [{"pid": p, "command": process_name(p)} for p in pids],
+                   "processes": [{"pid": p, "command": names[p] if p in names else names.setdefault(
+                       p, process_name(p))} for p in pids],
                    "service": service, "retransmits": int(w["retransmits"]), "rto_us": int(w["rto_us"]),
                    "srtt_us": int(w["srtt_us"]), "cwnd": int(w["cwnd"])}
             if w["state"] == "LISTEN":
@@ -126,7 +134,18 @@ def filter_connections(conns, port=None, state=None, pid=None, listening=False):
 
 
 def cpu_seconds(pid):
-    """User plus system CPU time of a process, in seconds (None: gone)."""
+    """CPU time of a process, in seconds (None: gone): the scheduler's
+    nanosecond count summed over its threads (/proc/PID/task/*/schedstat),
+    else user plus system time in clock ticks (10 ms: too coarse for a
+    share to 0.1% over a second)."""
+    try:
+        total = 0
+        for tid in os.listdir("/proc/%d/task" % pid):
+            with open("/proc/%d/task/%s/schedstat" % (pid, tid)) as f:
+                total += int(f.read().split()[0])
+        return total / 1e9
+    except (OSError, IndexError, ValueError):
+        pass
     try:
         with open("/proc/%d/stat" % pid) as f:
             fields = f.read().rsplit(")", 1)[1].split()
@@ -148,7 +167,10 @@ def top_sample(cfg, prev):
         raise GroupError("group %r is not up; start it with 'shardsock up'" % cfg["group"])
     now = time.monotonic()
     snap = stat(cfg)
-    sample = {"time": now, "instances": []}
+    # "time": when, for a reader (ISO 8601, local time with its offset);
+    # "monotonic": what the rates divide by
+    sample = {"time": datetime.datetime.now().astimezone().isoformat(timespec="milliseconds"), "monotonic": now,
+              "instances": []}
     for inst, s in zip(state["instances"], snap["instances"]):
         c = s["counters"] or {}
         row = {"instance": inst["instance"], "core": inst["core"], "pid": inst.get("pid"),
@@ -159,23 +181,28 @@ def top_sample(cfg, prev):
                "processes": [dict(p, cpu_s=cpu_seconds(p["pid"])) for p in
                              (attached(cfg, inst["instance"]) if c else [])]}
         p = next((x for x in prev["instances"] if x["instance"] == row["instance"]), None) if prev else None
-        dt = now - prev["time"] if prev else None
+        dt = now - prev["monotonic"] if prev else None
 
-        def per_s(new, old):
-            return round((new - old) / dt, 1) if dt and new is not None and old is not None else None
+        def per_s(new, old, digits=1):
+            """(new - old) per second, rounded to digits (None: not rounded)."""
+            if not dt or new is None or old is None:
+                return None
+            return (new - old) / dt if digits is None else round((new - old) / dt, digits)
         row["rx_pps"] = per_s(row["raw"]["eth_rx_frames"], p and p["raw"]["eth_rx_frames"])
         row["tx_pps"] = per_s(row["raw"]["eth_tx_frames"], p and p["raw"]["eth_tx_frames"])
         row["accept_local_per_s"] = per_s(row["raw"]["accept_local"], p and p["raw"]["accept_local"])
         row["accept_global_per_s"] = per_s(row["raw"]["accept_global"], p and p["raw"]["accept_global"])
         row["retransmits_per_s"] = per_s(row["raw"]["tcp_retransmits"], p and p["raw"]["tcp_retransmits"])
         row["drops_per_s"] = per_s(row["drops"], p and p["drops"])
-        row["cpu_pct"] = (round(100 * per_s(row["cpu_s"], p["cpu_s"]), 1)
-                          if p and p.get("pid") == row["pid"] and per_s(row["cpu_s"], p["cpu_s"]) is not None
-                          else None)
+        # CPU seconds per second, as a percentage to 0.1: rounded once, at
+        # the end (rounding the share first gave 10-point steps)
+        # (a thread that ended takes its time away: never below 0)
+        r = per_s(row["cpu_s"], p["cpu_s"], None) if p and p.get("pid") == row["pid"] else None
+        row["cpu_pct"] = round(100 * max(r, 0.0), 1) if r is not None else None
         for proc in row["processes"]:
             old = next((x for x in p["processes"] if x["pid"] == proc["pid"]), None) if p else None
-            r = per_s(proc["cpu_s"], old and old["cpu_s"])
-            proc["cpu_pct"] = round(100 * r, 1) if r is not None else None
+            r = per_s(proc["cpu_s"], old and old["cpu_s"], None)
+            proc["cpu_pct"] = round(100 * max(r, 0.0), 1) if r is not None else None
         sample["instances"].append(row)
     return sample
 
@@ -183,7 +210,7 @@ def top_sample(cfg, prev):
 def format_top(sample, group):
     def f(v, fmt="%.0f"):
         return "-" if v is None else fmt % v
-    lines = ["shardsock top: group %s, %s" % (group, time.strftime("%H:%M:%S")),
+    lines = ["shardsock top: group %s, %s" % (group, sample["time"][11:19]),
              "%-5s %-5s %10s %10s %7s %9s %9s %9s %8s %6s" % (
                  "INST", "CORE", "RX pkt/s", "TX pkt/s", "CONNS", "ACC-LOC/s", "ACC-GLB/s", "RETRANS/s",
                  "DROPS/s", "CPU%")]

@@ -74,7 +74,9 @@ class Supervisor:
             args += ["--doorbells", ",".join(map(str, self.doorbells))]
         r, w = os.pipe()
         with open(os.path.join(group_dir(self.cfg), "instance-%d.log" % k), "a") as logf:
-            p = subprocess.Popen(args + ["--ready-fd", str(w)], pass_fds=(w, *self.doorbells),
+            # systemd's socket is the supervisor's to speak on, not the instances'
+            env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+            p = subprocess.Popen(args + ["--ready-fd", str(w)], pass_fds=(w, *self.doorbells), env=env,
                                  stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True)
         os.close(w)
         self.procs[k] = p

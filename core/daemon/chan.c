@@ -1055,10 +1055,12 @@ int ss_chans_describe(struct ss_chans *cs, int sid, char *buf, size_t len)
     size_t n = 0;
     int chan = cs->sid_chan[sid];
     uint32_t k = cs->sid_slot[sid];
-    while (chan >= 0 && n < len) {
+    /* every holder is counted, written or not (as snprintf): the caller
+     * grows its buffer to the length returned */
+    for (int hops = 0; chan >= 0 && hops < SS_MAX_CHANNELS; hops++) {
         struct ss_chan_host *c = cs->c[chan];
         struct ss_chan_socket *so = &c->r->sock[k];
-        int w = snprintf(buf + n, len - n,
+        int w = snprintf(n < len ? buf + n : NULL, n < len ? len - n : 0,
                          " proc=%d/%u pid=%d rx=%u/%u tx=%u/%u ready=%#x kicked=%u evq=%u app_sleeping=%u%s%s", chan,
                          k, c->pid, so->rx.head, so->rx.tail, so->tx.head, so->tx.tail, so->ready, so->kicked, so->evq,
                          c->r->app_sleeping, c->s[k].zombie ? " zombie" : "", c->s[k].eof ? " eof" : "");
@@ -1069,7 +1071,7 @@ int ss_chans_describe(struct ss_chans *cs, int sid, char *buf, size_t len)
         k = c->s[k].next_slot;
         chan = next;
     }
-    return n < len ? (int)n : (int)len - 1;
+    return (int)n;
 }
 
 int ss_chans_procs(struct ss_chans *cs, char *buf, size_t len)

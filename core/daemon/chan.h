@@ -62,7 +62,9 @@ bool ss_chans_may_sleep(struct ss_chans *cs);
 void ss_chans_awake(struct ss_chans *cs);
 void ss_chans_destroy(struct ss_chans *cs);
 /* For netstat: the holders of engine socket sid and their rings, as
- * " proc=CHANNEL/SLOT ..." words; 0 when it is no channel's. */
+ * " proc=CHANNEL/SLOT ..." words; 0 when it is no channel's.  Returns the
+ * length of the whole list, as snprintf: len or more, and buf holds only
+ * its start (grow it and ask again). */
 int ss_chans_describe(struct ss_chans *cs, int sid, char *buf, size_t len);
 /* For status: one line per attached process, "proc=CHANNEL pid=PID
  * sockets=N listeners=N gone=0|1" (gone: exec'd or ended, its channel kept

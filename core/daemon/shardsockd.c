@@ -250,15 +250,27 @@ static void run_services(struct instance *in)
 /* ---- control socket ---- */
 
 /* One line per socket (free ids excepted): its TCP state, queues and holders, as
- * `shardsock netstat` will show it. */
+ * `shardsock netstat` will show it.  The holders' list has no bound but the
+ * number of channels: it goes in a buffer grown to fit (a fixed one cut a
+ * listener's list of forked workers short, in the middle of a pid). */
 static void control_netstat(struct instance *in, int c)
 {
-    char line[1024], procs[512];
+    char line[1024];
+    char *procs = NULL, *msg = NULL;
+    size_t procs_cap = 0, msg_cap = 0;
     for (uint32_t sid = 0; sid < in->max_sockets; sid++) {
         struct ss_tcp_info ti;
-        int np = ss_chans_describe(&in->chans, (int)sid, procs, sizeof procs);
         if (ss_tcp_info(in->e, (int)sid, &ti) < 0)
             continue; /* a free socket id; every other one is listed, orphans (TIME_WAIT...) too, as ss -tan does */
+        int np = ss_chans_describe(&in->chans, (int)sid, procs, procs_cap);
+        if (np > 0 && (size_t)np >= procs_cap) {
+            char *grown = realloc(procs, (size_t)np + 1);
+            if (!grown)
+                break;
+            procs = grown;
+            procs_cap = (size_t)np + 1;
+            np = ss_chans_describe(&in->chans, (int)sid, procs, procs_cap);
+        }
         /* a listener: its backlog in use, and whether a process uses it (listen spawn) */
         char listen_info[96] = "";
         if (ti.state == SS_TCP_LISTEN)
@@ -267,19 +279,35 @@ static void control_netstat(struct instance *in, int c)
         int n = snprintf(line, sizeof line,
                          "sid=%u state=%s local=%u.%u.%u.%u:%u remote=%u.%u.%u.%u:%u snd_una=%u snd_nxt=%u "
                          "snd_wnd=%u cwnd=%u ssthresh=%u rto_us=%u srtt_us=%u retransmits=%u snd_queued=%u "
-                         "rcv_nxt=%u rcv_wnd=%u rcv_queued=%u%s%s\n",
+                         "rcv_nxt=%u rcv_wnd=%u rcv_queued=%u%s%s",
                          sid, ss_tcp_state_name(ti.state), ti.local_ip >> 24, ti.local_ip >> 16 & 255,
                          ti.local_ip >> 8 & 255, ti.local_ip & 255, ti.local_port, ti.remote_ip >> 24,
                          ti.remote_ip >> 16 & 255, ti.remote_ip >> 8 & 255, ti.remote_ip & 255, ti.remote_port,
                          ti.snd_una, ti.snd_nxt, ti.snd_wnd, ti.cwnd, ti.ssthresh, ti.rto_us, ti.srtt_us,
                          ti.retransmits, ti.snd_queued, ti.rcv_nxt, ti.rcv_wnd, ti.rcv_queued, listen_info,
-                         np                                                                    ? procs
+                         np                                                                    ? ""
                          : in->role[sid] == ROLE_ECHO || in->role[sid] == ROLE_ECHO_LISTEN    ? " service=echo"
                          : in->role[sid] == ROLE_DISCARD || in->role[sid] == ROLE_DISCARD_LISTEN ? " service=discard"
                                                                                                  : "");
-        if (send(c, line, (size_t)n, MSG_NOSIGNAL) < 0)
-            return;
+        if (n < 0 || (size_t)n >= sizeof line)
+            continue; /* cannot be: the fields above have bounded widths */
+        size_t need = (size_t)n + (size_t)np + 1;
+        if (need > msg_cap) {
+            char *grown = realloc(msg, need);
+            if (!grown)
+                break;
+            msg = grown;
+            msg_cap = need;
+        }
+        memcpy(msg, line, (size_t)n);
+        if (np > 0)
+            memcpy(msg + n, procs, (size_t)np);
+        msg[need - 1] = '\n';
+        if (send(c, msg, need, MSG_NOSIGNAL) < 0)
+            break;
     }
+    free(procs);
+    free(msg);
 }
 
 static void control_request(struct instance *in)

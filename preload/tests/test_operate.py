@@ -429,7 +429,7 @@ print(round(t1.ru_utime + t1.ru_stime - t0.ru_utime - t0.ru_stime, 3))
     # usage errors: exit 2
     assert cli("run", *up.args, "--profile", "fast", "--", "true").returncode == 2
     r = cli("run", *up.args)
-    assert r.returncode == 1 and "name the program" in r.stderr
+    assert r.returncode == 2 and "name the program" in r.stderr
 
 
 @root_only
