@@ -5,7 +5,7 @@ SHELL := /bin/bash
 # Every Python step runs in the environment `make setup` makes (Debian's
 # python3 is externally managed, PEP 668; see scripts/setup.sh).
 VENV    := $(CURDIR)/.venv
-PY      ?= $(VENV)/bin/python
+PY      ?= $(VENV)/bin/python3
 CC      ?= cc
 BUILD   := build
 WARN    := -Wall -Wextra -Werror
@@ -36,7 +36,7 @@ setup: ## as root: Debian packages, the Python environment .venv, `shardsock` in
 	scripts/setup.sh
 
 # The environment, made once by `make setup`, for targets that need Python.
-$(VENV)/bin/python:
+$(VENV)/bin/python3:
 	scripts/setup.sh
 
 build: $(BUILD)/libssengine.a $(XDP_OBJ) $(BUILD)/shardsockd $(BUILD)/shardsockd-san $(BUILD)/echo_server $(BUILD)/echo_bench $(BUILD)/linkem $(BUILD)/libshardsock.so $(BUILD)/sockcheck $(BUILD)/threadstress $(BUILD)/pair $(BUILD)/pair-san $(BUILD)/wheel_test $(BUILD)/wheel_test-san preload/.engine-built ## build every C part
@@ -109,7 +109,7 @@ $(BUILD)/%-san: core/tests/%.c $(ENGINE_SAN)
 	@$(CC) $(CSTD) $(WARN) $(SAN) $(INC) $^ -o $@
 
 # The Python extension (preload/_engine*.so) and its sanitizer twin.
-preload/.engine-built: $(ENGINE_SRC) $(ENGINE_HDR) preload/_build_engine.py | $(VENV)/bin/python
+preload/.engine-built: $(ENGINE_SRC) $(ENGINE_HDR) preload/_build_engine.py | $(VENV)/bin/python3
 	@echo "  CFFI    preload/_engine (and its sanitizer build in $(BUILD)/asan)"
 	@$(PY) preload/_build_engine.py >/dev/null
 	@$(PY) preload/_build_engine.py --sanitize $(BUILD)/asan >/dev/null
