@@ -755,7 +755,12 @@ int ss_sock_getsockopt(int fd, struct ss_sock *s, int lvl, int opt, void *v, soc
     if (lvl == SOL_SOCKET && opt == SO_ERROR && v && len && *len >= (socklen_t)sizeof(int)) {
         int64_t err = 0;
         int own = pending_error(s);
-        ss_request(SS_OP_GETOPT, s->slot, SS_OPT_ERROR, 0, NULL, &err);
+        /* The instance moves the engine's error to the socket's word
+         * (pump) with the readiness that announces it, so only a socket
+         * whose word says SS_EV_ERR may hold one there still (its rx ring
+         * was full): no round trip per connect() for the rest. */
+        if (!own && (__atomic_load_n(&ss_so(s->slot)->ready, __ATOMIC_ACQUIRE) & SS_EV_ERR))
+            ss_request(SS_OP_GETOPT, s->slot, SS_OPT_ERROR, 0, NULL, &err);
         *(int *)v = own ? -own : err ? (int)-err : 0;
         *len = sizeof(int);
         return 0;
@@ -818,6 +823,10 @@ short ss_sock_revents(struct ss_sock *s, short events)
     if (!s->listening && !s->connecting && !(ready & (SS_CHAN_EV_CONNECTED | SS_CHAN_EV_EOF | SS_EV_ERR)))
         return (short)(POLLOUT & events) | POLLHUP;
     short r = (short)(ready & (POLLERR | POLLHUP | POLLRDHUP));
+    /* Linux: POLLERR while an error waits for SO_ERROR (or a call) to take
+     * it; the instance may have moved it from the engine to the word */
+    if (__atomic_load_n(&so->error, __ATOMIC_ACQUIRE))
+        r |= POLLERR;
     if (s->listening) {
         /* connections accepted ahead, or waiting in the engine beyond them */
         if ((ready & POLLIN) || __atomic_load_n(&so->rx.head, __ATOMIC_ACQUIRE) != so->rx.tail)

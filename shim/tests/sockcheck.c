@@ -315,6 +315,20 @@ int main(int argc, char **argv)
     show("connect wrong family", connect(u, (struct sockaddr *)&v6, sizeof v6));
     show("connect refused", connect(u, (struct sockaddr *)&closed, sizeof closed));
     close(u);
+    /* refused, non-blocking: SO_ERROR says it once */
+    u = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    printf("connect nonblocking to a closed port: %s\n",
+           connect(u, (struct sockaddr *)&closed, sizeof closed) == 0 ? "0" : ename(errno));
+    int urev = wait_fd(u, POLLOUT, 5000);
+    printf("poll refused: out %d err %d hup %d\n", !!(urev & POLLOUT), !!(urev & POLLERR), !!(urev & POLLHUP));
+    int uerr = -1;
+    socklen_t uel = sizeof uerr;
+    getsockopt(u, SOL_SOCKET, SO_ERROR, &uerr, &uel);
+    printf("SO_ERROR refused: %s\n", uerr ? ename(uerr) : "0");
+    uerr = -1;
+    getsockopt(u, SOL_SOCKET, SO_ERROR, &uerr, &uel);
+    printf("SO_ERROR again: %d\n", uerr);
+    close(u);
     show("close closed", close(u));
     show("send bad fd", send(9999, "x", 1, 0));
 
