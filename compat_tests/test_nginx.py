@@ -19,6 +19,8 @@ import pytest
 
 from topology import stop_pids  # noqa: E402  (conftest.py puts scripts/ on the path)
 
+from preload.bench import wrk_errors  # noqa: E402
+
 STACK = "198.18.0.2"
 PORT = 8080
 NGINX = "/usr/sbin/nginx"  # by its path: the binary upgrade execs argv[0]
@@ -176,13 +178,7 @@ def wrk(ns, seconds, conns, path="64.bin", close=False, threads=2):
     assert r.returncode == 0, r.stderr
     out = r.stdout
     requests = int(re.search(r"(\d+) requests in", out).group(1))
-    errors = 0
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if m:
-        errors += sum(int(x) for x in m.groups())
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if m:
-        errors += int(m.group(1))
+    errors = wrk_errors(out)
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     return requests, errors, rate, out
 

@@ -305,6 +305,15 @@ def _wrk_time(text):
     return float(m.group(1)) * _WRK_UNITS[m.group(2)]
 
 
+def wrk_errors(out):
+    """The requests wrk's report counts as failed: socket errors (connect,
+    read, write, timeout) and answers other than 2xx or 3xx."""
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = sum(int(x) for x in m.groups()) if m else 0
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return errors + (int(non2xx.group(1)) if non2xx else 0)
+
+
 def parse_wrk(out):
     """wrk --latency's report -> requests, seconds, errors (socket errors and
     non-2xx/3xx answers), latency_us {mean, p50, p75, p90, p99}."""
@@ -316,10 +325,7 @@ def parse_wrk(out):
     for p in PERCENTILES:
         d = re.search(r"^\s*%s%%\s+(\S+)" % p[1:], out, re.M)
         latency[p] = _wrk_time(d.group(1)) if d else None
-    errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors += int(non2xx.group(1)) if non2xx else 0
-    return {"requests": int(m.group(1)), "seconds": _wrk_time(m.group(2)) / 1e6, "errors": errors,
+    return {"requests": int(m.group(1)), "seconds": _wrk_time(m.group(2)) / 1e6, "errors": wrk_errors(out),
             "latency_us": latency}
 
 

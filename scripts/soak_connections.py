@@ -45,6 +45,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from topology import Group, Netns, stop_pids  # noqa: E402
 
+sys.path.insert(0, ROOT)
+from preload.bench import wrk_errors  # noqa: E402
+
 NGINX = "/usr/sbin/nginx"
 PORT = 8080
 RUN_DIR = "/run/shardsock-soak"
@@ -138,13 +141,7 @@ class Side:
         if r.returncode != 0 or not m:
             return 0, 0, 0.0
         requests = int(m.group(1))
-        errors = 0
-        e = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", r.stdout)
-        if e:
-            errors += sum(int(x) for x in e.groups())
-        e = re.search(r"Non-2xx or 3xx responses: (\d+)", r.stdout)
-        if e:
-            errors += int(e.group(1))
+        errors = wrk_errors(r.stdout)
         rate = float(re.search(r"Requests/sec:\s+([\d.]+)", r.stdout).group(1))
         return requests, errors, rate
 
@@ -176,15 +173,7 @@ class Side:
         finally:
             if p.poll() is None:
                 stop_pids([p.pid])
-        out = "".join(rest)
-        errors = 0
-        e = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-        if e:
-            errors += sum(int(x) for x in e.groups())
-        e = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-        if e:
-            errors += int(e.group(1))
-        yield "end", errors
+        yield "end", wrk_errors("".join(rest))
 
     def counters(self):
         if not self.group:

@@ -345,14 +345,10 @@ def test_closing_local_listener_moves_its_queue(group):
     assert sid >= 0 and a.state(sid) == "ESTABLISHED"
 
 
-def test_syn_reopening_a_time_wait_goes_to_a_listener_in_another_instance(group):
-    """A SYN that may reopen a pair in TIME-WAIT (RFC 6191: a newer
-    timestamp) where the TIME-WAIT's instance no longer listens, but
-    another does (the process that listened here left): the TIME-WAIT ends
-    and the SYN goes to that listener, as any SYN for no connection does.
-    It used to meet the TIME-WAIT's sequence check instead: a challenge
-    ACK, and the peer's connect waited for the TIME-WAIT to end."""
-    a, b = group.stacks
+def _time_wait_at(a, b):
+    """Port 80 listens in both instances; a connection to a, closed by a
+    first, ends in TIME-WAIT there (timestamps on).  Returns a's listener
+    and the peer."""
     la = a.listen(80)
     b.listen(80)
     peer = Peer(a, ts=100)
@@ -363,6 +359,18 @@ def test_syn_reopening_a_time_wait_goes_to_a_listener_in_another_instance(group)
     peer.tsval = 200
     peer.seg("FA", options=peer.ts_option(tcp_options(fin)["Timestamp"][0]))
     a.expect({"flags": "A"})
+    return la, peer
+
+
+def test_syn_reopening_a_time_wait_goes_to_a_listener_in_another_instance(group):
+    """A SYN that may reopen a pair in TIME-WAIT (RFC 6191: a newer
+    timestamp) where the TIME-WAIT's instance no longer listens, but
+    another does (the process that listened here left): the TIME-WAIT ends
+    and the SYN goes to that listener, as any SYN for no connection does.
+    It used to meet the TIME-WAIT's sequence check instead: a challenge
+    ACK, and the peer's connect waited for the TIME-WAIT to end."""
+    a, b = group.stacks
+    la, peer = _time_wait_at(a, b)
     a.close(la)
     p2 = Peer(a, sport=peer.sport, isn=(peer.nxt + 100000) % 2**32, ts=300)
     p2.seg("S", options=p2.syn_options())
@@ -381,16 +389,7 @@ def test_syn_for_a_pair_in_time_wait_at_another_instance_reopens_it_there(group)
     pair there (RFC 6191).  The client's port choice need not know of a
     TIME-WAIT in another instance: the timestamps decide where it is."""
     a, b = group.stacks
-    la = a.listen(80)
-    b.listen(80)
-    peer = Peer(a, ts=100)
-    sid = passive_open(a, la, peer)
-    a.close(sid)
-    (fin,) = a.expect({"flags": "FA"})
-    peer.rcv = fin.seq + 1
-    peer.tsval = 200
-    peer.seg("FA", options=peer.ts_option(tcp_options(fin)["Timestamp"][0]))
-    a.expect({"flags": "A"})
+    _, peer = _time_wait_at(a, b)
     p2 = Peer(b, sport=peer.sport, isn=(peer.nxt - 100000) % 2**32, ts=300)
     p2.seg("S", options=p2.syn_options())
     b.expect_nothing()
