@@ -257,7 +257,7 @@ def cmd_status(args):
             "yes" if i["healthy"] else "NO"))
     procs = [(i["instance"], p) for i in st["instances"] for p in i["processes"]]
     if not st.get("processes_visible", True):
-        print("\n(attached programs: the instances tell only root)")
+        print("\n(attached programs: the instances tell root, their own user and the read group's members)")
     if procs:
         print("\n%-9s %-8s %-16s %-8s %s" % ("INSTANCE", "PID", "COMMAND", "SOCKETS", "LISTENERS"))
         for k, p in procs:
@@ -524,7 +524,7 @@ COMMANDS = {"run": cmd_run, "up": cmd_up, "down": cmd_down, "status": cmd_status
 
 
 # What a member of read_group may run (stat --reset writes: root's).
-READ_ONLY = ("status", "stat", "top")
+READ_ONLY = ("status", "stat", "top", "netstat")
 
 
 # Python modules the commands import, and the package that gives each.

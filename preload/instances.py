@@ -227,12 +227,14 @@ def read_gid(cfg):
 
 
 def may_ask(cfg, k):
-    """Whether this user may ask instance k over its control socket: the
-    instances answer root and their own user only."""
+    """Whether this user may ask instance k what it reads (netstat, procs)
+    over its control socket: the instances answer root, their own user, and
+    the members of the read group, which owns the socket file."""
     try:
-        return os.geteuid() in (0, os.stat(os.path.join(group_dir(cfg), "instance-%d.sock" % k)).st_uid)
+        st = os.stat(os.path.join(group_dir(cfg), "instance-%d.sock" % k))
     except OSError:
         return False
+    return os.geteuid() in (0, st.st_uid) or st.st_gid in os.getgroups() or st.st_gid == os.getegid()
 
 
 def read_hint(cfg):
@@ -249,10 +251,10 @@ def read_hint(cfg):
             name = grp.getgrgid(gid).gr_name
         except KeyError:
             name = str(gid)
-        return "status, stat and top need root, or membership of the group %s (gid %d): usermod -aG %s $USER" % (
-            name, gid, name)
+        return "status, stat, top and netstat need root, or membership of the group %s (gid %d): usermod -aG %s " \
+            "$USER" % (name, gid, name)
     v = str(cfg.get("read_group") or "shardsock")
-    return ("status, stat and top need root, or membership of the group %s (read_group): groupadd --system %s, "
+    return ("status, stat, top and netstat need root, or membership of the group %s (read_group): groupadd --system %s, "
             "usermod -aG %s $USER, then 'shardsock restart' gives it the group's files" % (v, v, v))
 
 
@@ -410,6 +412,9 @@ def instance_argv(cfg, state, k, core):
         args += ["--echo", str(cfg["echo"])]
     if cfg["discard"]:
         args += ["--discard", str(cfg["discard"])]
+    gid = read_gid(cfg)
+    if gid is not None:
+        args += ["--read-gid", str(gid)]
     return args
 
 
@@ -486,6 +491,9 @@ def serving(cfg, instance=None):
             k, cfg["group"], e.strerror or e, group_flag(cfg))
     finally:
         c.close()
+    if answer.startswith(b"readonly"):
+        return n, ("instance %d reads to you (uid %d) but does not serve you: the instances serve only root's "
+                   "programs and their own user's; run as root" % (k, os.geteuid()))
     if not answer.startswith(b"pong"):
         return n, ("instance %d refuses you (uid %d): the instances serve only root's programs and their own "
                    "user's; run as root" % (k, os.geteuid()))

@@ -88,8 +88,8 @@ def connections(cfg):
     if state is None:
         raise GroupError("group %r is not up; start it with 'shardsock up'" % cfg["group"])
     if not may_ask(cfg, 0):
-        raise GroupError("netstat asks the instances, and they answer only root (and their own user): run it as "
-                         "root; status, stat and top need only read access (the group read_group names)")
+        raise PermissionError(13, "the instances' control sockets answer root, their own user and the read "
+                              "group's members", os.path.join(group_dir(cfg), "instance-0.sock"))
     out = []
     names = {}  # pid -> command: many sockets share few processes
     for inst in state["instances"]:

@@ -58,6 +58,7 @@ struct options {
     bool have_peer_mac;
     int echo_port, discard_port;
     uint32_t spin_us;
+    long read_gid;       /* members may ask the read-only requests (netstat, procs, ping); -1: none */
 };
 
 struct instance {
@@ -310,6 +311,24 @@ static void control_netstat(struct instance *in, int c)
     free(msg);
 }
 
+/* Whether the peer of control connection c is in group gid (its primary
+ * group, or a supplementary one: SO_PEERGROUPS). */
+static bool peer_in_group(int c, const struct ucred *cred, long gid)
+{
+    if (gid < 0)
+        return false;
+    if ((long)cred->gid == gid)
+        return true;
+    gid_t groups[256];
+    socklen_t len = sizeof groups;
+    if (getsockopt(c, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0)
+        return false;
+    for (size_t i = 0; i < len / sizeof groups[0]; i++)
+        if ((long)groups[i] == gid)
+            return true;
+    return false;
+}
+
 static void control_request(struct instance *in)
 {
     int c = accept4(in->ctl, NULL, NULL, SOCK_CLOEXEC);
@@ -318,8 +337,15 @@ static void control_request(struct instance *in)
     struct ucred cred;
     socklen_t len = sizeof cred;
     char req[8192], rep[512]; /* a fork ticket may list every slot of a channel */
-    /* Same user or root only; the socket's mode says the same. */
-    if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || (cred.uid != 0 && cred.uid != getuid())) {
+    /* Same user or root; the read group's members (the socket file is
+     * theirs to connect to) only what reads: netstat, procs and ping, which
+     * tells them they are not served. */
+    if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+        close(c);
+        return;
+    }
+    bool full = cred.uid == 0 || cred.uid == getuid();
+    if (!full && !peer_in_group(c, &cred, in->opt.read_gid)) {
         close(c);
         return;
     }
@@ -341,7 +367,13 @@ static void control_request(struct instance *in)
             close(c);
             return;
         }
-        if (strncmp(req, "attach", 6) == 0) {
+        if (!full) {
+            /* a reader: its programs are not served (attach, fork), and it
+             * changes nothing (place, stop) */
+            snprintf(rep, sizeof rep, strncmp(req, "ping", 4) == 0 ? "readonly %d %d %d\n"
+                                                                   : "error: read-only access (the read group)\n",
+                     (int)getpid(), in->opt.instance, in->opt.core);
+        } else if (strncmp(req, "attach", 6) == 0) {
             if (ss_chans_attach(&in->chans, c) == 0)
                 return; /* the connection is the channel's now */
             snprintf(rep, sizeof rep, "error: cannot attach (too many processes, or out of memory)\n");
@@ -379,6 +411,10 @@ static int control_listen(struct instance *in)
     mode_t old = umask(0117); /* the socket file is created 0660 */
     int r = fd < 0 ? -1 : bind(fd, (struct sockaddr *)&a, sizeof a);
     umask(old);
+    /* the read group's members may connect; control_request says what
+     * they may ask */
+    if (r == 0 && in->opt.read_gid >= 0 && chown(a.sun_path, (uid_t)-1, (gid_t)in->opt.read_gid) < 0)
+        r = -1;
     if (r < 0 || listen(fd, 16) < 0)
         return -1;
     return fd;
@@ -417,7 +453,8 @@ static void usage(void)
     fprintf(stderr, "usage: shardsockd --group NAME --instance K --instances N --core C --backend tap\n"
                     "       --interface IF --address A.B.C.D --netmask M --mac MAC [--gateway G]\n"
                     "       [--peer A.B.C.D --peer-mac MAC] [--echo PORT] [--discard PORT]\n"
-                    "       [--spin-us US] [--run-dir DIR] [--ready-fd FD] [--doorbells FD,FD,...]\n");
+                    "       [--spin-us US] [--run-dir DIR] [--ready-fd FD] [--doorbells FD,FD,...]\n"
+                    "       [--read-gid GID]\n");
     exit(2);
 }
 
@@ -428,7 +465,7 @@ static void parse_args(int argc, char **argv, struct options *o)
         {"backend", 1, 0, 'b'}, {"interface", 1, 0, 'i'}, {"address", 1, 0, 'a'}, {"netmask", 1, 0, 'm'},
         {"mac", 1, 0, 'M'}, {"gateway", 1, 0, 'G'}, {"peer", 1, 0, 'p'}, {"peer-mac", 1, 0, 'P'},
         {"echo", 1, 0, 'e'}, {"discard", 1, 0, 'd'}, {"spin-us", 1, 0, 's'}, {"run-dir", 1, 0, 'r'},
-        {"ready-fd", 1, 0, 'R'}, {"doorbells", 1, 0, 'D'}, {0, 0, 0, 0}};
+        {"ready-fd", 1, 0, 'R'}, {"doorbells", 1, 0, 'D'}, {"read-gid", 1, 0, 'x'}, {0, 0, 0, 0}};
     memset(o, 0, sizeof *o);
     o->group = "default";
     o->backend = "tap";
@@ -439,6 +476,7 @@ static void parse_args(int argc, char **argv, struct options *o)
     o->ready_fd = -1;
     o->netmask = 0xffffff00u;
     o->spin_us = 20;
+    o->read_gid = -1;
     o->mac[0] = 0x02;
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -461,6 +499,7 @@ static void parse_args(int argc, char **argv, struct options *o)
         case 'r': o->run_dir = optarg; break;
         case 'R': o->ready_fd = atoi(optarg); break;
         case 'D': o->doorbells = optarg; break;
+        case 'x': o->read_gid = atol(optarg); break;
         default: usage();
         }
     }

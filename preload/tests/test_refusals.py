@@ -419,8 +419,9 @@ def test_operators_are_told(tmp_path):
 @root_only
 def test_read_only_commands_for_the_read_group(tmp_path):
     """A member of read_group (a gid here: no group is added to the system)
-    runs status, stat and top; anyone else is told which group to join;
-    netstat and what changes the group stay root's."""
+    runs status, stat, top and netstat; anyone else is told which group to
+    join; what changes the group stays root's, and the instances serve no
+    program of the member's."""
     gid = 40000 + os.getpid() % 20000
     cfg = tmp_path / "ss.toml"
     cfg.write_text("read_group = %d\n" % gid)
@@ -434,14 +435,19 @@ def test_read_only_commands_for_the_read_group(tmp_path):
         for argv in (["status"], ["stat"], ["stat", "--json"], ["top", "-n", "1", "--interval", "0.2"]):
             r = as_user(*argv, groups=gid)
             assert r.returncode == 0 and "Traceback" not in r.stderr, (argv, r.stderr)
+        # netstat and the attached programs come from the instances, which
+        # answer the read group's members what reads, and serve them nothing
         r = as_user("status", groups=gid)
-        assert "ready" in r.stdout and "the instances tell only root" in r.stdout
+        assert "ready" in r.stdout and "attached programs" not in r.stdout, r.stdout
         r = as_user("netstat", groups=gid)
-        assert r.returncode == 1 and "they answer only root" in r.stderr, r.stderr
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        assert "LISTEN" in r.stdout and ":7 " in r.stdout, r.stdout  # the echo service's listener
+        r = as_user("run", *g.args, "--", "true", groups=gid)
+        assert r.returncode == 0 and "does not serve you" in r.stderr, r.stderr
         for argv in (["stat", "--reset"], ["down"]):
             r = as_user(*argv, groups=gid)
             assert r.returncode == 1 and "needs root" in r.stderr, r.stderr
-        for argv in (["status"], ["stat"], ["top", "-n", "1"]):
+        for argv in (["status"], ["stat"], ["top", "-n", "1"], ["netstat"]):
             r = as_user(*argv, groups=gid + 1)
             assert r.returncode == 1 and "permission denied" in r.stderr and \
                 "membership of the group %d (gid %d)" % (gid, gid) in r.stderr, r.stderr
