@@ -92,8 +92,9 @@ KEYS = {
     "read_group": ("shardsock", lambda v: isinstance(v, (str, int)) and not isinstance(v, bool) and (
         re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", str(v)) is not None or (isinstance(v, int) and v >= 0)),
                    "a group name or a gid",
-                   "members of this Unix group may run status, stat and top (read-only) without root; up gives "
-                   "it the group's run directory (none such on the system: root only)"),
+                   "members of this Unix group may run status, stat, top and netstat (read-only) without root; "
+                   "up gives it the group's run directory and the instances' control sockets, which answer its "
+                   "members only what reads (none such on the system: root only)"),
     "profile": (None, lambda v: v is None or v in PROFILES, "one of " + ", ".join(PROFILES),
                 "run: the library's settings for throughput (sleep at once) or latency (busy-poll 50 us "
                 "before sleeping); none: throughput's"),

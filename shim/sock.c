@@ -239,12 +239,11 @@ static int take_ahead(struct ss_sock *s, struct sockaddr *a, socklen_t *len, int
         got = rec[tail % SS_CHAN_ACCEPTED];
     } while (!__atomic_compare_exchange_n(&so->rx.tail, &tail, tail + 1, false, __ATOMIC_ACQ_REL,
                                           __ATOMIC_ACQUIRE));
-    /* The engine counts what waits in the ring against the backlog, and
-     * the word says whether more wait beyond it: either way the instance
-     * must look again (a kick: no system call while it runs). */
-    if (__atomic_load_n(&so->ready, __ATOMIC_ACQUIRE) & SS_EV_IN || s->backlog <= 1 ||
-        __atomic_load_n(&so->rx.head, __ATOMIC_ACQUIRE) - tail > (uint32_t)s->backlog / 2)
-        ss_kick(s->slot);
+    /* The engine counts what waits in the ring against the backlog (and
+     * netstat shows it), and more may wait beyond it: the instance looks
+     * again (a kick: no system call while it runs, one doorbell for all
+     * the kicks of a pass while it sleeps). */
+    ss_kick(s->slot);
     if (got.slot >= SS_CHAN_SOCKETS) { /* the instance wrote it: never */
         free(c);
         REAL(close)(nfd);
