@@ -352,6 +352,13 @@ static bool routed_through_stack(uint32_t ip, uint16_t port)
     return ip != ss_ch.r->stack_ip && (ip & mask) == (ss_ch.r->stack_ip & mask) && ip != (ss_ch.r->stack_ip | ~mask);
 }
 
+static int pending_error(struct ss_sock *s)
+{
+    struct ss_chan_socket *so = ss_so(s->slot);
+    int32_t err = __atomic_exchange_n(&so->error, 0, __ATOMIC_ACQ_REL);
+    return err;
+}
+
 static int connect_result(struct ss_sock *s)
 {
     uint32_t ready = __atomic_load_n(&ss_so(s->slot)->ready, __ATOMIC_ACQUIRE);
@@ -360,8 +367,11 @@ static int connect_result(struct ss_sock *s)
         return 0;
     }
     if (ready & (SS_EV_ERR | SS_EV_HUP)) {
-        int64_t err = 0;
-        ss_request(SS_OP_GETOPT, s->slot, SS_OPT_ERROR, 0, NULL, &err);
+        /* the instance moved the engine's error to the word (pump), or
+         * the engine still holds it */
+        int64_t err = pending_error(s);
+        if (!err)
+            ss_request(SS_OP_GETOPT, s->slot, SS_OPT_ERROR, 0, NULL, &err);
         s->connecting = false;
         return err ? (int)err : -ECONNREFUSED;
     }
@@ -455,12 +465,6 @@ static uint32_t ring_copy(uint8_t *ring, uint32_t size, uint32_t pos, uint32_t n
     return moved;
 }
 
-static int pending_error(struct ss_sock *s)
-{
-    struct ss_chan_socket *so = ss_so(s->slot);
-    int32_t err = __atomic_exchange_n(&so->error, 0, __ATOMIC_ACQ_REL);
-    return err;
-}
 
 static ssize_t broken_pipe(int flags)
 {

@@ -385,6 +385,7 @@ static bool pump_listener(struct ss_chans *cs, struct ss_chan_host *c, uint32_t 
             if (n < 0)
                 break;
             map_slot(cs, c, (uint32_t)f, n);
+            c->s[f].connected = true; /* accepted: established, whatever came since */
             c->s[f].ahead_of = (uint16_t)(k + 1);
             fill_names(cs, c, (uint32_t)f);
             accepted_ring(c, k)[head % SS_CHAN_ACCEPTED] = (struct ss_chan_accepted){
@@ -485,7 +486,10 @@ static bool pump(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
     if (ev < 0)
         ev = SS_EV_ERR | SS_EV_HUP;
     {
-        if (ev & SS_EV_OUT)
+        /* Established once the engine says writable -- but a socket that
+         * never connected polls writable and hung up, as on Linux (a kick
+         * left on the ring by the slot's last socket pumps a fresh one) */
+        if ((ev & SS_EV_OUT) && !(ev & SS_EV_HUP))
             st->connected = true;
         if (rh != rt || st->eof)
             ready |= SS_EV_IN;
@@ -575,6 +579,7 @@ static void handle_request(struct ss_chans *cs, struct ss_chan_host *c, uint32_t
             break;
         }
         map_slot(cs, c, (uint32_t)f, n);
+        c->s[f].connected = true; /* accepted: established, whatever came since */
         fill_names(cs, c, (uint32_t)f);
         a0 = c->r->sock[f].remote_ip;
         a1 = c->r->sock[f].remote_port;

@@ -86,6 +86,7 @@ static void *connector(void *arg)
     for (int i = 0; i < ROUNDS; i++) {
         int c = socket(AF_INET, SOCK_STREAM, 0);
         if (c < 0 || connect(c, (struct sockaddr *)&dst, sizeof dst) < 0) {
+            fprintf(stderr, "threadstress: connect %d of thread %d: %s\n", i, id, strerror(errno));
             add(&connect_errors, 1);
             if (c >= 0)
                 close(c);
