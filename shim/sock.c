@@ -295,6 +295,12 @@ int ss_sock_accept(int fd, struct ss_sock *s, struct sockaddr *a, socklen_t *len
             if (slot < 0) {
                 free(c);
                 REAL(close)(nfd);
+                /* the instance may have just moved the connection to the
+                 * ring (it takes kicks, such as "in use", before requests) */
+                if (slot == -EAGAIN && (slot = take_ahead(s, a, len, flags)) >= 0)
+                    return slot;
+                if (slot != -EAGAIN)
+                    return fail(-slot);
             } else {
                 c->refs = 1;
                 c->stack = true;

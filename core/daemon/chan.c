@@ -225,24 +225,35 @@ static struct ss_chan_accepted *accepted_ring(struct ss_chan_host *c, uint32_t k
     return (struct ss_chan_accepted *)(c->base + SS_CHAN_RX_OFF(k));
 }
 
-/* The connections listener slot k accepted ahead and its process never
- * took go back to the engine's queue, with the bytes already moved to
- * their rings: the listener is closing here, and they belong to whoever
- * accepts on it next (another holder, listen spawn's heir) or are reset
- * with its queue, as Linux resets a closed listener's. */
+/* The connections listener slot k accepted ahead and its process has not
+ * taken go back to the engine's queue, with the bytes already moved to
+ * their rings: the listener is closing here, or another process now
+ * accepts on it too; they belong to whoever accepts on it next (another
+ * holder, listen spawn's heir) or are reset with its queue, as Linux
+ * resets a closed listener's.  Each record is claimed as the library
+ * claims one (a compare-and-swap of the tail): a thread of the process
+ * may be taking the same one at this moment. */
 static void undo_ahead(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
 {
     struct ss_chan_socket *so = &c->r->sock[k];
     uint32_t head = so->rx.head, tail = __atomic_load_n(&so->rx.tail, __ATOMIC_ACQUIRE);
     if (head == tail)
         return;
-    if (head - tail > SS_CHAN_ACCEPTED)
-        tail = head; /* a corrupt tail: the connections stay the channel's, and close with it */
+    if (head - tail > SS_CHAN_ACCEPTED) {
+        so->rx.tail = head; /* a corrupt tail: the connections stay the channel's, and close with it */
+        return;
+    }
     uint64_t t = now_us();
     int lsid = c->s[k].sid;
     uint8_t *bytes = NULL;
-    for (; tail != head; tail++) {
+    while (tail != head) {
         uint32_t f = accepted_ring(c, k)[tail % SS_CHAN_ACCEPTED].slot;
+        if (!__atomic_compare_exchange_n(&so->rx.tail, &tail, tail + 1, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            if (head - tail > SS_CHAN_ACCEPTED)
+                break; /* the process moved its tail off the ring */
+            continue; /* the process took it: tail is the next one now */
+        }
+        tail++;
         /* the record is in memory the process can write: it must name a
          * connection this listener accepted ahead, held by nobody else */
         if (f >= SS_CHAN_SOCKETS || f == k || c->s[f].sid < 0 || c->s[f].ahead_of != k + 1 || c->s[f].close_pending ||
@@ -269,7 +280,6 @@ static void undo_ahead(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
         vacate(cs, c, f);
     }
     free(bytes);
-    so->rx.tail = head;
     ss_tcp_set_ahead(cs->e, lsid, 0);
 }
 
@@ -370,8 +380,19 @@ static bool pump_listener(struct ss_chans *cs, struct ss_chan_host *c, uint32_t 
      * at once (nginx reorders its exclusive waiters so) changes nothing,
      * and costs the process no round trip. */
     bool uses = __atomic_load_n(&so->uses, __ATOMIC_ACQUIRE) != 0;
-    if (uses != st->active_ref && !st->close_pending && !st->zombie)
+    if (uses != st->active_ref && !st->close_pending && !st->zombie) {
         set_active(cs, c, k, uses); /* once per process, undone when it closes or dies */
+        /* Another process accepts on it now (a forked child, a second
+         * worker): what the others hold ahead goes back to the one queue
+         * every holder accepts from, as the kernel's is. */
+        for (int chan = cs->sid_chan[st->sid], j = cs->sid_slot[st->sid]; uses && chan >= 0;) {
+            struct ss_chan_host *h = cs->c[chan];
+            if (h != c || (uint32_t)j != k)
+                undo_ahead(cs, h, (uint32_t)j);
+            chan = h->s[j].next_chan;
+            j = h->s[j].next_slot;
+        }
+    }
     struct ss_tcp_info li;
     if (may_accept_ahead(cs, c, k) && ss_tcp_info(cs->e, st->sid, &li) == 0) {
         /* Linux's accept queue holds backlog + 1 */

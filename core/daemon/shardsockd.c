@@ -351,7 +351,10 @@ static void control_request(struct instance *in)
     }
     struct timeval tv = {.tv_sec = 1};
     setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    ssize_t n = recv(c, req, sizeof req - 1, 0);
+    ssize_t n;
+    do /* a signal (or task work) must not cost a process its attach */
+        n = recv(c, req, sizeof req - 1, 0);
+    while (n < 0 && errno == EINTR);
     if (n > 0) {
         req[n] = 0;
         if (strncmp(req, "netstat", 7) == 0) {

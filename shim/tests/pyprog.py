@@ -7,6 +7,7 @@ clients' is), the outputs must be equal.
 usage: python3 pyprog.py CONNECT_ADDR BASE_PORT
 """
 import asyncio
+import faulthandler
 import hashlib
 import http.server
 import json
@@ -318,7 +319,11 @@ def close_frees_the_port():
 STEPS = (blocking, timeouts, selectors_all, asyncio_streams, threading_server, http_urllib, forking_server,
          fork_shares_a_connection, dual_stack, close_frees_the_port)
 only = os.environ.get("PYPROG_STEPS")  # a comma-separated subset, for debugging
+# A step that hangs shows where: every thread's stack on stderr, and exit,
+# before the test's own time limit (120 s) kills it without a word.
+faulthandler.dump_traceback_later(90, exit=True)
 for step in STEPS:
     if not only or step.__name__ in only.split(","):
+        print("pyprog: %s" % step.__name__, file=sys.stderr, flush=True)
         step()
 print(json.dumps(out, sort_keys=True))
