@@ -356,14 +356,19 @@ def instances_rss_kib(pids, names):
 # 20 connections at once, 256 KiB echoed on each, then all closed.
 TWENTY_ECHOES = r"""
 import socket, sys, threading
+# all twenty open at once, from the first byte to the last: twenty slots'
+# rings, however fast each echo goes (a closed slot is reused, warm)
+opened, done = threading.Barrier(20), threading.Barrier(20)
 def one():
     c = socket.create_connection((sys.argv[1], 17600), timeout=30)
+    opened.wait(30)
     data = b"x" * 262144
     t = threading.Thread(target=c.sendall, args=(data,)); t.start()
     got = 0
     while got < len(data):
         got += len(c.recv(65536))
     t.join()
+    done.wait(30)
     c.close()
 ts = [threading.Thread(target=one) for _ in range(20)]
 for t in ts: t.start()
