@@ -1289,7 +1289,13 @@ static void adopt_after_fork(void)
         struct ss_sock *s = ss_fds[fd];
         if (s && (s->slot & moved)) {
             s->slot &= ~moved;
-            ss_sock_tell_use(s); /* the child's share, used as the parent used it */
+            /* The child's share is in use once the child accepts or waits
+             * on it (or through the epoll sets it inherited): a handler
+             * child of a forking server, which never accepts, must not
+             * count as a second acceptor (the instance would take back
+             * the parent's connections accepted ahead). */
+            s->accepts = false;
+            ss_sock_tell_use(s);
         }
     }
     drop_parent_channel();
