@@ -170,7 +170,7 @@ bench-shim: build ## echo_server on the kernel and under libshardsock.so, and it
 bench-nginx: build ## nginx serving 64 bytes: kernel (veth) vs shardsock (tap, listen spawn), keep-alive and close, latency, CPU per request (chart build/bench-nginx.png)
 	$(PY) scripts/bench_nginx.py
 
-bench-compare: build ## shardsock bench: nginx keep-alive/close and echo, kernel vs shardsock, table and chart (build/shardsock-bench.png)
+bench-compare: build ## shardsock bench: nginx keep-alive/close, echo, and nginx+wrk both preloaded over 127.0.0.1, kernel vs shardsock, table and chart (build/shardsock-bench.png)
 	$(PY) -m preload.cli bench --chart $(BUILD)/shardsock-bench.png
 
 clean: ## remove build products

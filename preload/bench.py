@@ -102,7 +102,8 @@ HZ = os.sysconf("SC_CLK_TCK")
 # seconds a command may take beyond its own duration (set-up, a slow shared machine)
 SLACK_S = 60
 
-HELP = "nginx and echo round trips on the kernel and on shardsock in one run: table, ratio, PNG chart"
+HELP = ("nginx, echo round trips, and nginx with wrk both preloaded over 127.0.0.1, on the kernel and on shardsock "
+        "in one run: table, ratio, PNG chart")
 
 # name -> (server, load, default connections, description)
 SCENARIOS = {
