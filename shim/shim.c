@@ -294,7 +294,6 @@ static void use_map(const struct chan_map *m)
     ss_ch.ctl = m->ctl;
     ss_ch.app_bell = m->app_bell;
     ss_ch.inst_bell = m->inst_bell;
-    ss_ch.seq = m->r->rep.seq;
     ss_ch.pid = getpid();
     pin_to_instance();
     ss_verbose("shardsock: pid %d attached to instance %u (core %d)", (int)ss_ch.pid, m->r->instance, m->r->core);
@@ -325,8 +324,7 @@ bool ss_attach(void)
 
 static void wake_instance(void)
 {
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (__atomic_load_n(&ss_ch.r->inst_sleeping, __ATOMIC_RELAXED)) {
+    if (ss_wake_needed(&ss_ch.r->inst_sleeping)) {
         uint64_t one = 1;
         ssize_t r = REAL(write)(ss_ch.inst_bell, &one, sizeof one);
         (void)r;
@@ -398,43 +396,147 @@ static int sleep_on_instance(uint32_t seen, int timeout_ms, bool restartable)
     return r < 0 ? -errno : 0;
 }
 
-int ss_request(uint32_t op, uint32_t slot, int64_t a0, int64_t a1, int64_t *o0, int64_t *o1)
+/* Waits until done(arg) says true: spins a little (the instance may be
+ * running on another core), then sleeps on the instance's wake sequence,
+ * looking now and then whether it is still alive.  False: it died. */
+static bool await_instance(bool (*done)(const void *), const void *arg)
+{
+    struct ss_chan_region *r = ss_ch.r;
+    for (int spins = 0;; spins++) {
+        if (done(arg))
+            return true;
+        if (spins < 2000)
+            continue;
+        uint32_t seen = __atomic_load_n(&r->app_wake_seq, __ATOMIC_ACQUIRE);
+        ss_sleeper_enter(&r->app_sleeping);
+        if (!done(arg))
+            sleep_on_instance(seen, 100, true);
+        ss_sleeper_leave(&r->app_sleeping);
+        if (!done(arg) && !ss_instance_alive())
+            return false;
+    }
+}
+
+struct claim {
+    struct ss_cellq *q;
+    void *cells;
+    size_t stride;
+    uint32_t n;
+    uint32_t *pos;
+};
+static bool claimed(const void *arg)
+{
+    const struct claim *c = arg;
+    return ss_cellq_claim(c->q, c->cells, c->stride, c->n, c->pos);
+}
+
+struct answer {
+    const struct ss_chan_request *q;
+    uint32_t pos;
+};
+static bool answered(const void *arg)
+{
+    const struct answer *a = arg;
+    return ss_answered(&a->q->done, a->pos);
+}
+
+struct passed {
+    const struct ss_cellq *q;
+    uint32_t pos;
+};
+static bool passed(const void *arg)
+{
+    const struct passed *p = arg;
+    return ss_cellq_passed(p->q, p->pos);
+}
+
+/* A cell of the request ring for this thread, filled and published; its
+ * position, or -1 when the instance died before one came free. */
+static int64_t put_request(uint32_t op, uint32_t slot, uint32_t flags, int64_t a0, int64_t a1)
+{
+    struct ss_chan_region *r = ss_ch.r;
+    uint32_t pos;
+    struct claim c = {&r->reqq, r->req, sizeof r->req[0], SS_CHAN_REQS, &pos};
+    if (!await_instance(claimed, &c))
+        return -1;
+    struct ss_chan_request *q = &r->req[pos & (SS_CHAN_REQS - 1)];
+    q->op = op;
+    q->slot = slot;
+    q->flags = flags;
+    q->a0 = a0;
+    q->a1 = a1;
+    q->tx_mark = slot < SS_CHAN_SOCKETS ? __atomic_load_n(&r->sock[slot].tx.head, __ATOMIC_RELAXED) : 0;
+    ss_cellq_publish(r->req, sizeof r->req[0], SS_CHAN_REQS, pos);
+    return pos;
+}
+
+static int request(uint32_t op, uint32_t slot, int64_t a0, int64_t a1, int64_t *o0, int64_t *o1, void *info,
+                   size_t info_len)
 {
     if (ss_ch.state != SS_CH_ATTACHED)
         return -ECONNRESET;
-    pthread_mutex_lock(&ss_ch.lock);
-    struct ss_chan_region *r = ss_ch.r;
-    uint32_t seq = ++ss_ch.seq;
-    r->req.op = op;
-    r->req.slot = slot;
-    r->req.a0 = a0;
-    r->req.a1 = a1;
-    __atomic_store_n(&r->req.seq, seq, __ATOMIC_RELEASE);
+    int64_t pos = put_request(op, slot, 0, a0, a1);
+    if (pos < 0)
+        return -ECONNRESET;
     wake_instance();
-    int res = -ECONNRESET;
-    for (int spins = 0;; spins++) {
-        if (__atomic_load_n(&r->rep.seq, __ATOMIC_ACQUIRE) == seq) {
-            res = r->rep.result;
-            if (o0)
-                *o0 = r->rep.a0;
-            if (o1)
-                *o1 = r->rep.a1;
-            break;
-        }
-        if (spins < 2000)
-            continue;
-        /* The instance may be asleep between passes: sleep until it
-         * answers, looking at whether it is alive now and then. */
-        uint32_t seen = __atomic_load_n(&r->app_wake_seq, __ATOMIC_ACQUIRE);
-        __atomic_add_fetch(&r->app_sleeping, 1, __ATOMIC_SEQ_CST);
-        if (__atomic_load_n(&r->rep.seq, __ATOMIC_ACQUIRE) != seq)
-            sleep_on_instance(seen, 100, true);
-        __atomic_sub_fetch(&r->app_sleeping, 1, __ATOMIC_SEQ_CST);
-        if (__atomic_load_n(&r->rep.seq, __ATOMIC_ACQUIRE) != seq && !ss_instance_alive())
-            break;
-    }
-    pthread_mutex_unlock(&ss_ch.lock);
+    struct ss_chan_request *q = &ss_ch.r->req[pos & (SS_CHAN_REQS - 1)];
+    struct answer a = {q, (uint32_t)pos};
+    if (!await_instance(answered, &a))
+        return -ECONNRESET; /* the cell stays taken: nothing will answer it */
+    int res = q->result;
+    if (o0)
+        *o0 = q->r0;
+    if (o1)
+        *o1 = q->r1;
+    if (info)
+        memcpy(info, q->info, info_len < sizeof q->info ? info_len : sizeof q->info);
+    ss_cellq_free(ss_ch.r->req, sizeof q[0], SS_CHAN_REQS, (uint32_t)pos);
     return res;
+}
+
+int ss_request(uint32_t op, uint32_t slot, int64_t a0, int64_t a1, int64_t *o0, int64_t *o1)
+{
+    return request(op, slot, a0, a1, o0, o1, NULL, 0);
+}
+
+int ss_request_info(uint32_t slot, struct ss_tcp_info *ti)
+{
+    return request(SS_OP_INFO, slot, 0, 0, NULL, NULL, ti, sizeof *ti);
+}
+
+int64_t ss_post(uint32_t op, uint32_t slot, int64_t a0, int64_t a1, bool more)
+{
+    if (ss_ch.state != SS_CH_ATTACHED)
+        return -ECONNRESET;
+    int64_t pos = put_request(op, slot, SS_REQ_POSTED, a0, a1);
+    if (pos < 0)
+        return -ECONNRESET;
+    if (!more)
+        wake_instance();
+    return pos;
+}
+
+void ss_settle(uint32_t end)
+{
+    if (ss_ch.state != SS_CH_ATTACHED)
+        return;
+    struct passed p = {&ss_ch.r->reqq, end};
+    await_instance(passed, &p);
+}
+
+void ss_settle_all(void)
+{
+    if (ss_ch.state == SS_CH_ATTACHED)
+        ss_settle(__atomic_load_n(&ss_ch.r->reqq.head, __ATOMIC_ACQUIRE));
+}
+
+int ss_take_grant(void)
+{
+    uint32_t k;
+    if (ss_ch.state != SS_CH_ATTACHED || !ss_idxq_take(&ss_ch.r->grantq, ss_ch.r->grants, SS_CHAN_GRANTS, &k) ||
+        k >= SS_CHAN_SOCKETS)
+        return -1;
+    return (int)k;
 }
 
 void ss_kick(uint32_t slot)
@@ -442,12 +544,15 @@ void ss_kick(uint32_t slot)
     struct ss_chan_socket *so = ss_so(slot);
     if (__atomic_exchange_n(&so->kicked, 1, __ATOMIC_ACQ_REL))
         return; /* one is waiting already */
-    pthread_mutex_lock(&ss_ch.lock);
-    struct ss_chan_ring32 *q = &ss_ch.r->kick;
-    uint32_t head = q->head;
-    ss_ch.r->kicks[head % SS_CHAN_KICKS] = slot;
-    __atomic_store_n(&q->head, head + 1, __ATOMIC_RELEASE);
-    pthread_mutex_unlock(&ss_ch.lock);
+    struct ss_chan_region *r = ss_ch.r;
+    uint32_t pos;
+    /* never full (one kick per socket, and more cells than sockets), but
+     * the instance may be slow to free the cells */
+    struct claim c = {&r->kickq, r->kicks, sizeof r->kicks[0], SS_CHAN_KICKS, &pos};
+    if (!await_instance(claimed, &c))
+        return;
+    r->kicks[pos & (SS_CHAN_KICKS - 1)].slot = slot;
+    ss_cellq_publish(r->kicks, sizeof r->kicks[0], SS_CHAN_KICKS, pos);
     wake_instance();
 }
 
@@ -469,11 +574,11 @@ int ss_wait(struct ss_sock *s, short events, uint64_t deadline_ms)
         if (deadline_ms && deadline_ms - now < (uint64_t)slice)
             slice = (int)(deadline_ms - now);
         uint32_t seen = __atomic_load_n(&r->app_wake_seq, __ATOMIC_ACQUIRE);
-        __atomic_add_fetch(&r->app_sleeping, 1, __ATOMIC_SEQ_CST);
+        ss_sleeper_enter(&r->app_sleeping);
         int e = 0;
         if (!ss_sock_revents(s, events))
             e = sleep_on_instance(seen, slice, deadline_ms == 0);
-        __atomic_sub_fetch(&r->app_sleeping, 1, __ATOMIC_SEQ_CST);
+        ss_sleeper_leave(&r->app_sleeping);
         if (e == -EINTR)
             return -EINTR;
         if (!ss_instance_alive())
@@ -896,12 +1001,9 @@ static int hook_ioctl(int fd, unsigned long req, long arg)
         int64_t v = 0;
         struct ss_chan_socket *so = ss_so(s->slot);
         uint32_t ring = so->tx.head - so->tx.tail;
-        int r = ss_request(SS_OP_INFO, s->slot, 0, 0, NULL, NULL);
-        if (r == 0) {
-            struct ss_tcp_info ti;
-            memcpy(&ti, ss_ch.r->rep.info, sizeof ti);
+        struct ss_tcp_info ti;
+        if (ss_request_info(s->slot, &ti) == 0)
             v = ti.snd_queued;
-        }
         *(int *)arg = (int)(v + ring);
         return 0;
     }
@@ -1080,6 +1182,9 @@ static int take_standby(void)
  * those of slots (" SLOT SLOT..."), or all (NULL). */
 static int fork_ticket(const char *slots)
 {
+    /* the instance pins the sockets it has: those whose making is still
+     * on the request ring must be made first */
+    ss_settle_all();
     int fd = control_connect((int)ss_ch.r->instance);
     if (fd < 0)
         return -1;

@@ -56,6 +56,8 @@ struct ss_sock {
     bool v6;             /* an AF_INET6 socket: IPv4 through mapped addresses (::ffff:a.b.c.d) */
     bool kernel_only;    /* an option the stack cannot honour was set: bind or connect leaves it to the kernel */
     bool shared;         /* its kernel socket is shared (placeholder.c): options live in shadow */
+    bool unsettled;      /* requests posted for it may not be done yet: settle (before settle_end) */
+    uint32_t settle_end;
     struct ss_optshadow *shadow;
     /* a listener's use by this process, which the instance counts (listen
      * spawn prefers listeners in use): accept, poll or select make it
@@ -82,13 +84,12 @@ enum {
     SS_CH_DEAD = -2,        /* the instance died */
 };
 struct ss_channel {
-    pthread_mutex_t lock;   /* the request mailbox, the kick ring, the event ring */
+    pthread_mutex_t lock;   /* attaching */
     int state;              /* SS_CH_* */
     pid_t pid;              /* the process that attached */
     struct ss_chan_region *r;
     uint8_t *base;
     int ctl, app_bell, inst_bell;
-    uint32_t seq;
 };
 extern struct ss_channel ss_ch;
 void ss_adopt_inherited(void);
@@ -117,7 +118,23 @@ int ss_placeholder_getsockopt(int fd, struct ss_sock *s, int lvl, int opt, void 
 void ss_placeholder_free(struct ss_sock *s);
 
 bool ss_attach(void);       /* true once attached */
+/* The request ring (shardsock/channel.h): any thread, no lock.
+ * ss_request waits for the answer: the result, >= 0 or a negative errno
+ * (-ECONNRESET when the instance is gone). */
 int ss_request(uint32_t op, uint32_t slot, int64_t a0, int64_t a1, int64_t *o0, int64_t *o1);
+int ss_request_info(uint32_t slot, struct ss_tcp_info *ti);
+/* Posts a request nobody waits for: the instance does it in ring order,
+ * before anything asked after it.  more: another post follows at once, and
+ * the last one wakes the instance.  The cell's position (for ss_settle),
+ * or -ECONNRESET. */
+int64_t ss_post(uint32_t op, uint32_t slot, int64_t a0, int64_t a1, bool more);
+/* Waits until the instance has taken every request before position end
+ * (ss_post's result + 1), or every one posted so far. */
+void ss_settle(uint32_t end);
+void ss_settle_all(void);
+/* A free slot the instance granted ahead (SS_OP_SOCKET on it, posted), or
+ * -1: none left, ask. */
+int ss_take_grant(void);
 void ss_kick(uint32_t slot);
 /* Waits until the socket polls with a bit of events (its rings, not only
  * the instance's word, which lags what this process took), the deadline

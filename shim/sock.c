@@ -38,20 +38,59 @@ static const int opt_of_bit[] = {SS_OPT_NODELAY,      SS_OPT_KEEPALIVE, SS_OPT_K
                                  SS_OPT_LINGER_ZERO,  SS_OPT_MAXSEG,    SS_OPT_CORK,      SS_OPT_DEFER_ACCEPT,
                                  SS_OPT_REUSEPORT};
 
+/* Posts a request for s that nobody waits for (shardsock/channel.h);
+ * more: the caller posts or asks again at once. */
+static void post(struct ss_sock *s, uint32_t op, int64_t a0, int64_t a1, bool more)
+{
+    int64_t pos = ss_post(op, s->slot, a0, a1, more);
+    if (pos >= 0) {
+        s->unsettled = true;
+        s->settle_end = (uint32_t)pos + 1;
+    }
+}
+
+/* What the instance did with the requests posted for s is visible. */
+static void settle(struct ss_sock *s)
+{
+    if (s->unsettled) {
+        ss_settle(s->settle_end);
+        s->unsettled = false;
+    }
+}
+
 /* The stack socket is made when the first bind or connect says the socket
- * is the stack's; options set before that are replayed on it. */
+ * is the stack's; options set before that are replayed on it.  On a slot
+ * the instance granted ahead, nothing waits: the caller's next request
+ * (bind's, connect's) follows these in the ring, and wakes the instance.
+ * Should the instance fail to make the socket (it has no room), that
+ * request fails, and the socket's error says why (stack_error). */
 static int make_stack(struct ss_sock *s)
 {
-    int slot = ss_request(SS_OP_SOCKET, 0, 0, 0, NULL, NULL);
-    if (slot < 0)
+    int slot = ss_take_grant();
+    bool granted = slot >= 0;
+    if (!granted && (slot = ss_request(SS_OP_SOCKET, 0, 0, 0, NULL, NULL)) < 0)
         return slot;
     s->slot = (uint32_t)slot;
     s->stack = true;
+    if (granted)
+        post(s, SS_OP_SOCKET, 1, 0, true);
     for (unsigned b = 0; b < sizeof opt_of_bit / sizeof opt_of_bit[0]; b++)
         if (s->opt_set & (1u << b))
-            ss_request(SS_OP_SETOPT, s->slot, opt_of_bit[b], s->opt_val[b], NULL, NULL);
+            post(s, SS_OP_SETOPT, opt_of_bit[b], s->opt_val[b], true);
     ss_epoll_decided(s, true);
     return 0;
+}
+
+/* A request on a socket made on a granted slot said EBADF: the making
+ * failed, and the socket's error says why. */
+static int stack_error(struct ss_sock *s, int e)
+{
+    if (e == -EBADF) {
+        int32_t why = __atomic_load_n(&ss_so(s->slot)->error, __ATOMIC_ACQUIRE);
+        if (why < 0)
+            return why;
+    }
+    return e;
 }
 
 /* The socket is the kernel's for good: it leaves the table. */
@@ -147,10 +186,10 @@ int ss_sock_bind(int fd, struct ss_sock *s, const struct sockaddr *a, socklen_t 
     }
     e = make_stack(s);
     if (e == 0)
-        e = ss_request(SS_OP_BIND, s->slot, ip, port, NULL, NULL);
+        e = stack_error(s, ss_request(SS_OP_BIND, s->slot, ip, port, NULL, NULL));
     if (e < 0) {
         if (s->stack)
-            ss_request(SS_OP_CLOSE, s->slot, 0, 0, NULL, NULL);
+            post(s, SS_OP_CLOSE, 0, 0, false);
         s->stack = false;
         if (s->kernel_too) {
             to_kernel(fd, s, SS_FB_PORT, "the stack could not bind the port");
@@ -417,9 +456,12 @@ int ss_sock_connect(int fd, struct ss_sock *s, const struct sockaddr *a, socklen
     }
     if (__atomic_load_n(&ss_so(s->slot)->ready, __ATOMIC_ACQUIRE) & SS_CHAN_EV_CONNECTED)
         return fail(EISCONN);
-    e = ss_request(SS_OP_CONNECT, s->slot, ip, port, NULL, NULL);
-    if (e != -EINPROGRESS && e < 0)
-        return fail(-e);
+    /* Posted: the kernel's non-blocking connect says EINPROGRESS and tells
+     * the outcome by readiness and SO_ERROR, and so does this one, failures
+     * of the instance's included (no room for a socket or a local port:
+     * Linux says EADDRNOTAVAIL at once; here it comes as SO_ERROR).  A
+     * blocking connect waits for the outcome either way. */
+    post(s, SS_OP_CONNECT, ip, port, false);
     s->connecting = true;
     if (s->nonblock)
         return fail(EINPROGRESS);
@@ -599,7 +641,7 @@ int ss_sock_shutdown(int fd, struct ss_sock *s, int how)
     uint32_t ready = ss_so(s->slot)->ready;
     if (!s->listening && !(ready & (SS_CHAN_EV_CONNECTED | SS_CHAN_EV_EOF)) && !s->connecting)
         return fail(ENOTCONN);
-    int e = ss_request(SS_OP_SHUTDOWN, s->slot, how, 0, NULL, NULL);
+    int e = stack_error(s, ss_request(SS_OP_SHUTDOWN, s->slot, how, 0, NULL, NULL));
     if (e < 0 && e != -ENOTCONN)
         return fail(-e);
     if (how != SHUT_RD)
@@ -607,16 +649,14 @@ int ss_sock_shutdown(int fd, struct ss_sock *s, int how)
     return 0;
 }
 
-/* No round trip: the instance learns of the close from the socket's kick,
- * after the bytes written before it, and frees the slot when they went.
- * Nothing it could say would change what close returns. */
+/* Posted: nothing the instance could say would change what close
+ * returns.  It closes the socket after the bytes written before (their
+ * kick comes first), and frees the slot when they went. */
 int ss_sock_close(int fd, struct ss_sock *s)
 {
     (void)fd;
-    if (s->stack && ss_ch.state == SS_CH_ATTACHED) {
-        __atomic_store_n(&ss_so(s->slot)->closing, 1, __ATOMIC_RELEASE);
-        ss_kick(s->slot);
-    }
+    if (s->stack && ss_ch.state == SS_CH_ATTACHED)
+        post(s, SS_OP_CLOSE, 0, 0, false);
     return 0;
 }
 
@@ -638,7 +678,7 @@ static void stack_opt(struct ss_sock *s, int opt, int value)
     s->opt_set |= 1u << b;
     s->opt_val[b] = value;
     if (s->stack)
-        ss_request(SS_OP_SETOPT, s->slot, opt, value, NULL, NULL);
+        post(s, SS_OP_SETOPT, opt, value, false); /* the kernel socket checked it (ss_sock_setsockopt) */
 }
 
 static bool in_use(const struct ss_sock *s) { return s->accepts || s->epoll_regs > 0; }
@@ -782,9 +822,8 @@ int ss_sock_getsockopt(int fd, struct ss_sock *s, int lvl, int opt, void *v, soc
     if (lvl == IPPROTO_TCP && opt == TCP_INFO && v && len) {
         struct tcp_info out;
         memset(&out, 0, sizeof out);
-        if (ss_request(SS_OP_INFO, s->slot, 0, 0, NULL, NULL) == 0) {
-            struct ss_tcp_info ti;
-            memcpy(&ti, ss_ch.r->rep.info, sizeof ti);
+        struct ss_tcp_info ti;
+        if (ss_request_info(s->slot, &ti) == 0) {
             /* the engine's states (counters.h order) as Linux's TCP_* numbers */
             static const uint8_t linux_state[] = {7, 10, 2, 3, 1, 4, 5, 8, 11, 9, 6};
             out.tcpi_state = ti.state < (int)sizeof linux_state ? linux_state[ti.state] : 7;
@@ -812,6 +851,7 @@ int ss_sock_name(int fd, struct ss_sock *s, struct sockaddr *a, socklen_t *len, 
     (void)fd;
     if (!len || (int)*len < 0)
         return fail(len ? EINVAL : EFAULT);
+    settle(s); /* a posted connect chose the local port */
     struct ss_chan_socket *so = ss_so(s->slot);
     if (peer) {
         if (s->listening || !(so->ready & (SS_CHAN_EV_CONNECTED | SS_CHAN_EV_EOF | SS_EV_HUP)))

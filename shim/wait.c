@@ -97,7 +97,7 @@ static void waiter_cancelled(void *arg)
     struct poll_waiter *w = arg;
     waiter_remove(w);
     REAL(close)(w->efd);
-    __atomic_sub_fetch(&ss_ch.r->app_sleeping, 1, __ATOMIC_SEQ_CST);
+    ss_sleeper_leave(&ss_ch.r->app_sleeping);
 }
 
 /* poll is a cancellation point: a thread cancelled in it leaves the list */
@@ -129,6 +129,12 @@ static struct ss_sock *accelerated(int fd)
 
 struct ep_set;
 static struct ep_set *polled_set(int fd);
+static bool events_waiting(void)
+{
+    uint32_t tail;
+    return ss_idxq_peek(&ss_ch.r->eventq, &tail) != 0;
+}
+
 static void dispatch_events(void);
 static short set_revents(struct ep_set *set, short events);
 
@@ -172,7 +178,7 @@ int ss_poll(struct pollfd *p, nfds_t n, int timeout_ms, const sigset_t *mask)
         struct poll_waiter me = {.efd = -1};
         uint32_t seen = __atomic_load_n(&ss_ch.r->app_wake_seq, __ATOMIC_ACQUIRE);
         if (sleep) {
-            __atomic_add_fetch(&ss_ch.r->app_sleeping, 1, __ATOMIC_SEQ_CST);
+            ss_sleeper_enter(&ss_ch.r->app_sleeping);
             if (on_bell) {
                 /* listed before the last look: a doorbell rung after
                  * it and drained by another thread is passed on to us */
@@ -190,7 +196,7 @@ int ss_poll(struct pollfd *p, nfds_t n, int timeout_ms, const sigset_t *mask)
                     waiter_remove(&me);
                     REAL(close)(me.efd);
                 }
-                __atomic_sub_fetch(&ss_ch.r->app_sleeping, 1, __ATOMIC_SEQ_CST);
+                ss_sleeper_leave(&ss_ch.r->app_sleeping);
                 continue; /* it changed while we were looking: count again */
             }
         }
@@ -205,7 +211,7 @@ int ss_poll(struct pollfd *p, nfds_t n, int timeout_ms, const sigset_t *mask)
                 /* Only the stack's sockets: sleep on the wake sequence,
                  * which cannot miss a wake-up however many threads wait. */
                 int e = ss_sleep_since(seen, left < 0 || left > 1000 ? 1000 : left);
-                __atomic_sub_fetch(&ss_ch.r->app_sleeping, 1, __ATOMIC_SEQ_CST);
+                ss_sleeper_leave(&ss_ch.r->app_sleeping);
                 if (!ss_instance_alive())
                     continue; /* its sockets now poll as the kernel's dead ones */
                 if (e == -EINTR) {
@@ -239,7 +245,7 @@ int ss_poll(struct pollfd *p, nfds_t n, int timeout_ms, const sigset_t *mask)
             REAL(close)(me.efd);
         }
         if (sleep)
-            __atomic_sub_fetch(&ss_ch.r->app_sleeping, 1, __ATOMIC_SEQ_CST);
+            ss_sleeper_leave(&ss_ch.r->app_sleeping);
         errno = e;
         if (r < 0) {
             total = -1;
@@ -480,8 +486,7 @@ static void take_events(void);
 static void dispatch_events(void)
 {
     if (!__atomic_load_n(&sets, __ATOMIC_ACQUIRE) || ss_ch.state != SS_CH_ATTACHED ||
-        __atomic_load_n(&ss_ch.r->event.head, __ATOMIC_ACQUIRE) == __atomic_load_n(&ss_ch.r->event.tail,
-                                                                                    __ATOMIC_RELAXED))
+        !events_waiting())
         return;
     pthread_mutex_lock(&ep_lock);
     take_events();
@@ -797,10 +802,9 @@ void ss_epoll_close(int ep)
  * checked in every set that holds it. */
 static void take_events(void)
 {
-    struct ss_chan_ring32 *q = &ss_ch.r->event;
-    uint32_t head = __atomic_load_n(&q->head, __ATOMIC_ACQUIRE), tail = q->tail;
-    for (; tail != head; tail++) {
-        uint32_t slot = ss_ch.r->events[tail % SS_CHAN_EVENTS];
+    uint32_t tail, n = ss_idxq_peek(&ss_ch.r->eventq, &tail);
+    for (; n; n--, tail++) {
+        uint32_t slot = ss_ch.r->events[tail & (SS_CHAN_EVENTS - 1)];
         if (slot >= SS_CHAN_SOCKETS)
             continue;
         __atomic_store_n(&ss_ch.r->sock[slot].evq, 0, __ATOMIC_RELEASE);
@@ -810,7 +814,7 @@ static void take_events(void)
                 queue_check(set, it);
         }
     }
-    __atomic_store_n(&q->tail, tail, __ATOMIC_RELEASE);
+    ss_idxq_release(&ss_ch.r->eventq, tail);
 }
 
 /* Reports the set's ready accelerated sockets into ev (the library's
@@ -1004,9 +1008,9 @@ static int epoll_loop(int ep, struct ep_set *set, struct epoll_event *ev, int ma
             }
         }
         if (sleep) {
-            __atomic_add_fetch(&ss_ch.r->app_sleeping, 1, __ATOMIC_SEQ_CST);
-            if (__atomic_load_n(&ss_ch.r->event.head, __ATOMIC_ACQUIRE) != ss_ch.r->event.tail) {
-                __atomic_sub_fetch(&ss_ch.r->app_sleeping, 1, __ATOMIC_SEQ_CST);
+            ss_sleeper_enter(&ss_ch.r->app_sleeping);
+            if (events_waiting()) {
+                ss_sleeper_leave(&ss_ch.r->app_sleeping);
                 continue;
             }
             left = -1;
@@ -1017,7 +1021,7 @@ static int epoll_loop(int ep, struct ep_set *set, struct epoll_event *ev, int ma
         }
         int k = mask ? REAL(epoll_pwait)(ep, ev + n, max - n, left, mask) : REAL(epoll_wait)(ep, ev + n, max - n, left);
         if (sleep) {
-            __atomic_sub_fetch(&ss_ch.r->app_sleeping, 1, __ATOMIC_SEQ_CST);
+            ss_sleeper_leave(&ss_ch.r->app_sleeping);
             pthread_mutex_lock(&ep_lock);
             set->sleepers--;
             pthread_mutex_unlock(&ep_lock);

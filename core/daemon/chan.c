@@ -38,6 +38,8 @@ struct slot {
     bool active_ref;   /* this process uses the listener: one of its SS_OPT_ACTIVE */
     uint16_t pins;     /* fork tickets that keep it for a child */
     uint16_t ahead_of; /* accepted ahead by listener slot ahead_of - 1 (0: not) */
+    bool granted;      /* on the grant ring or taken from it, its SS_OP_SOCKET not yet done
+                        * (sid -1), or done and failed (sid -1, the error in its word) */
 };
 
 /* A forked child's claim on its parent's sockets, or an exec'd image's on
@@ -58,7 +60,8 @@ struct ss_chan_host {
     uint64_t token;
     struct ss_chan_region *r;
     uint8_t *base;
-    uint32_t last_req;
+    uint32_t req_tail, kick_tail; /* the rings' consumer positions: the instance's own */
+    uint32_t granted;  /* slots granted and not yet made sockets */
     bool news;
     bool gone;         /* its process exec'd or ended: kept only for the sockets tickets pin */
     struct slot s[SS_CHAN_SOCKETS];
@@ -99,15 +102,26 @@ int ss_chans_init(struct ss_chans *cs, struct ss_engine *e, struct ss_counters *
  * first one receives the bytes. */
 static struct slot *slot_of(struct ss_chans *cs, int chan, uint32_t k) { return &cs->c[chan]->s[k]; }
 
-static void map_slot(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k, int sid)
+/* The slot's shared state starts clean when it is given out: here, or when
+ * it was granted (grant), since when the process may have written to it. */
+static void clean_slot(struct ss_chan_host *c, uint32_t k)
 {
     struct ss_chan_socket *so = &c->r->sock[k];
+    memset(so, 0, sizeof *so);
+    so->in_use = 1;
+}
+
+static void map_slot(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k, int sid)
+{
+    bool granted = c->s[k].granted;
     memset(&c->s[k], 0, sizeof c->s[k]);
     c->freed_us[k] = 0; /* its buffers' pages, if still there, serve again */
     c->s[k].sid = sid;
     c->s[k].next_chan = -1;
-    memset(so, 0, sizeof *so);
-    so->in_use = 1;
+    if (granted)
+        c->granted--;
+    else
+        clean_slot(c, k);
     if (cs->sid_chan[sid] < 0) {
         cs->sid_chan[sid] = (int16_t)c->idx;
         cs->sid_slot[sid] = (uint16_t)k;
@@ -163,7 +177,7 @@ static bool unchain(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
 static int free_slot(const struct ss_chan_host *c)
 {
     for (uint32_t k = 0; k < SS_CHAN_SOCKETS; k++)
-        if (c->s[k].sid < 0)
+        if (c->s[k].sid < 0 && !c->s[k].granted)
             return (int)k;
     return -1;
 }
@@ -174,12 +188,38 @@ static void post_event(struct ss_chan_host *c, uint32_t k)
     c->news = true;
     if (__atomic_exchange_n(&so->evq, 1, __ATOMIC_ACQ_REL))
         return; /* already queued, not yet taken */
-    struct ss_chan_ring32 *q = &c->r->event;
-    uint32_t head = q->head;
-    /* never full: at most one entry per socket, and the ring is larger */
-    c->r->events[head % SS_CHAN_EVENTS] = k;
-    __atomic_store_n(&q->head, head + 1, __ATOMIC_RELEASE);
+    /* never full: at most one entry per socket, and the ring is larger
+     * (unless the process wrote its tail wrong: then it loses events) */
+    ss_idxq_push(&c->r->eventq, c->r->events, SS_CHAN_EVENTS, k);
 }
+
+/* Tops the grant ring up: free slots the process's threads may make
+ * sockets on with no round trip (SS_OP_SOCKET, posted).  Lowest first, as
+ * free_slot, so warm buffers serve again. */
+static void grant(struct ss_chan_host *c)
+{
+    uint32_t queued = ss_idxq_count(&c->r->grantq, SS_CHAN_GRANTS);
+    if (queued >= SS_CHAN_GRANT_AHEAD)
+        return; /* enough, or a corrupt tail: then no more grants, and sockets ask (SS_OP_SOCKET) */
+    for (uint32_t k = 0; k < SS_CHAN_SOCKETS && queued < SS_CHAN_GRANT_AHEAD && c->granted < SS_CHAN_GRANTS; k++) {
+        if (c->s[k].sid >= 0 || c->s[k].granted)
+            continue;
+        c->s[k].granted = true;
+        c->granted++;
+        c->freed_us[k] = 0;
+        clean_slot(c, k);
+        if (!ss_idxq_push(&c->r->grantq, c->r->grants, SS_CHAN_GRANTS, k)) {
+            c->s[k].granted = false;
+            c->granted--;
+            break;
+        }
+        queued++;
+    }
+}
+
+/* A granted slot the process closed before it became a socket, or whose
+ * SS_OP_SOCKET failed: free again. */
+static void ungrant(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k);
 
 static void fill_names(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
 {
@@ -218,6 +258,13 @@ static void vacate(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
     c->freed_us[k] = t;
     if (!cs->sweep_at_us)
         cs->sweep_at_us = t + SS_CHANS_COLD_US;
+}
+
+static void ungrant(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
+{
+    c->s[k].granted = false;
+    c->granted--;
+    vacate(cs, c, k);
 }
 
 static struct ss_chan_accepted *accepted_ring(struct ss_chan_host *c, uint32_t k)
@@ -428,32 +475,17 @@ static bool pump_listener(struct ss_chans *cs, struct ss_chan_host *c, uint32_t 
     return true;
 }
 
-/* Moves bytes between the socket's rings and the engine, then publishes
- * its readiness.  False: the application corrupted the rings. */
-static bool pump(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
+/* Gives the engine the tx ring's bytes from tail up to head, as many as it
+ * takes; publishes and returns the new tail. */
+static uint32_t tx_move(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k, uint32_t head, uint32_t tail,
+                        uint64_t t)
 {
-    struct slot *st = &c->s[k];
     struct ss_chan_socket *so = &c->r->sock[k];
-    int sid = st->sid;
-    if (sid < 0)
-        return true;
-    if (!st->close_pending && __atomic_load_n(&so->closing, __ATOMIC_ACQUIRE))
-        st->close_pending = true; /* closed by the application (ss_sock_close), as SS_OP_CLOSE */
-    uint64_t t = now_us();
-    /* application -> engine */
-    uint32_t head = __atomic_load_n(&so->tx.head, __ATOMIC_ACQUIRE), tail = so->tx.tail, tail0 = tail;
-    if (head - tail > SS_CHAN_TXBUF)
-        return false;
-    uint8_t *tx = c->base + SS_CHAN_TX_OFF(k);
-    /* MSG_MORE: corked before its bytes go in, uncorked after the bytes
-     * of a send without it, which pushes them out */
-    bool more = __atomic_load_n(&so->more, __ATOMIC_ACQUIRE) == 1;
-    if (more && !st->more)
-        set_more(cs, st, sid, true, t);
+    const uint8_t *tx = c->base + SS_CHAN_TX_OFF(k);
     while (head != tail) {
         uint32_t off = tail & (SS_CHAN_TXBUF - 1);
         uint32_t n = head - tail < SS_CHAN_TXBUF - off ? head - tail : SS_CHAN_TXBUF - off;
-        ssize_t w = ss_tcp_send(cs->e, sid, tx + off, n, t);
+        ssize_t w = ss_tcp_send(cs->e, c->s[k].sid, tx + off, n, t);
         if (w <= 0) {
             if (w < 0 && w != -EAGAIN) {
                 tail = head; /* the connection failed: what is left cannot go */
@@ -466,6 +498,29 @@ static bool pump(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
             break;
     }
     __atomic_store_n(&so->tx.tail, tail, __ATOMIC_RELEASE);
+    return tail;
+}
+
+/* Moves bytes between the socket's rings and the engine, then publishes
+ * its readiness.  False: the application corrupted the rings. */
+static bool pump(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
+{
+    struct slot *st = &c->s[k];
+    struct ss_chan_socket *so = &c->r->sock[k];
+    int sid = st->sid;
+    if (sid < 0)
+        return true;
+    uint64_t t = now_us();
+    /* application -> engine */
+    uint32_t head = __atomic_load_n(&so->tx.head, __ATOMIC_ACQUIRE), tail = so->tx.tail, tail0 = tail;
+    if (head - tail > SS_CHAN_TXBUF)
+        return false;
+    /* MSG_MORE: corked before its bytes go in, uncorked after the bytes
+     * of a send without it, which pushes them out */
+    bool more = __atomic_load_n(&so->more, __ATOMIC_ACQUIRE) == 1;
+    if (more && !st->more)
+        set_more(cs, st, sid, true, t);
+    tail = tx_move(cs, c, k, head, tail, t);
     if (!more && st->more)
         set_more(cs, st, sid, false, t);
     if (head == tail && st->shut_pending) {
@@ -539,18 +594,48 @@ static bool pump(struct ss_chans *cs, struct ss_chan_host *c, uint32_t k)
 
 /* ---- requests ---- */
 
-static void handle_request(struct ss_chans *cs, struct ss_chan_host *c, uint32_t seq)
+/* A posted request failed: the socket's error and readiness say so, as
+ * the kernel's socket says an asynchronous connect's failure. */
+static void posted_failed(struct ss_chan_host *c, uint32_t k, int64_t res)
+{
+    if (k >= SS_CHAN_SOCKETS)
+        return;
+    struct ss_chan_socket *so = &c->r->sock[k];
+    int32_t none = 0;
+    __atomic_compare_exchange_n(&so->error, &none, (int32_t)res, false, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
+    __atomic_store_n(&so->ready, SS_EV_ERR | SS_EV_HUP | SS_EV_OUT, __ATOMIC_RELEASE);
+    post_event(c, k);
+}
+
+/* The request in cell q (its position pos): answered in the cell, or, when
+ * posted, its failure put where the kernel would report it. */
+static void handle_request(struct ss_chans *cs, struct ss_chan_host *c, struct ss_chan_request *q, uint32_t pos)
 {
     struct ss_chan_request rq;
-    memcpy(&rq, &c->r->req, sizeof rq);
+    memcpy(&rq, q, sizeof rq); /* once: the process may write the cell meanwhile */
+    bool posted = rq.flags & SS_REQ_POSTED;
     uint64_t t = now_us();
     int64_t res = 0, a0 = 0, a1 = 0;
     uint32_t k = rq.slot;
-    bool any = rq.op == SS_OP_SOCKET || rq.op == SS_OP_ADOPT || rq.op == SS_OP_FALLBACK ||
+    bool on_grant = rq.op == SS_OP_SOCKET && rq.a0 == 1;
+    bool any = (rq.op == SS_OP_SOCKET && !on_grant) || rq.op == SS_OP_ADOPT || rq.op == SS_OP_FALLBACK ||
                rq.op == SS_OP_LISTENED; /* no slot of their own */
     bool valid = any || (k < SS_CHAN_SOCKETS && c->s[k].sid >= 0 && !c->s[k].close_pending && !c->s[k].zombie);
     int sid = valid && !any ? c->s[k].sid : -1;
-    if (!valid) {
+    if (k < SS_CHAN_SOCKETS && c->s[k].granted && c->s[k].sid < 0 && (on_grant || rq.op == SS_OP_CLOSE)) {
+        if (rq.op == SS_OP_CLOSE) {
+            ungrant(cs, c, k); /* closed before it was made, or after making it failed */
+            goto out;
+        }
+        int n = ss_tcp_socket(cs->e);
+        if (n < 0) {
+            res = n; /* the slot stays granted, failed, until the process closes it */
+            goto out;
+        }
+        map_slot(cs, c, k, n);
+        goto out;
+    }
+    if (!valid || on_grant) {
         res = -EBADF;
         goto out;
     }
@@ -668,7 +753,17 @@ static void handle_request(struct ss_chans *cs, struct ss_chan_host *c, uint32_t
         }
         if (rq.a0 == SS_OPT_CORK) /* TCP_CORK: bit 0; bit 1 is MSG_MORE's, kept by pump */
             rq.a1 = (rq.a1 != 0) | (c->s[k].more ? 2 : 0);
+        {
+            /* In the thread's order: the bytes it wrote before it set the
+             * option go out without it (TCP_CORK, SO_SNDBUF), those after
+             * with it.  The kick of the first may come after this request. */
+            struct ss_chan_socket *so = &c->r->sock[k];
+            uint32_t head = __atomic_load_n(&so->tx.head, __ATOMIC_ACQUIRE), tail = so->tx.tail;
+            if (rq.tx_mark - tail <= head - tail && head - tail <= SS_CHAN_TXBUF)
+                tx_move(cs, c, k, rq.tx_mark, tail, t);
+        }
         res = ss_tcp_setopt(cs->e, sid, (int)rq.a0, (int)rq.a1, t);
+        pump(cs, c, k); /* and the bytes after */
         break;
     case SS_OP_GETOPT: {
         int v = 0;
@@ -680,9 +775,9 @@ static void handle_request(struct ss_chans *cs, struct ss_chan_host *c, uint32_t
     }
     case SS_OP_INFO: {
         struct ss_tcp_info ti;
-        _Static_assert(sizeof ti <= sizeof c->r->rep.info, "tcp_info fits the reply");
+        _Static_assert(sizeof ti <= sizeof q->info, "tcp_info fits the reply");
         res = ss_tcp_info(cs->e, sid, &ti);
-        memcpy(c->r->rep.info, &ti, sizeof ti);
+        memcpy(q->info, &ti, sizeof ti);
         break;
     }
     case SS_OP_LISTENED:
@@ -708,12 +803,20 @@ static void handle_request(struct ss_chans *cs, struct ss_chan_host *c, uint32_t
         res = -EOPNOTSUPP;
     }
 out:
-    c->r->rep.result = (int32_t)res;
-    c->r->rep.a0 = a0;
-    c->r->rep.a1 = a1;
-    __atomic_store_n(&c->r->rep.seq, seq, __ATOMIC_RELEASE);
-    c->last_req = seq;
     c->news = true;
+    if (posted) {
+        /* what the process goes on with: a failed socket or connect shows
+         * on the socket; a failed option or close changes nothing it sees
+         * (the kernel socket checked the arguments) */
+        if (res < 0 && res != -EINPROGRESS && (rq.op == SS_OP_SOCKET || rq.op == SS_OP_CONNECT))
+            posted_failed(c, k, res);
+        ss_cellq_free(c->r->req, sizeof *q, SS_CHAN_REQS, pos);
+        return;
+    }
+    q->result = (int32_t)res;
+    q->r0 = a0;
+    q->r1 = a1;
+    ss_answer(&q->done, pos);
 }
 
 /* ---- attach and detach ---- */
@@ -754,9 +857,12 @@ int ss_chans_attach(struct ss_chans *cs, int fd)
     c->r->ninstances = cs->ninstances;
     c->r->stack_ip = cs->stack_ip;
     c->r->stack_netmask = cs->stack_netmask;
-    __atomic_store_n(&c->r->magic, SS_CHAN_MAGIC, __ATOMIC_RELEASE);
+    ss_cellq_init(&c->r->reqq, c->r->req, sizeof c->r->req[0], SS_CHAN_REQS);
+    ss_cellq_init(&c->r->kickq, c->r->kicks, sizeof c->r->kicks[0], SS_CHAN_KICKS);
     for (uint32_t k = 0; k < SS_CHAN_SOCKETS; k++)
         c->s[k].sid = -1;
+    grant(c);
+    __atomic_store_n(&c->r->magic, SS_CHAN_MAGIC, __ATOMIC_RELEASE);
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = c->inst_bell};
     struct epoll_event hup = {.events = EPOLLRDHUP, .data.fd = fd};
     if (epoll_ctl(cs->epfd, EPOLL_CTL_ADD, c->inst_bell, &ev) < 0 || epoll_ctl(cs->epfd, EPOLL_CTL_ADD, fd, &hup) < 0)
@@ -970,36 +1076,42 @@ bool ss_chans_poll(struct ss_chans *cs)
         struct ss_chan_host *c = cs->c[i];
         if (!c || c->gone)
             continue;
-        /* The request after the kicks: a kick the thread queued before it
-         * asked (a close, whose port the next bind may want) is visible
-         * once the request is, and goes first. */
-        uint32_t seq = __atomic_load_n(&c->r->req.seq, __ATOMIC_ACQUIRE);
-        struct ss_chan_ring32 *q = &c->r->kick;
-        uint32_t head = __atomic_load_n(&q->head, __ATOMIC_ACQUIRE), tail = q->tail;
-        if (head - tail > SS_CHAN_KICKS) {
-            corrupt(cs, c);
-            continue;
+        /* The requests before the kicks: a socket's requests are in its
+         * threads' order (a posted SS_OP_SOCKET before the kick of the
+         * bytes written to it); the bytes written before a request go
+         * first when it needs them to (its tx_mark); a close sends
+         * everything written before it. */
+        for (uint32_t j = 0; j < SS_CHAN_REQS && ss_cellq_ready(c->r->req, sizeof c->r->req[0], SS_CHAN_REQS, c->req_tail);
+             j++) {
+            uint32_t pos = c->req_tail++;
+            handle_request(cs, c, &c->r->req[pos & (SS_CHAN_REQS - 1)], pos);
+            work = true;
         }
+        ss_cellq_taken(&c->r->reqq, c->req_tail);
         bool bad = false;
-        for (; tail != head && !bad; tail++) {
-            uint32_t k = c->r->kicks[tail % SS_CHAN_KICKS];
+        uint32_t kt = c->kick_tail;
+        for (uint32_t j = 0; j < SS_CHAN_KICKS && ss_cellq_ready(c->r->kicks, sizeof c->r->kicks[0], SS_CHAN_KICKS, kt);
+             j++, kt++) {
+            uint32_t k = __atomic_load_n(&c->r->kicks[kt & (SS_CHAN_KICKS - 1)].slot, __ATOMIC_RELAXED);
+            ss_cellq_free(c->r->kicks, sizeof c->r->kicks[0], SS_CHAN_KICKS, kt);
             if (k >= SS_CHAN_SOCKETS) {
                 bad = true;
                 break;
             }
             __atomic_store_n(&c->r->sock[k].kicked, 0, __ATOMIC_RELEASE);
-            bad = !pump(cs, c, k);
             work = true;
+            if (!pump(cs, c, k)) {
+                bad = true;
+                break;
+            }
         }
         if (bad) {
             corrupt(cs, c);
             continue;
         }
-        __atomic_store_n(&q->tail, tail, __ATOMIC_RELEASE);
-        if (seq != c->last_req) {
-            handle_request(cs, c, seq);
-            work = true;
-        }
+        c->kick_tail = kt;
+        ss_cellq_taken(&c->r->kickq, kt);
+        grant(c);
     }
     return work;
 }
@@ -1036,10 +1148,7 @@ void ss_chans_flush(struct ss_chans *cs)
         c->news = false;
         if (c->gone)
             continue; /* nobody to wake */
-        /* Pairs with the library's fence between raising app_sleeping
-         * and its last look at the rings. */
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        if (__atomic_load_n(&c->r->app_sleeping, __ATOMIC_RELAXED)) {
+        if (ss_wake_needed(&c->r->app_sleeping)) {
             __atomic_add_fetch(&c->r->app_wake_seq, 1, __ATOMIC_RELEASE);
             syscall(SYS_futex, &c->r->app_wake_seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
             uint64_t one = 1;
@@ -1056,10 +1165,9 @@ bool ss_chans_may_sleep(struct ss_chans *cs)
         struct ss_chan_host *c = cs->c[i];
         if (!c || c->gone)
             continue;
-        __atomic_store_n(&c->r->inst_sleeping, 1, __ATOMIC_RELAXED);
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        if (__atomic_load_n(&c->r->req.seq, __ATOMIC_ACQUIRE) != c->last_req ||
-            __atomic_load_n(&c->r->kick.head, __ATOMIC_ACQUIRE) != c->r->kick.tail)
+        ss_sleeper_set(&c->r->inst_sleeping, true);
+        if (ss_cellq_ready(c->r->req, sizeof c->r->req[0], SS_CHAN_REQS, c->req_tail) ||
+            ss_cellq_ready(c->r->kicks, sizeof c->r->kicks[0], SS_CHAN_KICKS, c->kick_tail))
             ok = false;
     }
     if (!ok)
@@ -1071,7 +1179,7 @@ void ss_chans_awake(struct ss_chans *cs)
 {
     for (int i = 0; i < SS_MAX_CHANNELS; i++)
         if (cs->c[i])
-            __atomic_store_n(&cs->c[i]->r->inst_sleeping, 0, __ATOMIC_RELAXED);
+            ss_sleeper_set(&cs->c[i]->r->inst_sleeping, false);
 }
 
 int ss_chans_describe(struct ss_chans *cs, int sid, char *buf, size_t len)

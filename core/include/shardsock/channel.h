@@ -19,14 +19,29 @@
  * to the next (a forking server's parent closes its copy at once).
  *
  * Requests (socket, bind, listen, accept, connect, shutdown, close, options)
- * go through a mailbox: one request at a time, serialised by the library;
- * the instance answers it in its next loop pass and never blocks on it.
+ * go through the request ring, a ring of cells many threads fill at once
+ * (shardsock/ring.h): no lock serialises a process's threads.  A call
+ * whose answer the library must have (bind, listen, an accept the ring
+ * did not hold, getsockopt) waits for its cell's answer; the instance
+ * answers in its next loop pass and never blocks on it.  A call whose
+ * answer the library knows, or the kernel would give later, is posted
+ * (SS_REQ_POSTED) and not waited for: close, setsockopt (the kernel socket
+ * checked the arguments), and a non-blocking connect, which returns
+ * EINPROGRESS as the kernel's does; a failure arrives as the socket's
+ * error and readiness, as SO_ERROR does on Linux.  The instance takes
+ * requests in ring order, so a posted connect is done before anything
+ * the process asks after it.
+ *
+ * A socket needs a slot before its first request.  The instance keeps a few
+ * free slots granted ahead on the grant ring; socket() for a connection
+ * takes one (no round trip) and posts SS_OP_SOCKET on it.  The instance
+ * accepts a SS_OP_SOCKET only on a slot it granted to this channel.
  * Blocking calls are the library's: it waits for readiness.
  *
- * Accept-ahead: a listener that one process holds and uses (SS_OPT_ACTIVE)
- * has its connections accepted by the instance as they complete: each gets
- * a slot of the process's channel, its bytes move to its rx ring as they
- * come, and a record (struct ss_chan_accepted) names it in the listener's
+ * Accept-ahead: a listener that one process holds and uses (the socket's
+ * uses word) has its connections accepted by the instance as they
+ * complete: each gets a slot of the process's channel, its bytes move to
+ * its rx ring as they come, and a record (struct ss_chan_accepted) names it in the listener's
  * rx ring, whose head and tail count records.  accept() takes a record with
  * no request; the connection is readable at once.  The readiness word's
  * SS_EV_IN says only that connections wait in the engine beyond the ring
@@ -47,8 +62,10 @@
  * Everything in the region is an index or an offset, never a pointer, and
  * the instance checks every index and length the library wrote before it
  * uses one: a corrupt application can crash itself, never the instance.
- * Rings: free-running 32-bit head and tail, release store on publish,
- * acquire load on consume, producer and consumer words on separate lines.
+ * Rings: shardsock/ring.h says how every ring here is filled and emptied,
+ * and how each side sleeps and wakes the other; the byte rings are single-
+ * producer, single-consumer: free-running 32-bit head and tail, release
+ * store on publish, acquire load on consume.
  */
 #ifndef SHARDSOCK_CHANNEL_H
 #define SHARDSOCK_CHANNEL_H
@@ -56,19 +73,23 @@
 #ifndef SS_CDEF
 #include <stdint.h>
 #endif
+#include <shardsock/ring.h>
 
 #define SS_CHAN_MAGIC 0x53534348 /* "SSCH" */
-#define SS_CHAN_VERSION 4
+#define SS_CHAN_VERSION 5
 #define SS_CHAN_SOCKETS 4096     /* stack sockets per process (buffer pages only as used) */
 #define SS_CHAN_RXBUF 65536      /* bytes, each a power of two */
 #define SS_CHAN_TXBUF 65536
 #define SS_CHAN_KICKS 8192       /* > SS_CHAN_SOCKETS: a kick is queued once */
 #define SS_CHAN_EVENTS 8192
+#define SS_CHAN_REQS 256         /* request cells: threads asking at once, and posted requests */
+#define SS_CHAN_GRANTS 64        /* slots granted ahead (at most) */
+#define SS_CHAN_GRANT_AHEAD 16   /* the instance tops the grant ring up to this many */
 
 /* Requests */
 enum ss_chan_op {
     SS_OP_NONE = 0,
-    SS_OP_SOCKET,      /* -> slot */
+    SS_OP_SOCKET,      /* -> slot; a0 = 1: on the granted slot `slot` (posted) */
     SS_OP_BIND,        /* a0 ip (host order), a1 port */
     SS_OP_LISTEN,      /* a0 backlog */
     SS_OP_ACCEPT,      /* -> new slot; a0 peer ip, a1 peer port out */
@@ -100,19 +121,29 @@ enum ss_fallback {
 #define SS_CHAN_EV_EOF 0x10000    /* the rx ring ends with the peer's FIN */
 #define SS_CHAN_EV_CONNECTED 0x20000
 
+#define SS_REQ_POSTED 1    /* nobody waits for the answer: the instance frees the cell */
+
+/* A cell of the request ring, with its answer. */
 struct ss_chan_request {
-    uint32_t seq;          /* the library's: a new request when it changes */
+    uint32_t seq;          /* the ring's (shardsock/ring.h) */
     uint32_t op;
     uint32_t slot;
-    uint32_t _pad;
+    uint32_t flags;        /* SS_REQ_* */
     int64_t a0, a1;
+    uint32_t tx_mark;      /* the socket's tx head when asked: bytes written before go first */
+    uint32_t _pad0;
+    /* the answer, by the instance */
+    uint32_t done;         /* the cell's position + 1 once answered */
+    int32_t result;        /* >= 0, or a negative errno */
+    int64_t r0, r1;
+    uint8_t info[160];     /* SS_OP_INFO: a struct ss_tcp_info */
+    uint8_t _pad[32];
 };
 
-struct ss_chan_reply {
-    uint32_t seq;          /* the request's seq once answered */
-    int32_t result;        /* >= 0, or a negative errno */
-    int64_t a0, a1;
-    uint8_t info[160];     /* SS_OP_INFO: a struct ss_tcp_info */
+/* A cell of the kick ring: a socket the instance should look at. */
+struct ss_chan_kick {
+    uint32_t seq;          /* the ring's (shardsock/ring.h) */
+    uint32_t slot;
 };
 
 /* A connection accepted ahead, in its listener's rx ring (accept-ahead). */
@@ -137,23 +168,16 @@ struct ss_chan_socket {
     int32_t error;         /* pending SO_ERROR (negative errno), by the instance */
     uint32_t kicked;       /* 1 while a kick for it waits on the kick ring */
     uint32_t evq;          /* 1 while an event for it waits on the event ring */
-    uint32_t in_use;       /* 1 from SS_OP_SOCKET/ACCEPT until closed (SS_OP_CLOSE or closing) */
+    uint32_t in_use;       /* 1 from its grant, accept or SS_OP_SOCKET until closed */
     uint32_t local_ip, remote_ip;
     uint16_t local_port, remote_port;
     uint32_t more;         /* 1: the application's last send had MSG_MORE */
-    uint32_t closing;      /* 1: the application closed it; the kick that follows tells the instance */
+    uint32_t _pad1;
     uint32_t uses;         /* a listener: 1 while the process uses it (accepts, polls it, or has it in an
                             * epoll set); the kick that follows tells the instance (SS_OPT_ACTIVE) */
     uint8_t _pad[20];
     struct ss_chan_bytes rx; /* instance -> application */
     struct ss_chan_bytes tx; /* application -> instance */
-};
-
-struct ss_chan_ring32 {
-    uint32_t head;
-    uint8_t _pad0[60];
-    uint32_t tail;
-    uint8_t _pad1[60];
 };
 
 struct ss_chan_region {
@@ -175,14 +199,14 @@ struct ss_chan_region {
     uint8_t _pad2[60];
     uint32_t app_wake_seq;     /* bumped by the instance on every wake (a futex word) */
     uint8_t _pad3[60];
-    struct ss_chan_request req;    /* 32 bytes */
-    uint8_t _pad4[32];
-    struct ss_chan_reply rep;      /* 184 bytes */
-    uint8_t _pad5[8];
-    struct ss_chan_ring32 kick;    /* socket slots, application -> instance */
-    uint32_t kicks[SS_CHAN_KICKS];
-    struct ss_chan_ring32 event;   /* socket slots whose readiness changed */
+    struct ss_cellq reqq;          /* requests, application -> instance */
+    struct ss_chan_request req[SS_CHAN_REQS];
+    struct ss_cellq kickq;         /* socket slots, application -> instance */
+    struct ss_chan_kick kicks[SS_CHAN_KICKS];
+    struct ss_idxq eventq;         /* socket slots whose readiness changed, instance -> application */
     uint32_t events[SS_CHAN_EVENTS];
+    struct ss_idxq grantq;         /* free slots the instance granted ahead, instance -> any thread */
+    uint32_t grants[SS_CHAN_GRANTS];
     struct ss_chan_socket sock[SS_CHAN_SOCKETS];
     /* then the byte rings' data: socket k's rx at SS_CHAN_RX_OFF(k), tx
      * at SS_CHAN_TX_OFF(k) from the start of the region */
@@ -193,8 +217,10 @@ struct ss_chan_region {
 #define SS_CHAN_SIZE SS_CHAN_RX_OFF(SS_CHAN_SOCKETS)
 
 #ifndef SS_CDEF
-_Static_assert(sizeof(struct ss_chan_request) == 32, "request layout");
-_Static_assert(sizeof(struct ss_chan_reply) == 184, "reply layout");
+_Static_assert(sizeof(struct ss_chan_request) == 256, "request cell layout");
+_Static_assert((SS_CHAN_REQS & (SS_CHAN_REQS - 1)) == 0 && (SS_CHAN_KICKS & (SS_CHAN_KICKS - 1)) == 0 &&
+               (SS_CHAN_EVENTS & (SS_CHAN_EVENTS - 1)) == 0 && (SS_CHAN_GRANTS & (SS_CHAN_GRANTS - 1)) == 0,
+               "rings are powers of two");
 _Static_assert(sizeof(struct ss_chan_accepted) == 16, "accepted record layout");
 _Static_assert(sizeof(struct ss_chan_region) % 64 == 0, "sockets on cache lines");
 _Static_assert((SS_CHAN_RXBUF & (SS_CHAN_RXBUF - 1)) == 0 && (SS_CHAN_TXBUF & (SS_CHAN_TXBUF - 1)) == 0,
