@@ -39,7 +39,7 @@ setup: ## as root: Debian packages, the Python environment .venv, `shardsock` in
 $(VENV)/bin/python3:
 	scripts/setup.sh
 
-build: $(BUILD)/libssengine.a $(XDP_OBJ) $(BUILD)/shardsockd $(BUILD)/shardsockd-san $(BUILD)/echo_server $(BUILD)/echo_bench $(BUILD)/linkem $(BUILD)/libshardsock.so $(BUILD)/sockcheck $(BUILD)/threadstress $(BUILD)/pair $(BUILD)/pair-san $(BUILD)/wheel_test $(BUILD)/wheel_test-san preload/.engine-built ## build every C part
+build: $(BUILD)/libssengine.a $(XDP_OBJ) $(BUILD)/shardsockd $(BUILD)/shardsockd-san $(BUILD)/echo_server $(BUILD)/echo_bench $(BUILD)/linkem $(BUILD)/libshardsock.so $(BUILD)/sockcheck $(BUILD)/threadstress $(BUILD)/pair $(BUILD)/pair-san $(BUILD)/wheel_test $(BUILD)/wheel_test-san $(BUILD)/ring_stress $(BUILD)/ring_stress-san $(BUILD)/ring_stress-tsan preload/.engine-built ## build every C part
 
 $(BUILD)/obj/%.o: %.c $(ENGINE_HDR)
 	@mkdir -p $(dir $@)
@@ -107,6 +107,11 @@ $(BUILD)/%: core/tests/%.c $(ENGINE_OBJ)
 $(BUILD)/%-san: core/tests/%.c $(ENGINE_SAN)
 	@echo "  LD-SAN  $@"
 	@$(CC) $(CSTD) $(WARN) $(SAN) $(INC) $^ -o $@
+
+# The channel's ring protocol under threads, also with ThreadSanitizer.
+$(BUILD)/ring_stress-tsan: core/tests/ring_stress.c core/include/shardsock/ring.h
+	@echo "  LD-TSAN $@"
+	@$(CC) $(CSTD) $(WARN) -O1 -g -fsanitize=thread $(INC) $< -o $@ -lpthread
 
 # The Python extension (preload/_engine*.so) and its sanitizer twin.
 preload/.engine-built: $(ENGINE_SRC) $(ENGINE_HDR) preload/_build_engine.py | $(VENV)/bin/python3

@@ -417,17 +417,19 @@ static bool await_instance(bool (*done)(const void *), const void *arg)
     }
 }
 
+/* done() may be asked again after it said true: claiming must happen once. */
 struct claim {
     struct ss_cellq *q;
     void *cells;
     size_t stride;
     uint32_t n;
     uint32_t *pos;
+    bool got;
 };
 static bool claimed(const void *arg)
 {
-    const struct claim *c = arg;
-    return ss_cellq_claim(c->q, c->cells, c->stride, c->n, c->pos);
+    struct claim *c = (struct claim *)arg;
+    return c->got || (c->got = ss_cellq_claim(c->q, c->cells, c->stride, c->n, c->pos));
 }
 
 struct answer {
@@ -456,7 +458,7 @@ static int64_t put_request(uint32_t op, uint32_t slot, uint32_t flags, int64_t a
 {
     struct ss_chan_region *r = ss_ch.r;
     uint32_t pos;
-    struct claim c = {&r->reqq, r->req, sizeof r->req[0], SS_CHAN_REQS, &pos};
+    struct claim c = {&r->reqq, r->req, sizeof r->req[0], SS_CHAN_REQS, &pos, false};
     if (!await_instance(claimed, &c))
         return -1;
     struct ss_chan_request *q = &r->req[pos & (SS_CHAN_REQS - 1)];
@@ -548,7 +550,7 @@ void ss_kick(uint32_t slot)
     uint32_t pos;
     /* never full (one kick per socket, and more cells than sockets), but
      * the instance may be slow to free the cells */
-    struct claim c = {&r->kickq, r->kicks, sizeof r->kicks[0], SS_CHAN_KICKS, &pos};
+    struct claim c = {&r->kickq, r->kicks, sizeof r->kicks[0], SS_CHAN_KICKS, &pos, false};
     if (!await_instance(claimed, &c))
         return;
     r->kicks[pos & (SS_CHAN_KICKS - 1)].slot = slot;

@@ -151,7 +151,7 @@ static inline bool ss_idxq_push(struct ss_idxq *q, uint32_t *ents, uint32_t n, u
     if (ss_idxq_count(q, n) >= n)
         return false;
     uint32_t h = q->head;
-    ents[h & (n - 1)] = v;
+    __atomic_store_n(&ents[h & (n - 1)], v, __ATOMIC_RELAXED); /* a taker may read it as it loses its claim */
     __atomic_store_n(&q->head, h + 1, __ATOMIC_RELEASE);
     return true;
 }
@@ -194,17 +194,26 @@ static inline void ss_sleeper_leave(uint32_t *flag) { __atomic_sub_fetch(flag, 1
 /* A sleeper that is alone (the instance): its flag is 0 or 1. */
 static inline void ss_sleeper_set(uint32_t *flag, bool on)
 {
+#ifdef __SANITIZE_THREAD__
+    __atomic_exchange_n(flag, on, __ATOMIC_SEQ_CST); /* ThreadSanitizer cannot see fences: the same order by RMW */
+#else
     __atomic_store_n(flag, on, __ATOMIC_RELAXED);
     if (on)
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
+#endif
 }
 
 /* The waker, after it published: whether the other side sleeps (or is
- * about to) and must be woken. */
-static inline bool ss_wake_needed(const uint32_t *flag)
+ * about to) and must be woken.  A fence and a plain load: the waker does
+ * not take the flag's line away from the sleeper on every publish. */
+static inline bool ss_wake_needed(uint32_t *flag)
 {
+#ifdef __SANITIZE_THREAD__
+    return __atomic_fetch_or(flag, 0, __ATOMIC_SEQ_CST) != 0;
+#else
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     return __atomic_load_n(flag, __ATOMIC_RELAXED) != 0;
+#endif
 }
 
 #endif /* SS_CDEF */
