@@ -40,13 +40,14 @@ static const int opt_of_bit[] = {SS_OPT_NODELAY,      SS_OPT_KEEPALIVE, SS_OPT_K
 
 /* Posts a request for s that nobody waits for (shardsock/channel.h);
  * more: the caller posts or asks again at once. */
-static void post(struct ss_sock *s, uint32_t op, int64_t a0, int64_t a1, bool more)
+static int post(struct ss_sock *s, uint32_t op, int64_t a0, int64_t a1, bool more)
 {
     int64_t pos = ss_post(op, s->slot, a0, a1, more);
-    if (pos >= 0) {
-        s->unsettled = true;
-        s->settle_end = (uint32_t)pos + 1;
-    }
+    if (pos < 0)
+        return (int)pos; /* the instance is gone */
+    s->unsettled = true;
+    s->settle_end = (uint32_t)pos + 1;
+    return 0;
 }
 
 /* What the instance did with the requests posted for s is visible. */
@@ -461,7 +462,8 @@ int ss_sock_connect(int fd, struct ss_sock *s, const struct sockaddr *a, socklen
      * of the instance's included (no room for a socket or a local port:
      * Linux says EADDRNOTAVAIL at once; here it comes as SO_ERROR).  A
      * blocking connect waits for the outcome either way. */
-    post(s, SS_OP_CONNECT, ip, port, false);
+    if ((e = post(s, SS_OP_CONNECT, ip, port, false)) < 0)
+        return fail(-e);
     s->connecting = true;
     if (s->nonblock)
         return fail(EINPROGRESS);

@@ -97,7 +97,7 @@ static void waiter_cancelled(void *arg)
     struct poll_waiter *w = arg;
     waiter_remove(w);
     REAL(close)(w->efd);
-    ss_sleeper_leave(&ss_ch.r->app_sleeping);
+    ss_sleeper_leave(&ss_ch.r->app_bell_sleeping); /* a waiter sleeps with the doorbell */
 }
 
 /* poll is a cancellation point: a thread cancelled in it leaves the list */
@@ -177,8 +177,9 @@ int ss_poll(struct pollfd *p, nfds_t n, int timeout_ms, const sigset_t *mask)
         bool on_bell = sleep && (m != 0 || mask); /* else on the wake sequence */
         struct poll_waiter me = {.efd = -1};
         uint32_t seen = __atomic_load_n(&ss_ch.r->app_wake_seq, __ATOMIC_ACQUIRE);
+        uint32_t *flag = on_bell ? &ss_ch.r->app_bell_sleeping : &ss_ch.r->app_sleeping;
         if (sleep) {
-            ss_sleeper_enter(&ss_ch.r->app_sleeping);
+            ss_sleeper_enter(flag);
             if (on_bell) {
                 /* listed before the last look: a doorbell rung after
                  * it and drained by another thread is passed on to us */
@@ -196,7 +197,7 @@ int ss_poll(struct pollfd *p, nfds_t n, int timeout_ms, const sigset_t *mask)
                     waiter_remove(&me);
                     REAL(close)(me.efd);
                 }
-                ss_sleeper_leave(&ss_ch.r->app_sleeping);
+                ss_sleeper_leave(flag);
                 continue; /* it changed while we were looking: count again */
             }
         }
@@ -211,7 +212,7 @@ int ss_poll(struct pollfd *p, nfds_t n, int timeout_ms, const sigset_t *mask)
                 /* Only the stack's sockets: sleep on the wake sequence,
                  * which cannot miss a wake-up however many threads wait. */
                 int e = ss_sleep_since(seen, left < 0 || left > 1000 ? 1000 : left);
-                ss_sleeper_leave(&ss_ch.r->app_sleeping);
+                ss_sleeper_leave(flag);
                 if (!ss_instance_alive())
                     continue; /* its sockets now poll as the kernel's dead ones */
                 if (e == -EINTR) {
@@ -245,7 +246,7 @@ int ss_poll(struct pollfd *p, nfds_t n, int timeout_ms, const sigset_t *mask)
             REAL(close)(me.efd);
         }
         if (sleep)
-            ss_sleeper_leave(&ss_ch.r->app_sleeping);
+            ss_sleeper_leave(flag);
         errno = e;
         if (r < 0) {
             total = -1;
@@ -1008,9 +1009,9 @@ static int epoll_loop(int ep, struct ep_set *set, struct epoll_event *ev, int ma
             }
         }
         if (sleep) {
-            ss_sleeper_enter(&ss_ch.r->app_sleeping);
+            ss_sleeper_enter(&ss_ch.r->app_bell_sleeping); /* in the kernel's epoll, which holds the doorbell */
             if (events_waiting()) {
-                ss_sleeper_leave(&ss_ch.r->app_sleeping);
+                ss_sleeper_leave(&ss_ch.r->app_bell_sleeping);
                 continue;
             }
             left = -1;
@@ -1021,7 +1022,7 @@ static int epoll_loop(int ep, struct ep_set *set, struct epoll_event *ev, int ma
         }
         int k = mask ? REAL(epoll_pwait)(ep, ev + n, max - n, left, mask) : REAL(epoll_wait)(ep, ev + n, max - n, left);
         if (sleep) {
-            ss_sleeper_leave(&ss_ch.r->app_sleeping);
+            ss_sleeper_leave(&ss_ch.r->app_bell_sleeping);
             pthread_mutex_lock(&ep_lock);
             set->sleepers--;
             pthread_mutex_unlock(&ep_lock);

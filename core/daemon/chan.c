@@ -1148,9 +1148,14 @@ void ss_chans_flush(struct ss_chans *cs)
         c->news = false;
         if (c->gone)
             continue; /* nobody to wake */
-        if (ss_wake_needed(&c->r->app_sleeping)) {
+        /* one system call for the kind of sleep the threads are in */
+        bool futex = ss_wake_needed(&c->r->app_sleeping);
+        bool bell = __atomic_load_n(&c->r->app_bell_sleeping, __ATOMIC_RELAXED) != 0; /* after the fence above */
+        if (futex || bell)
             __atomic_add_fetch(&c->r->app_wake_seq, 1, __ATOMIC_RELEASE);
+        if (futex)
             syscall(SYS_futex, &c->r->app_wake_seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+        if (bell) {
             uint64_t one = 1;
             if (write(c->app_bell, &one, sizeof one) < 0)
                 cs->ctr->dev_tx_errors++;

@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -512,6 +513,13 @@ static void parse_args(int argc, char **argv, struct options *o)
 
 static void setup(struct instance *in)
 {
+    /* The engine allocates and frees per connection (control blocks,
+     * buffers): glibc would give the top of the heap back and take it
+     * again with brk() about once per connection (perf: 1.03 per
+     * connection under churn).  Keep 64 MiB of freed heap instead. */
+    mallopt(M_TRIM_THRESHOLD, 64 << 20);
+    mallopt(M_TOP_PAD, 16 << 20);
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
     struct options *o = &in->opt;
     char err[512];
     if (o->core >= 0) {

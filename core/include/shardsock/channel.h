@@ -193,8 +193,9 @@ struct ss_chan_region {
     uint32_t ninstances;       /* in the group */
     uint8_t _pad0[16];
     /* sleeping flags: a side wakes the other only when it sleeps */
-    uint32_t app_sleeping;     /* written by the library */
-    uint8_t _pad1[60];
+    uint32_t app_sleeping;     /* written by the library: threads asleep on app_wake_seq (a futex) */
+    uint32_t app_bell_sleeping; /* and threads asleep in the kernel (poll, epoll) with the doorbell */
+    uint8_t _pad1[56];
     uint32_t inst_sleeping;    /* written by the instance */
     uint8_t _pad2[60];
     uint32_t app_wake_seq;     /* bumped by the instance on every wake (a futex word) */
