@@ -336,6 +336,11 @@ int main(int argc, char **argv)
     int c = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
     int r = connect(c, (struct sockaddr *)&dst, sizeof dst);
     printf("connect nonblocking: %s\n", r == 0 ? "0" : ename(errno));
+    /* the kernel chose the local port in connect(): a posted connect too */
+    struct sockaddr_in mine = {0};
+    socklen_t ml = sizeof mine;
+    getsockname(c, (struct sockaddr *)&mine, &ml);
+    printf("getsockname while connecting: port set %d\n", mine.sin_port != 0);
     int rev = wait_fd(c, POLLOUT, 5000);
     printf("poll connecting: out %d err %d\n", !!(rev & POLLOUT), !!(rev & POLLERR));
     int err = -1;
@@ -346,6 +351,10 @@ int main(int argc, char **argv)
     wait_fd(l, POLLIN, 5000);
     int s = accept4(l, NULL, NULL, SOCK_CLOEXEC);
     printf("accept4: %s\n", s >= 0 ? "fd" : ename(errno));
+    struct sockaddr_in theirs = {0};
+    socklen_t tl0 = sizeof theirs;
+    getpeername(s, (struct sockaddr *)&theirs, &tl0);
+    printf("accepted peer is the connecting port: %d\n", theirs.sin_port == mine.sin_port);
     printf("accepted cloexec: %d\n", (fcntl(s, F_GETFD) & FD_CLOEXEC) != 0);
     int type = 0;
     socklen_t tl = sizeof type;
