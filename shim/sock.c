@@ -105,6 +105,24 @@ static void to_kernel(int fd, struct ss_sock *s, enum ss_fallback reason, const 
     ss_count_fallback(reason, why);
 }
 
+/* Whether a stack listener in the group holds the port: the instance's
+ * answer, kept until the group's listeners change (the channel's
+ * listen_gen, which the instance moves before it answers anything after
+ * a change), so a client's connect to 127.0.0.1 asks once per port, not
+ * once per connection.  By port: the generation (31 bits) << 1 | answer. */
+static uint32_t listened[65536];
+
+static bool stack_listens(uint16_t port)
+{
+    uint32_t gen = __atomic_load_n(&ss_ch.r->listen_gen, __ATOMIC_ACQUIRE) & 0x7fffffffu;
+    uint32_t v = __atomic_load_n(&listened[port], __ATOMIC_RELAXED);
+    if (gen && v >> 1 == gen)
+        return v & 1;
+    bool yes = ss_request(SS_OP_LISTENED, 0, port, 0, NULL, NULL) == 1;
+    __atomic_store_n(&listened[port], gen << 1 | yes, __ATOMIC_RELAXED);
+    return yes;
+}
+
 /* The IPv4 address and port a call names: 0, a negative errno for a
  * malformed address (the kernel socket will say which), or 1 for a good
  * one the stack cannot serve (IPv6 proper). */
@@ -393,7 +411,7 @@ int ss_sock_accept(int fd, struct ss_sock *s, struct sockaddr *a, socklen_t *len
 static bool routed_through_stack(uint32_t ip, uint16_t port)
 {
     if ((ip >> 24) == 127)
-        return ss_loopback_on() && ss_request(SS_OP_LISTENED, 0, port, 0, NULL, NULL) == 1;
+        return ss_loopback_on() && stack_listens(port);
     uint32_t mask = ss_ch.r->stack_netmask;
     return ip != ss_ch.r->stack_ip && (ip & mask) == (ss_ch.r->stack_ip & mask) && ip != (ss_ch.r->stack_ip | ~mask);
 }
@@ -657,8 +675,11 @@ int ss_sock_shutdown(int fd, struct ss_sock *s, int how)
 int ss_sock_close(int fd, struct ss_sock *s)
 {
     (void)fd;
-    if (s->stack && ss_ch.state == SS_CH_ATTACHED)
+    if (s->stack && ss_ch.state == SS_CH_ATTACHED) {
+        if (s->listening) /* its port may be nobody's now: ask again */
+            __atomic_store_n(&listened[ss_so(s->slot)->local_port], 0, __ATOMIC_RELAXED);
         post(s, SS_OP_CLOSE, 0, 0, false);
+    }
     return 0;
 }
 

@@ -76,6 +76,21 @@ static uint64_t now_us(void)
     return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
 }
 
+void ss_chans_listen_bump(void *ctx, uint16_t port, int state)
+{
+    (void)port;
+    (void)state;
+    __atomic_add_fetch((uint32_t *)ctx, 1, __ATOMIC_RELEASE);
+}
+
+/* The channel's listen_gen: never 0, so a process's cache of answers
+ * starts stale. */
+static uint32_t listen_gen_of(const struct ss_chans *cs)
+{
+    uint32_t g = cs->listen_gen ? __atomic_load_n(cs->listen_gen, __ATOMIC_ACQUIRE) : 0;
+    return g + 1 ? g + 1 : 1;
+}
+
 int ss_chans_init(struct ss_chans *cs, struct ss_engine *e, struct ss_counters *ctr, uint32_t max_sockets,
                   uint32_t instance, uint32_t stack_ip, uint32_t stack_netmask, int epfd)
 {
@@ -607,6 +622,8 @@ static void posted_failed(struct ss_chan_host *c, uint32_t k, int64_t res)
     post_event(c, k);
 }
 
+static void tell_listen_gen(struct ss_chans *cs);
+
 /* The request in cell q (its position pos): answered in the cell, or, when
  * posted, its failure put where the kernel would report it. */
 static void handle_request(struct ss_chans *cs, struct ss_chan_host *c, struct ss_chan_request *q, uint32_t pos)
@@ -816,6 +833,7 @@ out:
     q->result = (int32_t)res;
     q->r0 = a0;
     q->r1 = a1;
+    tell_listen_gen(cs); /* a listen answered: the processes' caches stale before it returns */
     ss_answer(&q->done, pos);
 }
 
@@ -862,6 +880,7 @@ int ss_chans_attach(struct ss_chans *cs, int fd)
     for (uint32_t k = 0; k < SS_CHAN_SOCKETS; k++)
         c->s[k].sid = -1;
     grant(c);
+    c->r->listen_gen = listen_gen_of(cs);
     __atomic_store_n(&c->r->magic, SS_CHAN_MAGIC, __ATOMIC_RELEASE);
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = c->inst_bell};
     struct epoll_event hup = {.events = EPOLLRDHUP, .data.fd = fd};
@@ -1069,9 +1088,25 @@ static void corrupt(struct ss_chans *cs, struct ss_chan_host *c)
     detach(cs, c);
 }
 
+/* Every channel's listen_gen, when the group's moved. */
+static void tell_listen_gen(struct ss_chans *cs)
+{
+    uint32_t gen = listen_gen_of(cs);
+    if (gen == cs->listen_gen_seen)
+        return;
+    cs->listen_gen_seen = gen;
+    for (int i = 0; i < SS_MAX_CHANNELS; i++)
+        if (cs->c[i])
+            __atomic_store_n(&cs->c[i]->r->listen_gen, gen, __ATOMIC_RELEASE);
+}
+
 bool ss_chans_poll(struct ss_chans *cs)
 {
     bool work = false;
+    /* Before the requests: an answer given in this pass is at least as
+     * new as the generation the process reads with it.  And after them:
+     * a listen done in this pass goes stale in the caches at once. */
+    tell_listen_gen(cs);
     for (int i = 0; i < SS_MAX_CHANNELS; i++) {
         struct ss_chan_host *c = cs->c[i];
         if (!c || c->gone)
@@ -1113,6 +1148,7 @@ bool ss_chans_poll(struct ss_chans *cs)
         ss_cellq_taken(&c->r->kickq, kt);
         grant(c);
     }
+    tell_listen_gen(cs);
     return work;
 }
 
@@ -1175,6 +1211,10 @@ bool ss_chans_may_sleep(struct ss_chans *cs)
             ss_cellq_ready(c->r->kicks, sizeof c->r->kicks[0], SS_CHAN_KICKS, c->kick_tail))
             ok = false;
     }
+    /* the listeners changed at another instance (after our sleeping flag
+     * went up: ss_fwd_may_sleep): tell our processes first */
+    if (listen_gen_of(cs) != cs->listen_gen_seen)
+        ok = false;
     if (!ok)
         ss_chans_awake(cs);
     return ok;

@@ -29,7 +29,15 @@ struct ss_chans {
     struct ss_chan_host *c[SS_MAX_CHANNELS];
     struct ss_fork_ticket *tickets;
     uint64_t sweep_at_us;      /* when a freed slot's buffers turn cold (ss_chans_sweep); 0: none waits */
+    /* The group's listener generation (the forwarding region's, or the
+     * instance's own when alone), copied to every channel's listen_gen. */
+    const uint32_t *listen_gen;
+    uint32_t listen_gen_seen;
 };
+
+/* The engine's listen_publish hook for an instance alone in its group:
+ * ctx is a uint32_t generation, bumped. */
+void ss_chans_listen_bump(void *ctx, uint16_t port, int state);
 
 /* A slot free this long gives its buffers' pages back. */
 #define SS_CHANS_COLD_US 1000000u

@@ -169,6 +169,19 @@ void ss_fwd_listen_publish(void *ctx, uint16_t port, int state)
         __atomic_fetch_or(&f->r->active[port], bit, __ATOMIC_ACQ_REL);
     else
         __atomic_fetch_and(&f->r->active[port], ~bit, __ATOMIC_ACQ_REL);
+    /* the processes of every instance learn that their answers about
+     * ports went stale: a sleeping instance wakes to tell its own */
+    __atomic_add_fetch(&f->r->listen_gen, 1, __ATOMIC_RELEASE);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    for (int k = 0; k < f->n; k++) {
+        struct ss_fwd_inbox *in = &f->r->inbox[k];
+        if (k != f->self && __atomic_load_n(&in->sleeping, __ATOMIC_RELAXED) &&
+            __atomic_exchange_n(&in->sleeping, 0, __ATOMIC_ACQ_REL)) {
+            uint64_t one = 1;
+            if (write(f->doorbell[k], &one, sizeof one) != sizeof one)
+                f->ctr->dev_tx_errors++;
+        }
+    }
 }
 
 int ss_fwd_listen_owner(void *ctx, uint32_t rip, uint16_t rport, uint16_t lport, int active)

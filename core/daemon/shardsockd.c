@@ -71,6 +71,7 @@ struct instance {
     struct ss_chans chans; /* the attached application processes */
     struct ss_fwd fwd;  /* forwarding to the owners of flows; with two instances or more */
     bool fwd_on;
+    uint32_t listen_gen; /* alone in the group: the listeners' generation (chan.h) */
     char stats_path[128], neigh_path[128], sock_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     int epfd, tfd, sfd, ctl;
     uint64_t tfd_armed;  /* the deadline the timerfd holds (0: none armed; UINT64_MAX: disarmed) */
@@ -604,6 +605,11 @@ static void setup(struct instance *in)
         cfg.listen_publish = ss_fwd_listen_publish;
         cfg.listen_owner = ss_fwd_listen_owner;
         cfg.flow_ctx = &in->fwd;
+    } else {
+        /* alone: the library's answers about which ports the stack
+         * listens on go stale with this instance's own listeners */
+        cfg.listen_publish = ss_chans_listen_bump;
+        cfg.flow_ctx = &in->listen_gen;
     }
     const char *bad = ss_engine_config_check(&cfg);
     if (bad)
@@ -645,6 +651,7 @@ static void setup(struct instance *in)
                       o->netmask, in->epfd) < 0)
         die("cannot create the channel tables (out of memory)");
     in->chans.core = o->core;
+    in->chans.listen_gen = in->fwd_on ? &in->fwd.r->listen_gen : &in->listen_gen;
     in->chans.ninstances = (uint32_t)o->ninstances;
     __atomic_store_n(&in->stats->state, SS_INSTANCE_READY, __ATOMIC_RELEASE);
     if (o->ready_fd >= 0) {

@@ -540,3 +540,44 @@ def test_loopback_between_preloaded_programs_stays_in_the_stack(group):
             if p:
                 p.kill()
                 p.wait()
+
+
+LISTENED_CACHE = r"""
+import json, socket, sys
+port = int(sys.argv[1])
+def attempt():
+    c = socket.socket()
+    try:
+        c.connect(("127.0.0.1", port))
+        r = "connected"
+    except OSError as e:
+        r = e.strerror
+    c.close()
+    return r
+out = [attempt()]                  # nobody listens: the kernel refuses
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("0.0.0.0", port))
+l.listen()
+out.append(attempt())              # a stack listener now: through the stack
+s, _ = l.accept()
+s.close()
+l.close()
+out.append(attempt())              # gone: the kernel refuses again
+print(json.dumps(out))
+"""
+
+
+def test_loopback_connects_follow_the_stack_listeners(group):
+    """A client asks the instance once whether a stack listener holds a
+    127/8 port, and keeps the answer until the group's listeners change
+    (the channel's listen_gen): a listener that appears or closes after
+    the answer must change where the next connect goes."""
+    before = group.counters()
+    r = group.run(sys.executable, "-c", LISTENED_CACHE, "17700")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == ["Connection refused", "connected", "Connection refused"]
+    after = group.counters()
+    grew = {k: sum(a[k] - b[k] for b, a in zip(before, after))
+            for k in ("tcp_active_opens", "tcp_passive_opens", "fallback_destination")}
+    assert grew == {"tcp_active_opens": 1, "tcp_passive_opens": 1, "fallback_destination": 2}, grew

@@ -191,7 +191,9 @@ struct ss_chan_region {
     uint64_t token;            /* proves a forked child holds this channel (SS_OP_ADOPT) */
     int32_t core;              /* the instance's CPU: a placed process runs there too */
     uint32_t ninstances;       /* in the group */
-    uint8_t _pad0[16];
+    uint32_t listen_gen;       /* changes when the group's stack listeners do: SS_OP_LISTENED answers
+                                * asked before are stale (never 0) */
+    uint8_t _pad0[12];
     /* sleeping flags: a side wakes the other only when it sleeps */
     uint32_t app_sleeping;     /* written by the library: threads asleep on app_wake_seq (a futex) */
     uint32_t app_bell_sleeping; /* and threads asleep in the kernel (poll, epoll) with the doorbell */

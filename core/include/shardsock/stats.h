@@ -142,7 +142,8 @@ struct ss_fwd_region {
     uint64_t engine_key[2]; /* the instances' ISN and SYN-cookie key (struct ss_engine_config
                              * secret), one for the group: a cookie one instance sent is
                              * good at another */
-    uint8_t _pad1[16];
+    uint32_t listen_gen;   /* bumped on every change of listeners[] (the processes' LISTENED answers go stale) */
+    uint8_t _pad1[12];
     struct ss_fwd_inbox inbox[SS_FWD_MAX_INSTANCES];
     /* bit k of listeners[port]: instance k listens on the port; of
      * active[port]: a process uses one of those listeners (listen spawn) */
