@@ -324,7 +324,7 @@ bool ss_attach(void)
 
 static void wake_instance(void)
 {
-    if (ss_wake_needed(&ss_ch.r->inst_sleeping)) {
+    if (ss_wake_claim(&ss_ch.r->inst_sleeping)) {
         uint64_t one = 1;
         ssize_t r = REAL(write)(ss_ch.inst_bell, &one, sizeof one);
         (void)r;

@@ -366,6 +366,7 @@ struct ep_set {
     bool bell;                /* the doorbell is in the real set */
     int sleepers;             /* threads in epoll_wait on it with nothing to report (under ep_lock) */
     int wake;                 /* an eventfd in the real set (WAKE_TAG): wakes them; -1 until needed */
+    bool wake_sent;           /* written since a thread last went to sleep on the set: once is enough */
     struct ep_item *items, *check;
     struct ep_item *watchers; /* the items that hold this set in other sets */
     struct ep_set *next;
@@ -421,10 +422,11 @@ static void queue_check(struct ep_set *set, struct ep_item *it)
     /* Threads asleep on this set are woken (as the kernel wakes a set's
      * waiters): the doorbell that brought the news may have been drained by
      * a thread waiting on another set (memcached's workers each have one). */
-    if (set->sleepers && set->wake >= 0) {
+    if (set->sleepers && set->wake >= 0 && !set->wake_sent) {
         uint64_t one = 1;
         ssize_t r = REAL(write)(set->wake, &one, sizeof one);
         (void)r;
+        set->wake_sent = true; /* perf: wrk's two threads wrote it 3.9 times per connection */
     }
     for (struct ep_item *w = set->watchers; w; w = w->next_watcher) {
         struct ep_set *outer = find_set(w->ep, false);
@@ -998,6 +1000,7 @@ static int epoll_loop(int ep, struct ep_set *set, struct epoll_event *ev, int ma
                 }
             }
             set->sleepers++;
+            set->wake_sent = false;
         }
         pthread_mutex_unlock(&ep_lock);
         if (n) {

@@ -216,6 +216,16 @@ static inline bool ss_wake_needed(uint32_t *flag)
 #endif
 }
 
+/* The waker of a lone sleeper (the instance, whose flag is 0 or 1):
+ * true for the one waker that takes the raised flag and must wake it.
+ * Others that publish before the sleeper runs again make no call: it
+ * looks at the rings once awake, and raises its flag again before it
+ * sleeps. */
+static inline bool ss_wake_claim(uint32_t *flag)
+{
+    return ss_wake_needed(flag) && __atomic_exchange_n(flag, 0, __ATOMIC_ACQ_REL) != 0;
+}
+
 #endif /* SS_CDEF */
 
 #endif
