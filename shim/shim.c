@@ -666,7 +666,8 @@ static int hook_socket(int domain, int type, int protocol)
     if (!s)
         return fd;
     s->refs = 1;
-    s->nonblock = (type & SOCK_NONBLOCK) != 0;
+    s->nonblock = s->kernel_nb = (type & SOCK_NONBLOCK) != 0;
+    s->fl_known = true; /* a new socket's flags: O_RDWR, and O_NONBLOCK as asked */
     s->v6 = domain == AF_INET6;
     fd_set_sock(fd, s);
     return fd;
@@ -950,10 +951,31 @@ static int hook_getpeername(int fd, struct sockaddr *a, socklen_t *len)
     return s && s->stack ? ss_sock_name(fd, s, a, len, true) : REAL(getpeername)(fd, a, len);
 }
 
+/* Flags F_SETFL changes on a socket (fcntl(2); the access mode is fixed). */
+#define SETFL_MASK (O_APPEND | O_ASYNC | O_DIRECT | O_NOATIME | O_NONBLOCK)
+
 static int fcntl_common(int (*real)(int, int, long), int fd, int cmd, long arg)
 {
     struct ss_sock *s = ss_lookup(fd);
+    /* A program's switch to non-blocking mode (wrk: F_GETFL, then F_SETFL
+     * per connection) is the library's alone while the stack serves: two
+     * system calls fewer per connection.  The kernel socket gets it when it
+     * serves (ss_sock_kernel_mode). */
+    if (s && s->fl_known && !s->shared) {
+        if (cmd == F_GETFL)
+            return O_RDWR | s->fl_other | (s->nonblock ? O_NONBLOCK : 0);
+        if (cmd == F_SETFL && ((int)arg & SETFL_MASK & ~O_NONBLOCK) == s->fl_other) {
+            s->nonblock = (arg & O_NONBLOCK) != 0;
+            if (s->kernel_too)
+                ss_sock_kernel_mode(fd, s); /* its kernel side serves host clients */
+            return 0;
+        }
+    }
     int r = real(fd, cmd, arg);
+    if (r >= 0 && s && s->fl_known && cmd == F_SETFL) {
+        s->fl_other = (int)arg & SETFL_MASK & ~O_NONBLOCK;
+        s->kernel_nb = (arg & O_NONBLOCK) != 0;
+    }
     if (r < 0 || !s)
         return r;
     switch (cmd) {
@@ -986,7 +1008,7 @@ static int hook_ioctl(int fd, unsigned long req, long arg)
         /* undecided sockets too: the mode must survive the decision */
         int r = REAL(ioctl)(fd, req, arg);
         if (r == 0)
-            s->nonblock = *(int *)arg != 0;
+            s->nonblock = s->kernel_nb = *(int *)arg != 0;
         return r;
     }
     if (!s || !s->stack)
@@ -1388,6 +1410,7 @@ static void adopt_after_fork(void)
         if (slot < 0) {
             ss_verbose("shardsock: a forked child could not take its share of a socket: %s", strerror(-slot));
             s->stack = false; /* its kernel socket answers from now on */
+            ss_sock_kernel_mode(fd, s);
             continue;
         }
         s->slot = (uint32_t)slot | moved;

@@ -57,6 +57,12 @@ struct ss_sock {
     bool kernel_only;    /* an option the stack cannot honour was set: bind or connect leaves it to the kernel */
     bool shared;         /* its kernel socket is shared (placeholder.c): options live in shadow */
     bool unsettled;      /* requests posted for it may not be done yet: settle (before settle_end) */
+    /* Its kernel socket's file-status flags, known from socket() on: a
+     * change of O_NONBLOCK alone is the library's (no fcntl), and reaches
+     * the kernel socket only when that socket serves (ss_sock_kernel_mode) */
+    bool fl_known;
+    bool kernel_nb;      /* O_NONBLOCK as the kernel socket has it */
+    int fl_other;        /* its other flags a program set (O_APPEND, O_ASYNC...) */
     uint32_t settle_end;
     struct ss_optshadow *shadow;
     /* a listener's use by this process, which the instance counts (listen
@@ -187,6 +193,9 @@ void ss_sock_tell_use(struct ss_sock *s);
  * ip:port with s's options and backlog, on the child's instance; s then
  * names it.  0 or a negative errno. */
 int ss_sock_spawn(struct ss_sock *s, uint32_t ip, uint16_t port);
+/* The kernel socket is about to serve (a fallback, a wildcard listener's
+ * kernel side): it gets the O_NONBLOCK the program set. */
+void ss_sock_kernel_mode(int fd, struct ss_sock *s);
 /* Poll bits (POLLIN...) of an accelerated socket now. */
 short ss_sock_revents(struct ss_sock *s, short events);
 

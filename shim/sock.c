@@ -94,9 +94,17 @@ static int stack_error(struct ss_sock *s, int e)
     return e;
 }
 
+void ss_sock_kernel_mode(int fd, struct ss_sock *s)
+{
+    if (s->fl_known && s->kernel_nb != s->nonblock &&
+        REAL(fcntl)(fd, F_SETFL, O_RDWR | s->fl_other | (s->nonblock ? O_NONBLOCK : 0)) == 0)
+        s->kernel_nb = s->nonblock;
+}
+
 /* The socket is the kernel's for good: it leaves the table. */
 static void to_kernel(int fd, struct ss_sock *s, enum ss_fallback reason, const char *why)
 {
+    ss_sock_kernel_mode(fd, s);
     ss_epoll_decided(s, false);
     if (ss_lookup(fd) == s) {
         __atomic_store_n(&ss_fds[fd], NULL, __ATOMIC_RELEASE);
@@ -199,6 +207,7 @@ int ss_sock_bind(int fd, struct ss_sock *s, const struct sockaddr *a, socklen_t 
         if (REAL(getsockname)(fd, (struct sockaddr *)&got, &gl) == 0)
             port = ntohs(got.sin6_port); /* where sin_port is too */
         s->kernel_too = true;
+        ss_sock_kernel_mode(fd, s); /* its kernel side accepts host clients */
     } else if (ip != ss_ch.r->stack_ip) {
         to_kernel(fd, s, SS_FB_ADDRESS, "bound to an address that is not the stack's");
         return REAL(bind)(fd, a, len);

@@ -329,6 +329,17 @@ int main(int argc, char **argv)
     getsockopt(u, SOL_SOCKET, SO_ERROR, &uerr, &uel);
     printf("SO_ERROR again: %d\n", uerr);
     close(u);
+    /* O_NONBLOCK set by fcntl is the library's until the kernel socket
+     * serves: then (a fallback) the kernel's connect must not block */
+    u = socket(AF_INET, SOCK_STREAM, 0);
+    printf("F_GETFL new: %#x\n", fcntl(u, F_GETFL));
+    fcntl(u, F_SETFL, fcntl(u, F_GETFL) | O_NONBLOCK);
+    printf("F_GETFL nonblocking: %#x\n", fcntl(u, F_GETFL));
+    printf("connect nonblocking (fcntl) to a closed port: %s\n",
+           connect(u, (struct sockaddr *)&closed, sizeof closed) == 0 ? "0" : ename(errno));
+    fcntl(u, F_SETFL, fcntl(u, F_GETFL) | O_APPEND);
+    printf("F_GETFL append: %#x\n", fcntl(u, F_GETFL));
+    close(u);
     show("close closed", close(u));
     show("send bad fd", send(9999, "x", 1, 0));
 
